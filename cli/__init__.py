@@ -1,0 +1,1 @@
+"""The `mfface` command line: thin click commands over the library."""

@@ -1,0 +1,16 @@
+"""Root `mfface` command group; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import click
+
+from mfface import __version__
+from mfface.cli.doctor import doctor
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mfface")
+def cli() -> None:
+    """Reconstruct faces from photos by inverse rendering with Mitsuba 3."""
+
+
+cli.add_command(doctor)

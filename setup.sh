@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One-command set-up of mfface on a fresh machine (Debian/Ubuntu, Python 3.10-3.12).
+#   1. the system libLLVM that Dr.Jit's LLVM (CPU) backend needs, when no usable one is present;
+#   2. a virtual environment in .venv inside the repository;
+#   3. the project itself (editable) with its test extras, at the versions pinned in constraints.txt.
+# Safe to run again: every step checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+
+usable_llvm() {
+    # Dr.Jit 1.5 kernels need LLVM >= 18 (LLVM 15 aborts with "Cannot select fminimum").
+    if [ -n "${DRJIT_LIBLLVM_PATH:-}" ] && [ -f "$DRJIT_LIBLLVM_PATH" ]; then return 0; fi
+    ls /usr/lib/*/libLLVM.so.{18,19,2[0-9]}* /usr/lib/*/libLLVM-{18,19,2[0-9]}.so \
+       /usr/lib/llvm-{18,19,2[0-9]}/lib/libLLVM*.so* >/dev/null 2>&1
+}
+
+if ! usable_llvm; then
+    if command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        echo "setup: installing libllvm19 for Dr.Jit's LLVM backend"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libllvm19 >/dev/null
+    else
+        echo "setup: no libLLVM >= 18 found; install LLVM 18 or newer and set DRJIT_LIBLLVM_PATH to its libLLVM.so" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+# torch first and pinned, so that nothing later pulls another build of it.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+.venv/bin/python -c "import mfface.backend as b; print('setup: ok,', b.select_variant())"

@@ -1,0 +1,40 @@
+"""Shared test set-up: the shared test data folder, an isolated model store, the Mitsuba variant."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_data_dir() -> Path:
+    """`MFFACE_TEST_DATA`, else `../shared/data` beside the repository."""
+    return Path(os.environ.get("MFFACE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def data_file(relative: str) -> Path:
+    """A file of the shared test data; skips with a reason when missing, fails in CI
+    (`MFFACE_REQUIRE_TEST_DATA=1`) so that a missing file is never a silent skip there."""
+    path = test_data_dir() / relative
+    if not path.is_file():
+        message = f"shared test data {path} is missing (set MFFACE_TEST_DATA)"
+        if os.environ.get("MFFACE_REQUIRE_TEST_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_model_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the user's model store."""
+    os.environ["MFFACE_HOME"] = str(tmp_path_factory.mktemp("mfface_home"))
+
+
+@pytest.fixture(scope="session")
+def variant() -> str:
+    """The Mitsuba variant selected for this machine (llvm_ad_rgb without a GPU)."""
+    from mfface.backend import select_variant
+
+    return select_variant()
