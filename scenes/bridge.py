@@ -1,0 +1,142 @@
+"""The torch -> Mitsuba bridge: differentiable face renders from torch tensors.
+
+`FaceRenderer.render` writes vertices, textures, envmap and focal into a scene that was built once
+(`mi.traverse` + `params.update()`), renders it inside a `@dr.wrap(source='torch', target='drjit')`
+function and hands the image back to torch; torch's backward runs Mitsuba's `render_backward`.
+
+Kernels are compiled once per scene: the seed and the field of view enter as opaque Dr.Jit
+variables (not literals), so changing them between calls reuses the compiled kernels. The focal
+is converted to a field of view inside Dr.Jit, so no value is read back to the host per call.
+
+Batches use one scene per batch item (each item has its own camera and envmap; see
+docs/renderer.md for the measurement behind this choice).
+"""
+from __future__ import annotations
+
+import drjit as dr
+import mitsuba as mi
+import numpy as np
+import torch
+
+from mfface.scenes import face_scene as fs
+
+
+def _batched(x: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
+    """`x` with a leading batch axis: (...) of rank ndim-1 -> (1, ...); checks the rank."""
+    if x.ndim == ndim - 1:
+        return x.unsqueeze(0)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim - 1} or {ndim} dimensions, got shape {tuple(x.shape)}.")
+    return x
+
+
+class FaceRenderer:
+    """Renders a fixed-topology face mesh from torch tensors, differentiably.
+
+    triangles (F, 3) int and uvs (V, 2) (v = 0 at the texture bottom) fix the topology; width and
+    height the image in pixels. `integrator` is 'prb' (default: shading gradients only),
+    'prb_projective' or 'direct_projective' (adding silhouette gradients, several times slower),
+    or 'path'/'direct' (forward only); max_depth=2 is direct light only.
+    """
+
+    def __init__(self, triangles: np.ndarray, uvs: np.ndarray, width: int, height: int, *,
+                 integrator: str = "prb", max_depth: int = 2, hide_emitters: bool = True,
+                 fresnel: str = "schlick") -> None:
+        self.triangles = np.asarray(triangles)
+        self.uvs = np.asarray(uvs, dtype=np.float32)
+        self.width = int(width)
+        self.height = int(height)
+        self.settings = dict(integrator=integrator, max_depth=max_depth,
+                             hide_emitters=hide_emitters, fresnel=fresnel)
+        fs.check_spec(fs.SceneSpec(self.width, self.height, (1, 1), (1, 1), **self.settings))
+        self.n_vertices = self.uvs.shape[0]
+        self._scenes: list[tuple[mi.Scene, mi.SceneParameters]] = []
+        self._built_for: tuple | None = None
+        self._wrapped = dr.wrap(source="torch", target="drjit")(self._render_drjit)
+
+    # -- scene cache ---------------------------------------------------------------------------
+    def _scene(self, index: int, texture_size: tuple[int, int],
+               envmap_size: tuple[int, int]) -> tuple[mi.Scene, mi.SceneParameters]:
+        """Scene `index` (one per batch item); all are rebuilt when texture or envmap sizes change."""
+        key = (texture_size, envmap_size)
+        if key != self._built_for:
+            self._scenes.clear()
+            self._built_for = key
+        while len(self._scenes) <= index:
+            spec = fs.SceneSpec(self.width, self.height, texture_size, envmap_size, **self.settings)
+            scene = fs.build_scene(self.triangles, self.uvs, spec)
+            params = mi.traverse(scene)
+            params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV])
+            self._scenes.append((scene, params))
+        return self._scenes[index]
+
+    # -- the Dr.Jit side -----------------------------------------------------------------------
+    def _render_drjit(self, index: int, vertices: mi.TensorXf, diffuse: mi.TensorXf,
+                      specular: mi.TensorXf, roughness: mi.TensorXf, envmap: mi.TensorXf,
+                      focal: mi.TensorXf, spp: int, seed: int) -> tuple[mi.TensorXf, mi.TensorXf]:
+        """Update scene `index` and render it: returns (H, W, 3) radiance and (H, W) coverage."""
+        tex = (diffuse.shape[0], diffuse.shape[1])
+        env = (envmap.shape[0], envmap.shape[1] - 2)
+        scene, params = self._scene(index, tex, env)
+        params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
+        params[fs.DIFFUSE] = diffuse
+        params[fs.SPECULAR] = specular
+        params[fs.ROUGHNESS] = roughness
+        params[fs.ENVMAP] = envmap
+        f = mi.Float(dr.detach(focal.array))
+        params[fs.X_FOV] = dr.rad2deg(2.0 * dr.atan(self.width / (2.0 * f)))
+        params.update()
+        img = mi.render(scene, params, spp=spp, seed=dr.opaque(mi.UInt32, seed))
+        rgb = img[:, :, :3]
+        alpha = dr.detach(img[:, :, 3])
+        return rgb, alpha
+
+    # -- the torch side ------------------------------------------------------------------------
+    def render(self, vertices: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor,
+               roughness: torch.Tensor, envmap: torch.Tensor, focal: float | torch.Tensor,
+               spp: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render a batch: image (B, H, W, 3) linear RGB and mask (B, H, W) coverage in [0, 1].
+
+        vertices (B, V, 3) camera-space mm; diffuse/specular (B, Ht, Wt, 3); roughness
+        (B, Ht, Wt, 1); envmap (B, He, We, 3) lat-long radiance in the light frame without halo;
+        focal in pixels, a scalar or (B,). Unbatched inputs (no leading B) give B = 1. The image is
+        differentiable w.r.t. vertices, the three textures and the envmap; the mask is not.
+        Item b uses seed `seed + b` so that the items' noise is independent.
+        """
+        vertices = _batched(vertices, "vertices", 3)
+        diffuse = _batched(diffuse, "diffuse", 4)
+        specular = _batched(specular, "specular", 4)
+        roughness = _batched(roughness, "roughness", 4)
+        envmap = _batched(envmap, "envmap", 4)
+        batch = vertices.shape[0]
+        if vertices.shape[1:] != (self.n_vertices, 3):
+            raise ValueError(f"vertices must have shape (B, {self.n_vertices}, 3), got {tuple(vertices.shape)}.")
+        tex = diffuse.shape[1:3]
+        for name, t, c in (("diffuse", diffuse, 3), ("specular", specular, 3), ("roughness", roughness, 1)):
+            if t.shape[1:] != (*tex, c):
+                raise ValueError(f"{name} must have shape (B, {tex[0]}, {tex[1]}, {c}) like diffuse, "
+                                 f"got {tuple(t.shape)}.")
+        if envmap.shape[-1] != 3:
+            raise ValueError(f"envmap must have 3 channels, got shape {tuple(envmap.shape)}.")
+        focal_t = torch.as_tensor(focal, dtype=torch.float32, device=vertices.device).detach().reshape(-1)
+        if focal_t.numel() == 1:
+            focal_t = focal_t.expand(batch)
+        items = {"diffuse": diffuse, "specular": specular, "roughness": roughness, "envmap": envmap,
+                 "focal": focal_t}
+        for name, t in items.items():
+            if t.shape[0] not in (1, batch):
+                raise ValueError(f"{name} has batch size {t.shape[0]} but vertices have {batch}; "
+                                 "give one per item or one for all.")
+        if spp < 1:
+            raise ValueError(f"spp={spp} renders nothing; use 1 or more samples per pixel.")
+        images, masks = [], []
+        for b in range(batch):
+            pick = {k: t[b if t.shape[0] > 1 else 0] for k, t in items.items()}
+            rgb, alpha = self._wrapped(
+                b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
+                pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
+                fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
+                pick["focal"].reshape(1).contiguous(), int(spp), int(seed) + b)
+            images.append(rgb)
+            masks.append(alpha.detach())
+        return torch.stack(images), torch.stack(masks)

@@ -1,0 +1,144 @@
+"""The face scene: one UV-mapped triangle mesh with the `mfface` BSDF, an envmap and a pinhole camera.
+
+Camera space is Mitsuba's world space, in the OpenCV convention: camera at the origin, +z forward,
++x to the image right, +y to the image bottom. A point (x, y, z) lands at pixel coordinates
+u = f x / z + W / 2, v = f y / z + H / 2 (f: focal in pixels, principal point at the image
+centre, pixel i's centre at i + 0.5). Mitsuba's perspective camera looks down its local +z with
+local +x to the image *left* and +y *up*, so its to_world is the 180-degree rotation about z,
+diag(-1, -1, 1); the horizontal field of view is x_fov = 2 atan(W / (2 f)).
+
+Light: a lat-long `envmap` whose to_world is diag(1, -1, -1) (180 degrees about x), so that in its
+own (light) frame +y is image-up and +z points from the face towards the camera. Mitsuba 3.9.1
+stores its `data` as (He, We + 2, 3): column 0 repeats the last image column and column We + 1 the
+first (a periodic halo for bilinear lookups across the u = 0/1 seam); `envmap_with_halo` builds it.
+
+Textures are (Ht, Wt, C) images with row 0 at the top; mesh UVs follow the model convention
+(v = 0 at the texture *bottom*). Mitsuba's bitmap lookup puts v = 0 at row 0, so the mesh stores
+(u, 1 - v). The film is `rgba`: alpha is the coverage mask; the envmap is hidden from camera
+rays by default (background 0).
+
+A scene is built once per `SceneSpec` and then changed only through `mi.traverse` parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import drjit as dr
+import mitsuba as mi
+import numpy as np
+import torch
+
+from mfface.scenes import bsdf as _bsdf
+
+INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path", "direct")
+MESH_KEY = "face"
+SENSOR_KEY = "sensor"
+EMITTER_KEY = "light"
+# Mitsuba parameter names of the quantities the bridge writes every call.
+POSITIONS = f"{MESH_KEY}.vertex_positions"
+DIFFUSE = f"{MESH_KEY}.bsdf.diffuse.data"
+SPECULAR = f"{MESH_KEY}.bsdf.specular.data"
+ROUGHNESS = f"{MESH_KEY}.bsdf.roughness.data"
+ENVMAP = f"{EMITTER_KEY}.data"
+X_FOV = f"{SENSOR_KEY}.x_fov"
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Everything that fixes a scene's kernels: sizes and integrator settings (not the values)."""
+    width: int
+    height: int
+    texture_size: tuple[int, int]   # (Ht, Wt)
+    envmap_size: tuple[int, int]    # (He, We), without the halo
+    integrator: str = "prb"
+    max_depth: int = 2
+    hide_emitters: bool = True
+    fresnel: str = "schlick"
+
+
+def check_spec(spec: SceneSpec) -> None:
+    """Raise ValueError with one sentence when a setting cannot be rendered."""
+    if spec.integrator not in INTEGRATORS:
+        raise ValueError(f"Unknown integrator {spec.integrator!r}; use one of {INTEGRATORS}.")
+    if spec.fresnel not in _bsdf.FRESNEL_MODES:
+        raise ValueError(f"Unknown fresnel mode {spec.fresnel!r}; use one of {_bsdf.FRESNEL_MODES}.")
+    if spec.width < 1 or spec.height < 1:
+        raise ValueError(f"Image size {spec.width}x{spec.height} is empty; use a positive width and height.")
+    if spec.max_depth < 2 and spec.max_depth != -1:
+        raise ValueError(f"max_depth={spec.max_depth} renders no light; use 2 (direct light) or more.")
+
+
+def focal_to_x_fov(focal: float, width: int) -> float:
+    """Horizontal field of view in degrees of a pinhole with `focal` pixels over `width` pixels."""
+    return float(np.degrees(2.0 * np.arctan(width / (2.0 * focal))))
+
+
+def envmap_with_halo(envmap: torch.Tensor) -> torch.Tensor:
+    """(He, We, 3) lat-long radiance -> Mitsuba 3.9.1's (He, We + 2, 3) `data` layout (differentiable)."""
+    return torch.cat([envmap[:, -1:], envmap, envmap[:, :1]], dim=1)
+
+
+def _texture(size: tuple[int, int], channels: int, value: float) -> dict:
+    data = np.full((size[0], size[1], channels), value, dtype=np.float32)
+    return {"type": "bitmap", "data": mi.TensorXf(data), "raw": True,
+            "filter_type": "bilinear", "wrap_mode": "clamp"}
+
+
+def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh:
+    """An in-memory mesh with UVs (stored as (u, 1 - v)) and smooth normals recomputed from positions."""
+    triangles = np.asarray(triangles)
+    uvs = np.asarray(uvs, dtype=np.float32)
+    if triangles.ndim != 2 or triangles.shape[1] != 3 or triangles.shape[0] == 0:
+        raise ValueError(f"triangles must be a non-empty (F, 3) integer array, got shape {triangles.shape}.")
+    if uvs.ndim != 2 or uvs.shape[1] != 2:
+        raise ValueError(f"uvs must be a (V, 2) array, got shape {uvs.shape}.")
+    n_vertices = uvs.shape[0]
+    if triangles.min() < 0 or triangles.max() >= n_vertices:
+        raise ValueError(f"triangles index vertices outside 0..{n_vertices - 1}; check the mesh topology.")
+    props = mi.Properties()
+    props["bsdf"] = bsdf
+    mesh = mi.Mesh(MESH_KEY, n_vertices, triangles.shape[0], props=props,
+                   has_vertex_normals=True, has_vertex_texcoords=True)
+    params = mi.traverse(mesh)
+    params["faces"] = mi.UInt32(triangles.astype(np.uint32).reshape(-1))
+    flipped = np.stack([uvs[:, 0], 1.0 - uvs[:, 1]], axis=1)
+    params["vertex_texcoords"] = mi.Float(flipped.reshape(-1))
+    # A placeholder position layout that has a valid bounding box until the first update.
+    params["vertex_positions"] = mi.Float(np.concatenate(
+        [flipped, np.full((n_vertices, 1), 1.0, np.float32)], axis=1).reshape(-1))
+    params.update()
+    return mesh
+
+
+def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.Scene:
+    """The face scene for `spec`, with placeholder values (grey textures, white light, 60 deg fov)."""
+    check_spec(spec)
+    _bsdf.register()
+    bsdf = mi.load_dict({
+        "type": _bsdf.PLUGIN_NAME,
+        "diffuse": _texture(spec.texture_size, 3, 0.5),
+        "specular": _texture(spec.texture_size, 3, 0.04),
+        "roughness": _texture(spec.texture_size, 1, 0.5),
+        "fresnel": spec.fresnel,
+    })
+    he, we = spec.envmap_size
+    integrator = {"type": spec.integrator, "max_depth": spec.max_depth,
+                  "hide_emitters": spec.hide_emitters}
+    return mi.load_dict({
+        "type": "scene",
+        "integrator": integrator,
+        MESH_KEY: build_mesh(triangles, uvs, bsdf),
+        EMITTER_KEY: {"type": "envmap", "bitmap": mi.Bitmap(np.ones((he, we, 3), np.float32)),
+                      "to_world": mi.ScalarTransform4f.scale([1.0, -1.0, -1.0])},
+        SENSOR_KEY: {
+            "type": "perspective",
+            "fov": 60.0,
+            "fov_axis": "x",
+            "near_clip": 1.0,
+            "far_clip": 1e5,
+            "to_world": mi.ScalarTransform4f.scale([-1.0, -1.0, 1.0]),
+            "sampler": {"type": "independent", "sample_count": 1},
+            "film": {"type": "hdrfilm", "width": spec.width, "height": spec.height,
+                     "pixel_format": "rgba", "rfilter": {"type": "box"}, "sample_border": False},
+        },
+    })
