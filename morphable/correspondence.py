@@ -1,0 +1,136 @@
+"""MediaPipe face-mesh landmarks (478 points) -> vertices of any morphable model.
+
+Method: MediaPipe's canonical face mesh (468 vertices in landmark order, cm; not shipped with
+mfface, its path is an argument) is aligned to the model's neutral face by a similarity
+transform, initialised from the iBUG-68 correspondences when the model has them (else from the
+shared orientation convention, centroids and RMS radii), refined by trimmed ICP against the
+model's face vertices; each canonical point then takes its nearest model vertex. The 10 iris
+points (468-477) are not in the canonical mesh and stay -1 (no model we import has eyeballs in
+its fitted surface).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from mfface.morphable.model import MorphableModel
+
+N_MEDIAPIPE = 478
+N_CANONICAL = 468
+
+# MediaPipe landmark index for each of the 68 iBUG / Multi-PIE points (0-16 jaw, 17-26 brows,
+# 27-35 nose, 36-47 eyes, 48-67 lips). The widely used table, e.g. in ByteDance's LatentSync 1.5
+# (Apache-2.0) and many MediaPipe-to-dlib ports.
+MEDIAPIPE_IBUG68: tuple[int, ...] = (
+    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
+    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
+    168, 197, 5, 4, 75, 97, 2, 326, 305,
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
+)
+
+# The face oval, FACEMESH_FACE_OVAL in mediapipe/python/solutions/face_mesh_connections.py:
+# silhouette landmarks that slide over the face as the head turns.
+MEDIAPIPE_CONTOUR: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+
+
+@dataclass
+class Correspondence:
+    """Result of `mediapipe_correspondence`.
+
+    indices (478,) vertex index per MediaPipe landmark (-1 = none); distances (468,) mm from each
+    aligned canonical point to its vertex; scale, rotation (3, 3), translation (3,) map canonical
+    mm coordinates onto the model: x_model = scale * rotation @ x + translation.
+    """
+    indices: np.ndarray
+    distances: np.ndarray
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+
+def read_canonical_mesh(path: str | Path) -> np.ndarray:
+    """The 468 vertices (mm) of MediaPipe's `canonical_face_model.obj` (cm on disk)."""
+    path = Path(path)
+    try:
+        rows = [line.split()[1:4] for line in path.read_text().splitlines() if line.startswith("v ")]
+        vertices = np.array(rows, dtype=np.float64)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"cannot read MediaPipe's canonical mesh {path} ({error}); pass "
+                         f"mediapipe's canonical_face_model.obj.") from error
+    if vertices.shape != (N_CANONICAL, 3):
+        raise ValueError(f"{path} has {len(rows)} vertices, not MediaPipe's {N_CANONICAL}; pass "
+                         f"mediapipe's canonical_face_model.obj.")
+    return vertices * 10.0
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares scale s, rotation R (no reflection) and t with dst ~ s R src + t (Umeyama)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / (a ** 2).sum(1).mean())
+    return scale, rotation, mu_d - scale * rotation @ mu_s
+
+
+def contour_subset(indices: np.ndarray, positions: Iterable[int]) -> np.ndarray:
+    """`indices` with every entry outside `positions` set to -1 (the contour part of a scheme)."""
+    keep = np.zeros(len(indices), dtype=bool)
+    keep[list(positions)] = True
+    return np.where(keep, indices, -1).astype(np.int64)
+
+
+def mediapipe_from_ibug68(ibug68: np.ndarray) -> np.ndarray:
+    """A (478,) MediaPipe table holding only the 68 points shared with iBUG-68 (others -1).
+
+    The fallback when MediaPipe's canonical mesh is not available at install time.
+    """
+    table = np.full(N_MEDIAPIPE, -1, dtype=np.int64)
+    table[list(MEDIAPIPE_IBUG68)] = ibug68
+    return table
+
+
+def mediapipe_correspondence(model: MorphableModel, canonical_mesh: str | Path,
+                             iterations: int = 30) -> Correspondence:
+    """Map MediaPipe's 478 landmarks to vertices of `model`'s neutral face (see module doc).
+
+    Only vertices of the model's 'face' region (all vertices when it has none) are candidates.
+    """
+    canonical = read_canonical_mesh(canonical_mesh)
+    mean = model.mean_shape.astype(np.float64)
+    candidates = model.regions.get("face", np.arange(model.n_vertices))
+    tree = cKDTree(mean[candidates])
+    ibug = model.landmarks.get("ibug68")
+    anchors = None
+    if ibug is not None and (ibug[17:] >= 0).all():
+        # Inner points only: the jaw contour of a 2D annotation scheme is pose dependent.
+        anchors = (canonical[list(MEDIAPIPE_IBUG68[17:])], mean[ibug[17:]])
+        scale, rotation, translation = similarity_transform(*anchors)
+    else:
+        target = mean[candidates]
+        scale = float(np.sqrt(((target - target.mean(0)) ** 2).sum(1).mean()
+                              / ((canonical - canonical.mean(0)) ** 2).sum(1).mean()))
+        rotation = np.eye(3)
+        translation = target.mean(0) - scale * canonical.mean(0)
+    for _ in range(iterations):
+        aligned = scale * canonical @ rotation.T + translation
+        dist, nearest = tree.query(aligned)
+        keep = dist <= max(3.0 * np.median(dist), 1.0)
+        src, dst = canonical[keep], mean[candidates[nearest[keep]]]
+        if anchors is not None:
+            src, dst = np.vstack([src, anchors[0]]), np.vstack([dst, anchors[1]])
+        scale, rotation, translation = similarity_transform(src, dst)
+    aligned = scale * canonical @ rotation.T + translation
+    dist, nearest = tree.query(aligned)
+    indices = np.full(N_MEDIAPIPE, -1, dtype=np.int64)
+    indices[:N_CANONICAL] = candidates[nearest]
+    return Correspondence(indices, dist, scale, rotation, translation)
