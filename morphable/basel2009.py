@@ -1,0 +1,85 @@
+"""Importer for the Basel Face Model 2009 (`01_MorphableModel.mat`).
+
+Fields relied on: shapeMU (3V, 1), shapePC (3V, K), shapeEV (K, 1) standard deviations; texMU,
+texPC, texEV the same for per-vertex RGB colour in 0..255 (sRGB-encoded); tl (F, 3) 1-based triangles.
+Vectors are flattened x0 y0 z0 x1 ...; a shape is shapeMU + shapePC @ (coeff * shapeEV), in
+micrometres, converted here to mm. MATLAB v5 files are read with scipy.io.loadmat; v7.3 files (HDF5
+inside) with h5py, where every matrix is stored transposed. BFM 2009 has no expression model: the
+imported model has an empty (0, V, 3) expression basis.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.io
+
+from mfface.morphable.basel2017 import BASEL_LICENSE, assemble_basel, linearise_colour_model
+from mfface.morphable.model import MorphableModel
+
+FILE = "01_MorphableModel.mat"
+FIELDS = ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV", "tl")
+MICROMETRE_TO_MM = 1e-3
+
+
+def _read_fields(path: Path) -> dict[str, np.ndarray]:
+    """The BFM 2009 fields as float64 arrays in MATLAB's (rows, columns) layout."""
+    if h5py.is_hdf5(path):  # MATLAB v7.3: HDF5 with column-major matrices, i.e. transposed here
+        with h5py.File(path, "r") as f:
+            return {k: np.asarray(f[k], dtype=np.float64).T for k in FIELDS if k in f}
+    try:
+        data = scipy.io.loadmat(str(path), variable_names=list(FIELDS))
+    except (ValueError, TypeError, OSError) as error:
+        raise ValueError(f"{path} is not a readable MATLAB file ({error}); pass {FILE} as downloaded.") from None
+    return {k: np.asarray(data[k], dtype=np.float64) for k in FIELDS if k in data}
+
+
+def _pca(fields: dict[str, np.ndarray], prefix: str, scale: float, path: Path
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = fields[f"{prefix}MU"].reshape(-1)
+    basis = fields[f"{prefix}PC"]
+    std = fields[f"{prefix}EV"].reshape(-1)
+    if mean.size % 3 or basis.ndim != 2 or basis.shape != (mean.size, std.size):
+        raise ValueError(f"{path}: {prefix}MU {fields[prefix + 'MU'].shape}, {prefix}PC {basis.shape} and "
+                         f"{prefix}EV {fields[prefix + 'EV'].shape} are inconsistent; expected (3V, 1), "
+                         "(3V, K), (K, 1).")
+    v = mean.size // 3
+    return mean.reshape(v, 3) * scale, basis.T.reshape(-1, v, 3), np.abs(std) * scale
+
+
+def import_bfm2009(source: Path, *, texture_size: tuple[int, int] = (512, 512),
+                   name: str = "bfm2009") -> MorphableModel:
+    """Import the Basel Face Model 2009 in mm, with its colour model as linear diffuse albedo.
+
+    source: `01_MorphableModel.mat` or the folder holding it. The colour model (0..255, sRGB) is
+    scaled to [0, 1] and linearised (`linearise_colour_model`); there is no specular albedo and no
+    expression model (empty basis). Landmarks are left empty (the store adds correspondences).
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; download the Basel Face Model 2009 from "
+                                f"faces.dmi.unibas.ch/bfm and pass {FILE} or its folder.")
+    fields = _read_fields(path)
+    missing = [k for k in FIELDS if k not in fields]
+    if missing:
+        raise ValueError(f"{path} lacks the field(s) {', '.join(missing)}; pass the Basel Face Model 2009 "
+                         f"file {FILE} as downloaded.")
+    identity = _pca(fields, "shape", MICROMETRE_TO_MM, path)
+    colour = _pca(fields, "tex", 1.0 / 255.0, path)
+    v = len(identity[0])
+    if colour[0].shape != (v, 3):
+        raise ValueError(f"{path}: texMU has {len(colour[0])} vertices but shapeMU has {v}; the file is damaged.")
+    tl = fields["tl"]
+    if tl.ndim == 2 and tl.shape[0] == 3 and tl.shape[1] != 3:
+        tl = tl.T
+    if tl.size and tl.min() < 1:
+        raise ValueError(f"{path}: tl holds index {tl.min():g}, but BFM 2009 triangles are 1-based; the "
+                         "file is damaged or not the original.")
+    expression = (np.zeros((v, 3)), np.zeros((0, v, 3)), np.zeros(0))
+    diffuse = linearise_colour_model(*colour)
+    return assemble_basel(name, path, identity, expression, tl.astype(np.int64) - 1, diffuse, None,
+                          texture_size, f"Basel Face Model 2009 ({path.name}), micrometres -> mm, colour "
+                          "model linearised as diffuse albedo", BASEL_LICENSE)

@@ -1,0 +1,210 @@
+"""Export a textured face mesh as OBJ + MTL + PNG textures, or as one binary glTF (GLB).
+
+Textures are given by name: 'diffuse' (diffuse albedo, RGB), 'specular' (specular albedo, RGB or
+grey) and 'roughness' (grey). Float images are linear values in [0, 1]: colour maps ('diffuse',
+'specular') are sRGB-encoded into 8-bit PNGs, 'roughness' is stored linearly. uint8 images are
+written as given (so they must already be encoded that way). Image row 0 is the top of the texture
+(v = 1), as in every image file.
+
+OBJ: map_Kd = diffuse, map_Ks = specular, map_Pr = roughness (the PBR extension to MTL read by
+Blender and three.js). GLB (through trimesh): baseColorTexture = diffuse; metallicRoughnessTexture
+with roughness in G and metallic 0 in B (metallicFactor 0); specular through KHR_materials_specular
+as specularColorTexture with specularColorFactor 25 so that the dielectric F0 = 0.04 * 25 * map
+equals the specular albedo (trimesh cannot write that extension, so it is added to the GLB here).
+
+Both writers are atomic: files are written under temporary names in the target folder and moved
+into place with os.replace; for OBJ the textures and MTL are moved first and the OBJ last, so an
+OBJ that exists always has its MTL and textures beside it.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+TEXTURE_NAMES = ("diffuse", "specular", "roughness")
+COLOUR_MAPS = ("diffuse", "specular")
+GLTF_DIELECTRIC_F0 = 0.04
+
+
+def _as_array(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def encode_texture(name: str, image: np.ndarray | torch.Tensor) -> Image.Image:
+    """An 8-bit PIL image for texture `name` (see module doc for the encoding of each map)."""
+    if name not in TEXTURE_NAMES:
+        raise ValueError(f"unknown texture {name!r}; use one of {', '.join(TEXTURE_NAMES)}.")
+    a = _as_array(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or a.size == 0:
+        raise ValueError(f"texture {name!r} has shape {a.shape}; give an (H, W, 3) or (H, W) image.")
+    if name == "roughness" and a.ndim == 3:
+        raise ValueError(f"texture 'roughness' has shape {a.shape}; give a one-channel (H, W) image.")
+    if a.dtype != np.uint8:
+        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0)
+        if name in COLOUR_MAPS:
+            a = np.where(a <= 0.0031308, 12.92 * a, 1.055 * a ** (1.0 / 2.4) - 0.055)
+        a = np.round(a * 255.0).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def _check_mesh(vertices: np.ndarray, triangles: np.ndarray, uvs: np.ndarray | None) -> None:
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices must be (V, 3), got {vertices.shape}.")
+    if triangles.ndim != 2 or triangles.shape[1] != 3 or (triangles.size and (
+            triangles.min() < 0 or triangles.max() >= len(vertices))):
+        raise ValueError("triangles must be an (F, 3) array of indices into the vertices.")
+    if uvs is not None and uvs.shape != (len(vertices), 2):
+        raise ValueError(f"uvs must be (V, 2) with V = {len(vertices)}, got {uvs.shape}.")
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_obj(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: np.ndarray,
+              uvs: np.ndarray | None = None,
+              textures: dict[str, np.ndarray | torch.Tensor] | None = None) -> list[Path]:
+    """Write `path` (.obj) with `<stem>.mtl` and `<stem>_<name>.png` beside it; returns the paths.
+
+    vertices (V, 3) in the caller's units (mm for our models), triangles (F, 3) 0-based, uvs (V, 2)
+    with v = 0 at the texture's bottom. Textures need uvs.
+    """
+    path = Path(path)
+    vertices, triangles = _as_array(vertices).astype(np.float64), _as_array(triangles).astype(np.int64)
+    uvs = None if uvs is None else _as_array(uvs).astype(np.float64)
+    textures = textures or {}
+    _check_mesh(vertices, triangles, uvs)
+    if textures and uvs is None:
+        raise ValueError("textures need uvs; pass the model's uvs to write_obj.")
+    images = {name: encode_texture(name, image) for name, image in textures.items()}
+    stem = path.stem
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=path.parent))
+    try:
+        files = []
+        for name, image in images.items():
+            image.save(tmp / f"{stem}_{name}.png", format="PNG")
+            files.append(f"{stem}_{name}.png")
+        lines = [f"# written by mfface: {len(vertices)} vertices, {len(triangles)} triangles"]
+        if images:
+            (tmp / f"{stem}.mtl").write_text(_mtl(stem, images))
+            files.append(f"{stem}.mtl")
+            lines += [f"mtllib {stem}.mtl", "usemtl face"]
+        lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
+        if uvs is not None:
+            lines += [f"vt {u:.7f} {v:.7f}" for u, v in uvs]
+            lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in triangles + 1]
+        else:
+            lines += [f"f {a} {b} {c}" for a, b, c in triangles + 1]
+        (tmp / path.name).write_text("\n".join(lines) + "\n")
+        files.append(path.name)
+        for file in files:  # the OBJ last: once it exists, everything it refers to does
+            os.replace(tmp / file, path.parent / file)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [path.parent / file for file in files]
+
+
+def _mtl(stem: str, images: dict[str, Image.Image]) -> str:
+    lines = ["# written by mfface",
+             "# map_Kd: diffuse albedo, sRGB-encoded; map_Ks: specular albedo, sRGB-encoded;",
+             "# map_Pr: roughness (PBR extension), linear, 0 = mirror, 1 = rough.",
+             "newmtl face", "Ka 0 0 0", "Kd 1 1 1", "illum 2"]
+    if "specular" in images:
+        lines += ["Ks 1 1 1", f"map_Ks {stem}_specular.png"]
+    else:
+        lines.append("Ks 0 0 0")
+    if "diffuse" in images:
+        lines.append(f"map_Kd {stem}_diffuse.png")
+    if "roughness" in images:
+        lines += ["Pr 1", f"map_Pr {stem}_roughness.png"]
+    return "\n".join(lines) + "\n"
+
+
+def _add_specular_extension(glb: bytes, specular_png: bytes) -> bytes:
+    """Append a PNG to a GLB's binary chunk and reference it via KHR_materials_specular."""
+    magic, version, _ = struct.unpack_from("<4sII", glb, 0)
+    json_length, json_type = struct.unpack_from("<I4s", glb, 12)
+    if magic != b"glTF" or version != 2 or json_type != b"JSON":
+        raise ValueError("trimesh wrote an unexpected GLB layout; cannot add the specular texture.")
+    tree = json.loads(glb[20:20 + json_length])
+    rest = 20 + json_length
+    binary = b""
+    if rest < len(glb):
+        bin_length, _ = struct.unpack_from("<I4s", glb, rest)
+        binary = glb[rest + 8:rest + 8 + bin_length]
+    binary += b"\0" * (-len(binary) % 4)
+    tree.setdefault("bufferViews", []).append(
+        {"buffer": 0, "byteOffset": len(binary), "byteLength": len(specular_png)})
+    binary += specular_png + b"\0" * (-len(specular_png) % 4)
+    if not tree.get("buffers"):
+        tree["buffers"] = [{}]
+    tree["buffers"][0]["byteLength"] = len(binary)
+    tree.setdefault("images", []).append({"bufferView": len(tree["bufferViews"]) - 1, "mimeType": "image/png"})
+    tree.setdefault("textures", []).append({"source": len(tree["images"]) - 1})
+    factor = 1.0 / GLTF_DIELECTRIC_F0
+    for material in tree["materials"]:
+        material.setdefault("extensions", {})["KHR_materials_specular"] = {
+            "specularColorTexture": {"index": len(tree["textures"]) - 1},
+            "specularColorFactor": [factor, factor, factor]}
+    used = set(tree.get("extensionsUsed", [])) | {"KHR_materials_specular"}
+    tree["extensionsUsed"] = sorted(used)
+    text = json.dumps(tree, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(binary)
+    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
+            + struct.pack("<I4s", len(binary), b"BIN\0") + binary)
+
+
+def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: np.ndarray,
+              uvs: np.ndarray | None = None,
+              textures: dict[str, np.ndarray | torch.Tensor] | None = None) -> Path:
+    """Write one binary glTF file with a PBR material; returns `path`.
+
+    Units are passed through unchanged (glTF readers assume metres: scale mm by 1e-3 first if the
+    consumer needs real size). Arguments as in `write_obj`.
+    """
+    path = Path(path)
+    vertices, triangles = _as_array(vertices).astype(np.float64), _as_array(triangles).astype(np.int64)
+    uvs = None if uvs is None else _as_array(uvs).astype(np.float64)
+    textures = textures or {}
+    _check_mesh(vertices, triangles, uvs)
+    if textures and uvs is None:
+        raise ValueError("textures need uvs; pass the model's uvs to write_glb.")
+    images = {name: encode_texture(name, image) for name, image in textures.items()}
+    mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, process=False)
+    if uvs is not None:
+        material_args: dict = {"name": "face", "metallicFactor": 0.0, "roughnessFactor": 1.0}
+        if "diffuse" in images:
+            material_args["baseColorTexture"] = images["diffuse"].convert("RGB")
+        if "roughness" in images:
+            g = np.asarray(images["roughness"])
+            packed = np.stack([np.zeros_like(g), g, np.zeros_like(g)], axis=-1)
+            material_args["metallicRoughnessTexture"] = Image.fromarray(packed)
+        material = trimesh.visual.material.PBRMaterial(**material_args)
+        mesh.visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
+    glb = mesh.export(file_type="glb")
+    if "specular" in images:
+        glb = _add_specular_extension(glb, _png_bytes(images["specular"].convert("RGB")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        tmp.write_bytes(glb)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
