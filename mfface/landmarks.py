@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from mfface.atomic import write_text
 
 SCHEMES = ("mediapipe478", "ibug68")
 PTS_OFFSET = 0.5  # px subtracted from 1-based, centre-at-integer .pts coordinates
@@ -228,13 +229,4 @@ def write_landmarks_json(path: str | os.PathLike, points: np.ndarray, scheme: st
     scheme = scheme or scheme_for_count(len(points))
     if scheme not in SCHEMES:
         raise ValueError(f"unknown landmark scheme {scheme!r}; use one of {', '.join(SCHEMES)}.")
-    path = Path(path)
-    text = json.dumps({"scheme": scheme, "points": points.round(4).tolist()})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps({"scheme": scheme, "points": points.round(4).tolist()}))
