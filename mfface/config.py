@@ -1,0 +1,281 @@
+"""Every setting of `mfface fit` in one dataclass tree, readable from TOML and settable from the CLI.
+
+`FitConfig` has one section per part of the pipeline ([input], [render], [light], [stage1],
+[stage2], [stage3]); each field has a documented default (NextFace's where it has one: its
+`config.py`/`optimizer.py`, see DESIGN.md) and a help text in its metadata. A TOML file sets any
+subset:
+
+    [stage2]
+    iterations = 200
+    spp = 4
+
+On the command line every field is an option named `--<section>-<field>` (underscores become
+dashes), generated from the tree by `config_options`, so no option is written twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration file or override the user must fix; the message says what and where."""
+
+
+def _f(default: Any, help: str, minimum: float | None = None) -> Any:
+    """A config field: its default, a one-line help text and an optional inclusive minimum."""
+    return field(default=default, metadata={"help": help, "min": minimum})
+
+
+@dataclass
+class InputConfig:
+    """Reading the photos."""
+    max_resolution: int = _f(256, "Down-scale images so that the longer side is at most this many px.", 16)
+    gamma: float = _f(2.2, "Gamma that linearises the input images (pixel ** gamma).", 0.1)
+    max_faces: int = _f(4, "Faces MediaPipe looks for per image; the largest one is fitted.", 1)
+
+
+@dataclass
+class RenderConfig:
+    """The differentiable renderer."""
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "Where to render and optimise: auto, cpu or cuda.")
+    max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only (NextFace's one bounce).", 1)
+    texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16)
+    roughness_init: float = _f(0.4, "Initial surface roughness.", 0.0)
+    final_spp: int = _f(256, "Samples per pixel of the final renders written with the results.", 1)
+
+
+@dataclass
+class LightConfig:
+    """Spherical-harmonics environment light."""
+    sh_bands: int = _f(9, "Spherical-harmonics bands (bands**2 coefficients per channel).", 1)
+    envmap_height: int = _f(64, "Height of the lat-long envmap the SH light is baked into (width = 2x).", 4)
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1: pose, expression and focal from 2D landmarks (no rendering)."""
+    iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0)
+    lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0)
+    expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (NextFace: 0.1).", 0.0)
+    identity_prior: float = _f(0.1, "Weight of the identity prior when identity is fitted.", 0.0)
+    fit_identity: bool = _f(False, "Also fit identity coefficients from the landmarks.")
+    identity_components: int = _f(40, "Leading identity components fitted in stage 1.", 0)
+    fit_focal: bool = _f(True, "Estimate the focal length (else keep `focal`, or the PnP one).")
+    focal: float = _f(0.0, "Known focal length in px; 0 = unknown (searched by PnP).", 0.0)
+    robust_scale: float = _f(4.0, "Landmark loss: px where the loss turns from squared to linear (Huber); "
+                             "0 = plain mean squared error.", 0.0)
+    contour_weight: float = _f(0.3, "Weight of jaw-contour landmarks, which slide with head pose.", 0.0)
+
+
+@dataclass
+class Stage2Config:
+    """Stage 2: photometric fit of the statistical model, pose and light."""
+    iterations: int = _f(400, "Photometric iterations.", 0)
+    spp: int = _f(8, "Samples per pixel while optimising.", 1)
+    photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
+    landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
+    identity_prior: float = _f(0.001, "Weight of the identity (shape) prior, mean of c^2.", 0.0)
+    expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
+    albedo_prior: float = _f(0.001, "Weight of the statistical albedo prior, mean of c^2.", 0.0)
+    sh_energy: float = _f(1e-4, "Weight of the SH energy, mean of the squared SH coefficients.", 0.0)
+    sh_lr: float = _f(0.005, "Learning rate of the SH coefficients.", 0.0)
+    albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0)
+    geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0)
+    pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0)
+    geometry_start: int = _f(100, "Iteration at which identity, expression and pose join the fit.", 0)
+
+
+@dataclass
+class Stage3Config:
+    """Stage 3: free per-texel diffuse, specular and roughness maps."""
+    iterations: int = _f(100, "Per-texel iterations.", 0)
+    spp: int = _f(8, "Samples per pixel while optimising.", 1)
+    photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
+    landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
+    texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
+    diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0)
+    specular_lr: float = _f(0.02, "Learning rate of the specular map.", 0.0)
+    roughness_lr: float = _f(0.02, "Learning rate of the roughness map.", 0.0)
+    diffuse_symmetry: float = _f(50.0, "Diffuse map: L1 to its horizontal flip.", 0.0)
+    diffuse_consistency: float = _f(100.0, "Diffuse map: closeness to the stage-2 map's chromaticity.", 0.0)
+    diffuse_smoothness: float = _f(0.001, "Diffuse map: smoothness.", 0.0)
+    diffuse_range: float = _f(0.0, "Diffuse map: penalty outside [0, 1].", 0.0)
+    specular_symmetry: float = _f(30.0, "Specular map: L1 to its horizontal flip.", 0.0)
+    specular_consistency: float = _f(2.0, "Specular map: closeness to the stage-2 map.", 0.0)
+    specular_smoothness: float = _f(0.001, "Specular map: smoothness.", 0.0)
+    specular_range: float = _f(0.5, "Specular map: penalty outside [0, 1].", 0.0)
+    roughness_symmetry: float = _f(10.0, "Roughness map: L1 to its horizontal flip.", 0.0)
+    roughness_consistency: float = _f(0.0, "Roughness map: closeness to the stage-2 map.", 0.0)
+    roughness_smoothness: float = _f(0.002, "Roughness map: smoothness.", 0.0)
+    roughness_range: float = _f(0.0, "Roughness map: penalty outside [0, 1].", 0.0)
+
+
+@dataclass
+class FitConfig:
+    """All settings of a fit, one section per part of the pipeline."""
+    input: InputConfig = field(default_factory=InputConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    light: LightConfig = field(default_factory=LightConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(FitConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(FitConfig)}
+
+
+def _fields(section_type: type) -> dict[str, tuple[Any, dict]]:
+    """{field name: (type, metadata)} of one section dataclass."""
+    hints = typing.get_type_hints(section_type)
+    return {f.name: (hints[f.name], dict(f.metadata)) for f in dataclasses.fields(section_type)}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _check_value(key: str, tp: Any, meta: dict, value: Any) -> Any:
+    """The value converted to the field's type, or ConfigError naming key, expected and found type."""
+    ok = False
+    if typing.get_origin(tp) is Literal:
+        ok = isinstance(value, str) and value in typing.get_args(tp)
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(tp)}, not {type(value).__name__} {value!r}.")
+    minimum = meta.get("min")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, not {value!r}.")
+    return value
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    sections = _sections()
+    section, _, name = key.partition(".")
+    if section not in sections:
+        raise ConfigError(f"Unknown config section {section!r} in {key!r}; valid sections: "
+                          f"{', '.join(sections)}.")
+    names = _fields(sections[section])
+    if name not in names:
+        raise ConfigError(f"Unknown key {name!r} in section [{section}]; valid keys: {', '.join(names)}.")
+    return section, name
+
+
+def apply_overrides(config: FitConfig, overrides: dict[str, Any]) -> FitConfig:
+    """A copy of `config` with {"section.field": value} applied, each checked like a TOML value."""
+    sections = {name: getattr(config, name) for name in _sections()}
+    for key, value in overrides.items():
+        section, name = _split_key(key)
+        tp, meta = _fields(type(sections[section]))[name]
+        sections[section] = dataclasses.replace(sections[section],
+                                                **{name: _check_value(key, tp, meta, value)})
+    return FitConfig(**sections)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "the config") -> FitConfig:
+    """FitConfig from {section: {key: value}} (a parsed TOML file); missing keys keep defaults."""
+    overrides = {}
+    for section, table in data.items():
+        if section not in _sections():
+            raise ConfigError(f"Unknown section [{section}] in {source}; valid sections: "
+                              f"{', '.join(_sections())}.")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section} in {source} must be a [{section}] table, not a value.")
+        overrides.update({f"{section}.{k}": v for k, v in table.items()})
+    return apply_overrides(FitConfig(), overrides)
+
+
+def load_config(path: str | Path) -> FitConfig:
+    """Read a TOML config file; raises ConfigError for a missing or malformed file or a bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {path} is not valid TOML ({e}).") from None
+    return config_from_dict(data, str(path))
+
+
+def config_to_dict(config: FitConfig) -> dict[str, dict[str, Any]]:
+    """{section: {key: value}} of every field (a plain dict, e.g. for JSON)."""
+    return dataclasses.asdict(config)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def to_toml(config: FitConfig) -> str:
+    """The full config as TOML text that `load_config` reads back to an equal FitConfig."""
+    lines = []
+    for section, table in config_to_dict(config).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _option_table() -> dict[str, tuple[str, str, Any, dict, Any]]:
+    """{click parameter name: (dotted key, option flag, type, metadata, default)} for every field."""
+    table = {}
+    defaults = FitConfig()
+    for section, section_type in _sections().items():
+        for name, (tp, meta) in _fields(section_type).items():
+            flag = f"--{section}-{name}".replace("_", "-")
+            table[f"{section}_{name}"] = (f"{section}.{name}", flag, tp, meta,
+                                          getattr(getattr(defaults, section), name))
+    return table
+
+
+def config_options(command: Callable) -> Callable:
+    """Click decorator adding one option per config field (`--stage2-iterations`, ...).
+
+    Every option defaults to None (= not given), so `overrides_from_kwargs` passes on only what the
+    user typed; booleans are `--x/--no-x` flags, Literal fields are choices.
+    """
+    import click
+
+    for param, (_, flag, tp, meta, default) in reversed(list(_option_table().items())):
+        help_text = f"{meta['help']} [default: {default}]"
+        if tp is bool:
+            command = click.option(f"{flag}/--no-{flag[2:]}", param, default=None, help=help_text)(command)
+        else:
+            click_type = (click.Choice(typing.get_args(tp)) if typing.get_origin(tp) is Literal
+                          else {int: click.INT, float: click.FLOAT, str: click.STRING}[tp])
+            command = click.option(flag, param, type=click_type, default=None, help=help_text)(command)
+    return command
+
+
+def overrides_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """{"section.field": value} for the config options given on the command line (not None).
+
+    Keys of `kwargs` that are not config options (the command's own arguments) are ignored.
+    """
+    table = _option_table()
+    return {table[k][0]: v for k, v in kwargs.items() if k in table and v is not None}

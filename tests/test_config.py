@@ -1,0 +1,101 @@
+"""FitConfig: defaults, TOML round trip, errors, CLI overrides and generated click options."""
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from mfface.config import (ConfigError, FitConfig, apply_overrides, config_options, config_to_dict,
+                           load_config, overrides_from_kwargs, to_toml)
+
+
+def test_defaults_follow_nextface():
+    cfg = FitConfig()
+    assert cfg.stage2.photo_weight == 1000.0 and cfg.stage2.landmark_weight == 0.001
+    assert cfg.stage2.identity_prior == cfg.stage2.expression_prior == cfg.stage2.albedo_prior == 0.001
+    assert (cfg.stage2.sh_lr, cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.005, 0.007, 100)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations) == (400, 8, 100)
+    assert (cfg.light.sh_bands, cfg.input.max_resolution, cfg.render.texture_size) == (9, 256, 512)
+    assert (cfg.input.gamma, cfg.render.roughness_init, cfg.render.max_depth) == (2.2, 0.4, 2)
+    assert (cfg.stage1.lr, cfg.stage1.expression_prior) == (0.02, 0.1)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = apply_overrides(FitConfig(), {"stage2.iterations": 50, "render.device": "cpu",
+                                        "stage1.fit_identity": True, "stage2.sh_energy": 2.5e-7})
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+    assert config_to_dict(cfg)["stage2"]["iterations"] == 50
+
+
+def test_partial_file_keeps_defaults_and_accepts_int_for_float(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[stage2]\niterations = 7\nphoto_weight = 10\n")
+    cfg = load_config(path)
+    assert cfg.stage2.iterations == 7
+    assert cfg.stage2.photo_weight == 10.0 and isinstance(cfg.stage2.photo_weight, float)
+    assert cfg.stage3 == FitConfig().stage3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[stage2]\niterashuns = 3\n", r"Unknown key 'iterashuns' in section \[stage2\]; valid keys: iterations, spp"),
+    ("[stage9]\niterations = 3\n", r"Unknown section \[stage9\].*valid sections: input, render, light"),
+    ("[stage2]\niterations = 2.5\n", "stage2.iterations must be an integer, not float 2.5"),
+    ("[stage2]\niterations = true\n", "stage2.iterations must be an integer, not bool"),
+    ("[stage2]\nphoto_weight = \"high\"\n", "stage2.photo_weight must be a number, not str"),
+    ("[stage1]\nfit_identity = 1\n", "stage1.fit_identity must be a boolean, not int"),
+    ("[render]\ndevice = \"tpu\"\n", "render.device must be one of 'auto', 'cpu', 'cuda'"),
+    ("[stage2]\nspp = 0\n", "stage2.spp must be at least 1, not 0"),
+    ("stage2 = 3\n", r"stage2 in .* must be a \[stage2\] table"),
+    ("[stage2\niterations = 3\n", "is not valid TOML"),
+])
+def test_errors(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError, match="Unknown key 'iters'"):
+        apply_overrides(FitConfig(), {"stage2.iters": 1})
+    with pytest.raises(ConfigError, match="Unknown config section 'stage'"):
+        apply_overrides(FitConfig(), {"stage.iterations": 1})
+    assert issubclass(ConfigError, ValueError)
+
+
+@click.command()
+@click.argument("name")
+@config_options
+def _tiny(name: str, **kwargs) -> None:
+    cfg = apply_overrides(FitConfig(), overrides_from_kwargs(kwargs))
+    click.echo(f"{name} {cfg.stage2.iterations} {cfg.stage1.fit_identity} {cfg.render.device} "
+               f"{cfg.stage2.sh_lr} {sorted(overrides_from_kwargs(kwargs))}")
+
+
+def test_click_options_cover_every_field():
+    runner = CliRunner()
+    help_text = runner.invoke(_tiny, ["--help"]).output
+    for section, table in config_to_dict(FitConfig()).items():
+        for key in table:
+            assert f"--{section}-{key}".replace("_", "-") in help_text
+    assert "Photometric iterations. [default: 400]" in " ".join(help_text.split())
+
+
+def test_click_options_set_values():
+    runner = CliRunner()
+    out = runner.invoke(_tiny, ["x", "--stage2-iterations", "50", "--stage1-fit-identity",
+                                "--render-device", "cpu", "--stage2-sh-lr", "0.5"])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == ("x 50 True cpu 0.5 ['render.device', 'stage1.fit_identity', "
+                                  "'stage2.iterations', 'stage2.sh_lr']")
+    out = runner.invoke(_tiny, ["x"])
+    assert out.output.strip() == "x 400 False auto 0.005 []"
+    out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
+    assert out.exit_code != 0 and "tpu" in out.output
