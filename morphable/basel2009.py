@@ -30,7 +30,7 @@ def _read_fields(path: Path) -> dict[str, np.ndarray]:
             return {k: np.asarray(f[k], dtype=np.float64).T for k in FIELDS if k in f}
     try:
         data = scipy.io.loadmat(str(path), variable_names=list(FIELDS))
-    except (ValueError, TypeError, OSError) as error:
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, OSError) as error:
         raise ValueError(f"{path} is not a readable MATLAB file ({error}); pass {FILE} as downloaded.") from None
     return {k: np.asarray(data[k], dtype=np.float64) for k in FIELDS if k in data}
 
