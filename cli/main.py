@@ -5,6 +5,7 @@ import click
 
 from mfface import __version__
 from mfface.cli.doctor import doctor
+from mfface.cli.models import models
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,3 +15,4 @@ def cli() -> None:
 
 
 cli.add_command(doctor)
+cli.add_command(models)

@@ -17,21 +17,11 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from mfface.landmarks import MEDIAPIPE_TO_IBUG68
 from mfface.morphable.model import MorphableModel
 
 N_MEDIAPIPE = 478
 N_CANONICAL = 468
-
-# MediaPipe landmark index for each of the 68 iBUG / Multi-PIE points (0-16 jaw, 17-26 brows,
-# 27-35 nose, 36-47 eyes, 48-67 lips). The widely used table, e.g. in ByteDance's LatentSync 1.5
-# (Apache-2.0) and many MediaPipe-to-dlib ports.
-MEDIAPIPE_IBUG68: tuple[int, ...] = (
-    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
-    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,
-    168, 197, 5, 4, 75, 97, 2, 326, 305,
-    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
-)
 
 # The face oval, FACEMESH_FACE_OVAL in mediapipe/python/solutions/face_mesh_connections.py:
 # silhouette landmarks that slide over the face as the head turns.
@@ -90,12 +80,15 @@ def contour_subset(indices: np.ndarray, positions: Iterable[int]) -> np.ndarray:
 
 
 def mediapipe_from_ibug68(ibug68: np.ndarray) -> np.ndarray:
-    """A (478,) MediaPipe table holding only the 68 points shared with iBUG-68 (others -1).
+    """A (478,) MediaPipe table holding only the iBUG-68 points that are one MediaPipe landmark
+    in `mfface.landmarks.MEDIAPIPE_TO_IBUG68` (63 of 68; all others -1).
 
     The fallback when MediaPipe's canonical mesh is not available at install time.
     """
     table = np.full(N_MEDIAPIPE, -1, dtype=np.int64)
-    table[list(MEDIAPIPE_IBUG68)] = ibug68
+    for k, mp in enumerate(MEDIAPIPE_TO_IBUG68):
+        if len(mp) == 1:
+            table[mp[0]] = ibug68[k]
     return table
 
 
@@ -113,7 +106,8 @@ def mediapipe_correspondence(model: MorphableModel, canonical_mesh: str | Path,
     anchors = None
     if ibug is not None and (ibug[17:] >= 0).all():
         # Inner points only: the jaw contour of a 2D annotation scheme is pose dependent.
-        anchors = (canonical[list(MEDIAPIPE_IBUG68[17:])], mean[ibug[17:]])
+        inner = np.stack([canonical[list(mp)].mean(0) for mp in MEDIAPIPE_TO_IBUG68[17:]])
+        anchors = (inner, mean[ibug[17:]])
         scale, rotation, translation = similarity_transform(*anchors)
     else:
         target = mean[candidates]

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from mfface.atomic import atomic_open
 from mfface.morphable.model import FORMAT_VERSION, AlbedoModel, MorphableModel
 
 FORMAT_NAME = "mfface-model"
@@ -92,17 +92,8 @@ def save_model(model: MorphableModel, path: str | os.PathLike) -> Path:
             arrays[f"{key}.mean"] = f32(albedo.mean)
             arrays[f"{key}.basis"] = f32(albedo.basis)
             arrays[f"{key}.std"] = f32(albedo.std)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 
