@@ -114,19 +114,24 @@ def envmap_directions(height: int = 64, width: int = 128, dtype: torch.dtype = t
 
 def envmap_solid_angles(height: int = 64, width: int = 128, dtype: torch.dtype = torch.float32,
                         device: torch.device | str | None = None) -> torch.Tensor:
-    """Solid angle (H, W) in steradians that each texel carries, summing to 4 pi.
+    """Quadrature weights (H, W) in steradians for the texels of a Mitsuba lat-long envmap (sum 4 pi).
 
-    Each texel's value is the weight of a bilinear "hat" function in Mitsuba's envmap, so its solid
-    angle is the hat's integral over the sphere: (2 pi / W) * integral of hat(theta) sin(theta)
-    dtheta, i.e. 2 sin(theta_i) (1 - cos d) / d inside and 1 - sin(d)/d on the pole rows, with
-    d = pi / (H - 1). Then sum(L * omega) equals the integral of the radiance Mitsuba renders.
+    Mitsuba's rows sit at theta_i = pi i / (H - 1), i.e. at z = cos(theta_i): exactly the
+    Clenshaw-Curtis nodes. So each row gets its Clenshaw-Curtis weight (all positive) times the
+    column width 2 pi / W. The rule integrates products of SH of `bands` bands exactly when
+    H >= 2 * bands - 1 and W >= 2 * bands - 1, which makes `envmap_to_sh` the exact inverse of
+    `sh_to_envmap` for band-limited light (17 x 17 texels suffice for 9 bands).
     """
-    theta, _ = envmap_angles(height, width, torch.float64, device)
-    d = math.pi / (height - 1)
-    rows = 2.0 * torch.sin(theta) * (1.0 - math.cos(d)) / d
-    rows[0] = rows[-1] = 1.0 - math.sin(d) / d
+    theta, _ = envmap_angles(height, width, torch.float64)
+    n = height - 1
+    j = torch.arange(1, n // 2 + 1, dtype=torch.float64)
+    b = torch.where(2 * j == n, 1.0, 2.0)
+    series = (b[None, :] / (4 * j[None, :] ** 2 - 1) * torch.cos(2 * j[None, :] * theta[:, None])).sum(1)
+    c = torch.full((height,), 2.0, dtype=torch.float64)
+    c[0] = c[-1] = 1.0
+    rows = c / n * (1.0 - series)
     omega = (2.0 * math.pi / width) * rows[:, None].expand(height, width)
-    return omega.to(dtype).contiguous()
+    return omega.to(dtype=dtype, device=device).contiguous()
 
 
 def window_factors(bands: int, window: Window = "hann", dtype: torch.dtype = torch.float32,
@@ -192,9 +197,10 @@ def sh_to_envmap(coeffs: torch.Tensor, height: int = 64, width: int = 128, windo
 def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     """SH coefficients (..., bands**2, 3) of a lat-long envmap (..., H, W, 3) in Mitsuba's layout.
 
-    Solid-angle-weighted projection: c_i = sum over texels of L * Y_i * omega (`envmap_solid_angles`).
-    Exact for a constant envmap; for band-limited light the error is a quadrature error that
-    shrinks with the envmap resolution (see docs/light.md for measured figures).
+    Solid-angle-weighted projection: c_i = sum over texels of L * Y_i * omega, with omega the
+    Clenshaw-Curtis weights of `envmap_solid_angles`. Exact (to rounding) for light of at most
+    (min(H, W) + 1) / 2 bands, so for a constant envmap and for the output of `sh_to_envmap`;
+    for other light it is the quadrature of the texel values (no extra smoothing).
     """
     _check_bands(bands)
     if envmap.dim() < 3 or envmap.shape[-1] != 3:
@@ -203,12 +209,6 @@ def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     basis = envmap_basis(height, width, bands, envmap.dtype, envmap.device)
     omega = envmap_solid_angles(height, width, envmap.dtype, envmap.device)
     return torch.einsum("hwn,hw,...hwc->...nc", basis, omega, envmap)
-
-
-def pad_periodic(envmap: torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) -> (..., H, W+2, 3): the layout of the `data` parameter of Mitsuba 3.9.1's
-    `envmap` (a halo column on each side: last column first, first column last)."""
-    return torch.cat([envmap[..., -1:, :], envmap, envmap[..., :1, :]], dim=-2)
 
 
 def sh_energy(coeffs: torch.Tensor) -> torch.Tensor:
