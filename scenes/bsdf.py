@@ -16,10 +16,14 @@ like every Mitsuba BSDF, `eval` returns the BSDF value times the foreshortening 
      `fresnel="none"`:    F = ks.
 - One-sided: zero when cos_i <= 0 or cos_o <= 0 (back faces are black).
 
+Note that with Schlick a texel with ks = 0 still reflects at grazing angles (F = (1 - wo.h)^5),
+as Schlick's formula says; only `fresnel="none"` with ks = 0 is purely Lambertian.
+
 Sampling: a mixture of a cosine-weighted hemisphere (component 0, DiffuseReflection) and GGX
 visible-normal sampling (component 1, GlossyReflection) with specular-lobe probability
-p_s = mean(ks) / (mean(kd) + mean(ks)) (detached; 0.5 when both are zero); the pdf is the
-mixture pdf (1 - p_s) cos_o / pi + p_s D_vis(h) / (4 wo.h).
+p_s = w_s / (mean(kd) + w_s), w_s = mean(F_schlick(cos_i)) (or mean(ks) without Fresnel),
+detached, 0.5 when both are zero; the pdf is the mixture pdf
+(1 - p_s) cos_o / pi + p_s D(h) G1(wi) / (4 cos_i)  (visible-normal pdf of h times dh/dwo).
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ class FaceBSDF(mi.BSDF):
     def __init__(self, props: mi.Properties) -> None:
         mi.BSDF.__init__(self, props)
         for key in ("diffuse", "specular", "roughness"):
-            if not props.has_property(key):
+            if key not in props:
                 raise ValueError(f"The mfface BSDF needs a '{key}' texture; add one to its dict.")
         self.diffuse: mi.Texture = props["diffuse"]
         self.specular: mi.Texture = props["specular"]
@@ -65,7 +69,11 @@ class FaceBSDF(mi.BSDF):
         alpha = dr.maximum(rough * rough, ALPHA_MIN)
         distr = mi.MicrofacetDistribution(mi.MicrofacetType.GGX, alpha, True)
         wd = dr.detach(dr.mean(kd))
-        ws = dr.detach(dr.mean(ks))
+        if self.schlick:  # the specular lobe's weight at normal-to-wi incidence: Schlick at cos_i
+            ks_i = ks + (1.0 - ks) * dr.power(1.0 - dr.clip(mi.Frame3f.cos_theta(si.wi), 0.0, 1.0), 5.0)
+            ws = dr.detach(dr.mean(ks_i))
+        else:
+            ws = dr.detach(dr.mean(ks))
         total = wd + ws
         p_spec = dr.select(total > 0, ws / dr.maximum(total, 1e-8), 0.5)
         return kd, ks, distr, p_spec
