@@ -116,7 +116,7 @@ def test_gradients_flow():
     torch.manual_seed(1)
     coeffs = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: sh.sh_to_envmap(c, 6, 8, window="hann", clamp=False), (coeffs,))
-    env = torch.rand(6, 8, 3, dtype=torch.float64, requires_grad=True)
+    env = torch.rand(4, 4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda e: sh.envmap_to_sh(e, 2), (env,))
     dirs = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1).requires_grad_()
     assert torch.autograd.gradcheck(lambda d: sh.sh_basis(d, 4), (dirs,))
