@@ -216,7 +216,7 @@ class ModelStore:
             return []
         default = self.default_name()
         infos = []
-        for path in sorted(self.root.glob(f"*{SUFFIX}")):
+        for path in sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.name[: -len(SUFFIX)]):
             name = path.name[: -len(SUFFIX)]
             if name.startswith("."):
                 continue

@@ -1,0 +1,185 @@
+"""Model file format and model store: round trips, damaged files, install/remove/default, download."""
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+import types
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import data_file
+from mfface.morphable.format import (ModelFormatError, ModelSourceError, load_model_file,
+                                     read_header, save_model)
+from mfface.morphable.model import AlbedoModel, MorphableModel
+from mfface.morphable.store import (DownloadError, ModelNotInstalledError, ModelStore,
+                                    default_root, download, split_name)
+
+
+def tiny_model(name: str = "tiny", albedo: bool = True, v: int = 5) -> MorphableModel:
+    rng = np.random.default_rng(1)
+    f32 = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    return MorphableModel(
+        name=name, mean_shape=f32(v, 3), identity_basis=f32(3, v, 3), identity_std=np.ones(3, np.float32),
+        expression_basis=f32(2, v, 3), expression_std=np.full(2, 0.5, np.float32),
+        triangles=np.array([[0, 1, 2], [2, 3, 4]], np.int32), uvs=rng.random((v, 2)).astype(np.float32),
+        expression_names=["a", "b"], landmarks={"ibug68": np.full(68, -1)},
+        regions={"face": np.arange(v)}, symmetry=np.arange(v)[::-1].copy(),
+        diffuse_albedo=AlbedoModel(f32(v, 3), f32(4, v, 3), np.ones(4, np.float32)) if albedo else None,
+        provenance="test", license="MIT")
+
+
+@pytest.mark.parametrize("albedo", [True, False])
+def test_round_trip(tmp_path, albedo):
+    model = tiny_model(albedo=albedo)
+    path = save_model(model, tmp_path / "m.mfmodel")
+    back = load_model_file(path)
+    for key in ("mean_shape", "identity_basis", "expression_std", "triangles", "uvs", "symmetry"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(model, key))
+    assert back.expression_names == ["a", "b"] and back.texture_size == (512, 512)
+    np.testing.assert_array_equal(back.landmarks["ibug68"], model.landmarks["ibug68"])
+    assert (back.diffuse_albedo is None) == (not albedo) and back.specular_albedo is None
+    if albedo:
+        np.testing.assert_array_equal(back.diffuse_albedo.basis, model.diffuse_albedo.basis)
+    assert read_header(path)["n_vertices"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["m.mfmodel"]  # no temporary left behind
+
+
+def test_damaged_model_files(tmp_path):
+    path = save_model(tiny_model(), tmp_path / "m.mfmodel")
+    data = path.read_bytes()
+    for broken in (data[: len(data) // 2], b"not a model", data[:100]):
+        bad = tmp_path / "bad.mfmodel"
+        bad.write_bytes(broken)
+        with pytest.raises(ModelFormatError, match="not a readable mfface model"):
+            load_model_file(bad)
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ModelFormatError, match="not a readable mfface model"):
+        load_model_file(tmp_path / "other.npz")
+
+
+def test_store_default_list_remove_load(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.list() == [] and store.default_name() is None
+    with pytest.raises(ModelNotInstalledError, match="mfface models install ict"):
+        store.load()
+    save_model(tiny_model("ict"), store.path("ict"))
+    save_model(tiny_model("ict-narrow"), store.path("ict-narrow"))
+    store.set_default("ict-narrow")
+    assert [i.name for i in store.list()] == ["ict", "ict-narrow"]
+    assert store.load().name == "ict-narrow" and store.info("ict-narrow").is_default
+    (tmp_path / "broken.mfmodel").write_bytes(b"junk")
+    assert [i.name for i in store.list() if i.error] == ["broken"]
+    store.remove("ict-narrow")
+    assert store.default_name() is None
+    with pytest.raises(ModelNotInstalledError, match="mfface models install ict --region narrow"):
+        store.info("ict-narrow")
+    with pytest.raises(ModelNotInstalledError, match="install it with `mfface models install ict`"):
+        store.set_default("frobnicate")
+
+
+def test_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MFFACE_HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / "models"
+    monkeypatch.delenv("MFFACE_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "xdg" / "mfface" / "models"
+
+
+def test_names():
+    assert split_name("ict") == ("ict", None, "ict")
+    assert split_name("ict", "face") == ("ict", "face", "ict")
+    assert split_name("ict", "narrow") == ("ict", "narrow", "ict-narrow")
+    assert split_name("ict-head") == ("ict", "head", "ict-head")
+    for name, region, match in (("flame", None, "unknown model"), ("ict", "ears", "no region"),
+                                ("ict-head", "narrow", "already names"), ("../x", None, "invalid")):
+        with pytest.raises(ValueError, match=match):
+            split_name(name, region)
+
+
+def test_registration_models_need_a_source(tmp_path):
+    with pytest.raises(ModelSourceError, match="University of Basel.*AlbedoMM"):
+        ModelStore(tmp_path).install("bfm2017")
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        ModelStore(tmp_path).install("bfm2009", source=tmp_path / "nothing")
+
+
+def test_basel_install_dispatch_and_landmark_fallback(tmp_path, monkeypatch):
+    """bfm2017 goes through basel2017.import_bfm2017(source, **options), imported lazily."""
+    calls = []
+
+    def fake_import(source: Path, **options) -> MorphableModel:
+        calls.append((source, options))
+        model = tiny_model("whatever", v=70)
+        model.landmarks = {"ibug68": np.arange(68)}
+        return model
+
+    monkeypatch.setitem(sys.modules, "mfface.morphable.basel2017",
+                        types.SimpleNamespace(import_bfm2017=fake_import))
+    monkeypatch.delenv("MFFACE_MEDIAPIPE_MESH", raising=False)
+    store = ModelStore(tmp_path / "store")
+    info = store.install("bfm2017", source=tmp_path)
+    assert calls == [(tmp_path, {})] and info.name == "bfm2017" and info.is_default
+    model = store.load()
+    assert (model.landmarks["mediapipe478"] >= 0).sum() == 63
+    assert "only where they coincide with iBUG-68" in model.provenance
+
+
+def test_failed_install_leaves_nothing(tmp_path):
+    broken = tmp_path / "ICT-FaceKit.tar.xz"
+    broken.write_bytes(data_file("ICT-FaceKit.tar.xz").read_bytes()[:2_000_000])
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(ModelSourceError, match="damaged or incomplete"):
+        store.install("ict", source=broken)
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/short":  # announces more bytes than it sends: a cut connection
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    """An HTTP server on 127.0.0.1 serving a folder: (base URL, folder)."""
+    folder = tmp_path_factory.mktemp("served")
+    (folder / "hello.bin").write_bytes(b"hello world")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    server.shutdown()
+
+
+def test_download_checks_sha256_and_length(tmp_path, loopback):
+    url, _ = loopback
+    good = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+    assert download(f"{url}/hello.bin", tmp_path / "a", sha256=good, progress=True) == good
+    assert (tmp_path / "a").read_bytes() == b"hello world"
+    with pytest.raises(DownloadError, match="expected 00"):
+        download(f"{url}/hello.bin", tmp_path / "b", sha256="00" * 32)
+    with pytest.raises(DownloadError, match="stopped after 10 of 1000 bytes"):
+        download(f"{url}/short", tmp_path / "c")
+    with pytest.raises(DownloadError, match="could not download"):
+        download(f"{url}/missing.bin", tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_install_from_url_with_wrong_checksum_leaves_nothing(tmp_path, loopback):
+    url, _ = loopback
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(DownloadError, match="was discarded"):
+        store.install("ict", source=f"{url}/hello.bin", sha256="00" * 32)
+    assert list((tmp_path / "store").iterdir()) == []
