@@ -1,6 +1,8 @@
 """Basel 2017 (+ AlbedoMM) and Basel 2009 importers, on tiny files written in the real layouts."""
 from __future__ import annotations
 
+import tarfile
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -12,6 +14,7 @@ from test_uv import face_mesh
 
 from mfface.morphable.basel2009 import import_bfm2009
 from mfface.morphable.basel2017 import import_bfm2017, linearise_colour_model
+from mfface.morphable.format import ModelSourceError
 
 
 def orthonormal(rows: int, cols: int, seed: int) -> np.ndarray:
@@ -126,6 +129,20 @@ def test_bfm2017_with_albedomm_uses_its_linear_albedo(tmp_path: Path, mesh) -> N
     assert "AlbedoMM" in model.provenance
 
 
+def test_bfm2017_from_a_zip_with_albedomm_inside(tmp_path: Path, mesh) -> None:
+    vertices, triangles = mesh
+    (tmp_path / "src").mkdir()
+    write_bfm2017(tmp_path / "src", vertices, triangles)
+    truth = write_albedomm(tmp_path / "src" / "albedoModel2020_face12_albedoPart.h5", len(vertices))
+    with zipfile.ZipFile(tmp_path / "basel.zip", "w") as archive:
+        for file in (tmp_path / "src").iterdir():
+            archive.write(file, f"models/{file.name}")
+    model = import_bfm2017(tmp_path / "basel.zip")
+    np.testing.assert_allclose(model.specular_albedo.mean, truth["specular"]["mean"], atol=1e-6)
+    assert "(model2017-1_face12_nomouth.h5)" in model.provenance
+    assert "AlbedoMM" in model.provenance
+
+
 def test_bfm2017_without_albedomm_linearises_its_colour_model(tmp_path: Path, mesh) -> None:
     vertices, triangles = mesh
     truth = write_bfm2017(tmp_path, vertices, triangles)
@@ -170,12 +187,12 @@ def test_bfm2017_inconsistent_shapes_and_albedo_raise(tmp_path: Path, mesh) -> N
 
 
 def test_bfm2017_bad_sources(tmp_path: Path, mesh) -> None:
-    with pytest.raises(FileNotFoundError, match="model2017-1_face12_nomouth.h5"):
+    with pytest.raises(ModelSourceError, match="model2017-1_face12_nomouth.h5"):
         import_bfm2017(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ModelSourceError, match="does not exist"):
         import_bfm2017(tmp_path / "nothing.h5")
     (tmp_path / "x.h5").write_text("not hdf5")
-    with pytest.raises(ValueError, match="not an HDF5 file"):
+    with pytest.raises(ModelSourceError, match="neither an HDF5 file nor a zip / tar archive"):
         import_bfm2017(tmp_path / "x.h5")
     write_bfm2017(tmp_path, mesh[0] / 1000.0, mesh[1])  # metres instead of mm
     with pytest.raises(ValueError, match="not 50-500 mm"):
@@ -223,6 +240,16 @@ def test_bfm2009_mat_v73_hdf5_transposed(tmp_path: Path, mesh) -> None:
     check_bfm2009(import_bfm2009(tmp_path / "01_MorphableModel.mat"), fields, mesh[1])
 
 
+def test_bfm2009_from_the_downloaded_tgz(tmp_path: Path, mesh) -> None:
+    fields = bfm2009_fields(*mesh)
+    (tmp_path / "PublicMM1").mkdir()
+    scipy.io.savemat(tmp_path / "PublicMM1" / "01_MorphableModel.mat", fields)
+    with tarfile.open(tmp_path / "BaselFaceModel.tgz", "w:gz") as archive:
+        archive.add(tmp_path / "PublicMM1", arcname="PublicMM1")
+    check_bfm2009(import_bfm2009(tmp_path / "BaselFaceModel.tgz"), fields, mesh[1])
+    check_bfm2009(import_bfm2009(tmp_path), fields, mesh[1])  # folder searched recursively
+
+
 @pytest.mark.xfail(strict=True, reason="MorphableModel.torch_buffers cannot reshape an empty (0, V, 3) "
                    "basis (b.reshape(0, -1)); reported to the lead, who owns morphable/model.py")
 def test_bfm2009_vertices_without_expression(tmp_path: Path, mesh) -> None:
@@ -234,8 +261,10 @@ def test_bfm2009_vertices_without_expression(tmp_path: Path, mesh) -> None:
 
 
 def test_bfm2009_bad_files(tmp_path: Path, mesh) -> None:
-    with pytest.raises(FileNotFoundError, match="01_MorphableModel.mat"):
+    with pytest.raises(ModelSourceError, match="holds no 01_MorphableModel.mat"):
         import_bfm2009(tmp_path)
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        import_bfm2009(tmp_path / "missing.mat")
     fields = bfm2009_fields(*mesh)
     del fields["texEV"]
     scipy.io.savemat(tmp_path / "01_MorphableModel.mat", fields)
