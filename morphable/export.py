@@ -31,6 +31,8 @@ import torch
 import trimesh
 from PIL import Image
 
+from mfface.atomic import write_bytes
+
 TEXTURE_NAMES = ("diffuse", "specular", "roughness")
 COLOUR_MAPS = ("diffuse", "specular")
 GLTF_DIELECTRIC_F0 = 0.04
@@ -200,11 +202,5 @@ def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
     glb = mesh.export(file_type="glb")
     if "specular" in images:
         glb = _add_specular_extension(glb, _png_bytes(images["specular"].convert("RGB")))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        tmp.write_bytes(glb)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, glb)
     return path
