@@ -1,0 +1,163 @@
+"""Stage 1: head pose, focal and expression (optionally identity) from 2D landmarks, no rendering.
+
+Start: a PnP solve per image on the model's landmark vertices (focal searched when unknown). Then
+Adam minimises  landmark_loss(project(to_camera(vertices)), landmarks) + expression_prior * mean(e^2)
+(+ identity_prior * mean(i^2)) over all B images at once. The learning rate decays with a cosine
+schedule to 0 so that the last iterations settle instead of jittering at lr-sized steps.
+Parametrisation, so that one lr suits every parameter: euler (rad), log focal, log t_z and the
+lateral translation as t_xy / t_z (the image-plane offset, unitless).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mfface.camera import project, solve_pnp, to_camera
+from mfface.config import Stage1Config
+from mfface.landmarks import scheme_for_count
+from mfface.morphable.model import MorphableModel
+from mfface.priors import landmark_loss, landmark_weights, statistical_prior
+
+
+@dataclass
+class Stage1Result:
+    """Stage-1 estimates for B images (float32 tensors, detached).
+
+    euler (B, 3) rad and translation (B, 3) mm (mfface.camera's pose), focal (B,) px,
+    expression (B, K_exp), identity (B, K) or None when identity was not fitted (K = the fitted
+    leading components; with shared identity all B rows are equal). `losses` is the total loss per
+    iteration; `rms` (B,) the final unweighted landmark reprojection error in px.
+    """
+    euler: torch.Tensor
+    translation: torch.Tensor
+    focal: torch.Tensor
+    expression: torch.Tensor
+    identity: torch.Tensor | None
+    rms: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+
+
+def _check_inputs(model: MorphableModel, landmarks: torch.Tensor, landmark_index: torch.Tensor) -> None:
+    if landmarks.ndim != 3 or landmarks.shape[-1] != 2:
+        raise ValueError(f"landmarks must be (B, N, 2) px, got {tuple(landmarks.shape)}.")
+    if landmark_index.shape != (landmarks.shape[1],):
+        raise ValueError(f"landmark_index must be (N,) = ({landmarks.shape[1]},), got "
+                         f"{tuple(landmark_index.shape)}.")
+    if int(landmark_index.max()) >= model.n_vertices:
+        raise ValueError("landmark_index refers to vertices beyond the model's; use the model's own table.")
+    if int((landmark_index >= 0).sum()) < 6:
+        raise ValueError("stage 1 needs at least 6 landmarks that the model covers (index >= 0).")
+
+
+def _pnp_init(model_points: np.ndarray, landmarks: np.ndarray, width: int, height: int,
+              focal: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image PnP: euler (B, 3), translation (B, 3), focal (B,)."""
+    found = [solve_pnp(model_points[b], landmarks[b], width, height, focal) for b in range(len(landmarks))]
+    return (np.stack([f.euler for f in found]), np.stack([f.translation for f in found]),
+            np.array([f.focal for f in found]))
+
+
+def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index: torch.Tensor,
+                  width: int, height: int, config: Stage1Config, init: Stage1Result | None = None,
+                  identity: torch.Tensor | None = None, shared_identity: bool = False) -> Stage1Result:
+    """Fit pose, focal and expression (and identity when `config.fit_identity`) to landmarks.
+
+    landmarks (B, N, 2) px in the image convention of mfface.camera; landmark_index (N,) model
+    vertex per landmark, -1 = not covered (ignored). The scheme (and so which landmarks are the
+    down-weighted outline, `config.contour_weight`) follows from N. `identity` (B or 1, K) fixes
+    the identity (e.g. known from other photos); otherwise it starts at 0 and is fitted only when
+    `config.fit_identity` (one vector for all images when `shared_identity`). `init` replaces the
+    PnP start (e.g. the previous video frame). Runs on landmarks.device.
+    """
+    landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
+    landmark_index = torch.as_tensor(landmark_index, dtype=torch.long, device=landmarks.device)
+    _check_inputs(model, landmarks, landmark_index)
+    device, batch = landmarks.device, landmarks.shape[0]
+    valid = landmark_index >= 0
+    target = landmarks[:, valid]
+    vertex_index = landmark_index[valid]
+    weights = landmark_weights(scheme_for_count(landmarks.shape[1]), landmarks.shape[1],
+                               config.contour_weight, device)[valid]
+
+    fit_identity = config.fit_identity and identity is None and config.identity_components > 0
+    k_id = min(config.identity_components, model.n_identity)
+    id_rows = 1 if shared_identity else batch
+    if identity is not None:
+        identity = torch.as_tensor(identity, dtype=torch.float32, device=device).expand(batch, -1)
+    id_param = torch.zeros(id_rows, k_id, device=device, requires_grad=fit_identity)
+    exp_param = torch.zeros(batch, model.n_expression, device=device)
+    known_focal = config.focal if config.focal > 0 else None
+
+    if init is None:
+        with torch.no_grad():
+            start = model.vertices(identity)[:, vertex_index].expand(batch, -1, -1)
+        euler0, trans0, focal0 = _pnp_init(start.cpu().double().numpy(), target.cpu().double().numpy(),
+                                           width, height, known_focal)
+    else:
+        euler0, trans0, focal0 = (init.euler.cpu().numpy(), init.translation.cpu().numpy(),
+                                  init.focal.cpu().numpy())
+        exp_param = init.expression.to(device).clone()
+        if init.identity is not None and identity is None and fit_identity:
+            id_param = init.identity[:id_rows, :k_id].to(device).clone()
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device).clone()
+
+    euler = tensor(euler0).requires_grad_()
+    trans0 = tensor(trans0)
+    log_tz = trans0[:, 2:].log().requires_grad_()
+    lateral = (trans0[:, :2] / trans0[:, 2:]).requires_grad_()
+    log_focal = tensor(focal0).log().requires_grad_(config.fit_focal and known_focal is None)
+    exp_param.requires_grad_()
+    id_param.requires_grad_(fit_identity)
+
+    # Only the landmark vertices' rows of the model: V can be ~30k, landmarks a few hundred.
+    buffers = model.torch_buffers(device)
+    rows = (vertex_index[:, None] * 3 + torch.arange(3, device=device)).reshape(-1)
+    mean_rows = buffers["mean"][rows]
+    id_rows_basis = buffers["identity"][rows, :k_id]
+    exp_rows_basis = buffers["expression"][rows]
+    fixed_identity = (identity @ buffers["identity"][rows, :identity.shape[1]].T
+                      if identity is not None else 0.0)
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat = mean_rows + exp_param @ exp_rows_basis.T + fixed_identity
+        if fit_identity:
+            flat = flat + id_param.expand(batch, -1) @ id_rows_basis.T
+        verts = flat.reshape(batch, -1, 3)
+        tz = log_tz.exp()
+        translation = torch.cat([lateral * tz, tz], dim=1)
+        uv = project(to_camera(verts, euler, translation), log_focal.exp(), width, height)
+        loss = landmark_loss(uv, target, weights, config.robust_scale)
+        loss = loss + config.expression_prior * statistical_prior(exp_param)
+        if fit_identity:
+            loss = loss + config.identity_prior * statistical_prior(id_param)
+        return loss, uv, translation
+
+    params = [p for p in (euler, log_tz, lateral, log_focal, exp_param, id_param) if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / max(config.iterations, 1))))
+    losses = []
+    for _ in range(config.iterations):
+        optimizer.zero_grad()
+        loss, _, _ = evaluate()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+
+    with torch.no_grad():
+        loss, uv, translation = evaluate()
+        rms = (uv - target).pow(2).sum(-1).mean(-1).sqrt()
+    fitted_identity = None
+    if fit_identity:
+        fitted_identity = id_param.detach().expand(batch, -1).clone()
+    elif identity is not None:
+        fitted_identity = identity.clone()
+    return Stage1Result(euler=euler.detach().clone(), translation=translation.detach().clone(),
+                        focal=log_focal.detach().exp(), expression=exp_param.detach().clone(),
+                        identity=fitted_identity, rms=rms, losses=losses)
