@@ -93,6 +93,11 @@ class Stage2Config:
     geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0)
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0)
     geometry_start: int = _f(100, "Iteration at which identity, expression and pose join the fit.", 0)
+    albedo_resolution: int = _f(64, "Side of the stage-2 albedo texture (free texture for models without "
+                                "an albedo model; bake size of a statistical one).", 4)
+    albedo_smoothness: float = _f(1.0, "Free albedo texture: weight of its total variation.", 0.0)
+    albedo_symmetry: float = _f(1.0, "Free albedo texture: weight of L1 between mirror points.", 0.0)
+    specular_init: float = _f(0.04, "Specular albedo (Schlick F0) in stage 2, and stage 3's start.", 0.0)
 
 
 @dataclass
@@ -117,7 +122,8 @@ class Stage3Config:
     roughness_symmetry: float = _f(10.0, "Roughness map: L1 to its horizontal flip.", 0.0)
     roughness_consistency: float = _f(0.0, "Roughness map: closeness to the stage-2 map.", 0.0)
     roughness_smoothness: float = _f(0.002, "Roughness map: smoothness.", 0.0)
-    roughness_range: float = _f(0.0, "Roughness map: penalty outside [0, 1].", 0.0)
+    roughness_range: float = _f(0.0, "Roughness map: penalty outside [roughness_min, 1].", 0.0)
+    roughness_min: float = _f(0.05, "Smallest roughness a texel may take (GGX is unstable near 0).", 0.0)
 
 
 @dataclass

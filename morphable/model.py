@@ -94,7 +94,7 @@ class MorphableModel:
         key = str(torch.device(device))
         if key not in self._torch_cache:
             def basis(b: np.ndarray, s: np.ndarray) -> torch.Tensor:
-                scaled = b.reshape(b.shape[0], -1).astype(np.float32) * s.astype(np.float32)[:, None]
+                scaled = b.reshape(b.shape[0], 3 * self.n_vertices).astype(np.float32) * s.astype(np.float32)[:, None]
                 return torch.from_numpy(np.ascontiguousarray(scaled.T)).to(device)
             self._torch_cache[key] = {
                 "mean": torch.from_numpy(self.mean_shape.reshape(-1).astype(np.float32)).to(device),

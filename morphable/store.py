@@ -96,6 +96,8 @@ def split_name(name: str, region: str | None = None) -> tuple[str, str | None, s
     if kind not in KINDS:
         raise ValueError(f"unknown model {kind!r}; choose one of {', '.join(KINDS)}.")
     spec = KINDS[kind]
+    if not spec.regions and region is not None:
+        raise ValueError(f"model {kind!r} has no selectable regions; install it without --region.")
     if spec.regions and region is not None and region not in spec.regions:
         raise ValueError(f"model {kind!r} has no region {region!r}; choose one of "
                          f"{', '.join(spec.regions)}.")

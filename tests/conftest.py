@@ -38,3 +38,17 @@ def variant() -> str:
     from mfface.backend import select_variant
 
     return select_variant()
+
+
+@pytest.fixture(scope="session")
+def ict_indexed():
+    """(ICT face model, original ICT index per vertex), imported once per session."""
+    from mfface.morphable.ict import import_ict_indexed
+
+    return import_ict_indexed(data_file("ICT-FaceKit.tar.xz"))
+
+
+@pytest.fixture(scope="session")
+def ict(ict_indexed):
+    """The ICT Face Model (face region) imported from the shared archive."""
+    return ict_indexed[0]

@@ -250,8 +250,6 @@ def test_bfm2009_from_the_downloaded_tgz(tmp_path: Path, mesh) -> None:
     check_bfm2009(import_bfm2009(tmp_path), fields, mesh[1])  # folder searched recursively
 
 
-@pytest.mark.xfail(strict=True, reason="MorphableModel.torch_buffers cannot reshape an empty (0, V, 3) "
-                   "basis (b.reshape(0, -1)); reported to the lead, who owns morphable/model.py")
 def test_bfm2009_vertices_without_expression(tmp_path: Path, mesh) -> None:
     fields = bfm2009_fields(*mesh)
     scipy.io.savemat(tmp_path / "01_MorphableModel.mat", fields)

@@ -11,7 +11,6 @@ from mfface.morphable.correspondence import (MEDIAPIPE_CONTOUR, mediapipe_corres
                                              similarity_transform)
 from mfface.morphable.ict import mediapipe_table
 from mfface.morphable.model import MorphableModel
-from test_ict import ict, ict_indexed  # noqa: F401  (session fixtures, imported once)
 
 CANONICAL = "mediapipe/canonical_face_model.obj"
 

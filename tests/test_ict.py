@@ -14,25 +14,6 @@ from mfface.morphable.format import ModelSourceError
 from mfface.morphable.ict import COMMIT, import_ict, import_ict_indexed
 
 ICT_ARCHIVE = "ICT-FaceKit.tar.xz"
-_CACHE: dict[str, tuple] = {}
-
-
-@pytest.fixture(scope="session")
-def ict_indexed():
-    """(model, original ICT index per vertex) imported once per session from the shared archive.
-
-    Other test modules import this fixture; the module-level cache makes the import happen once.
-    """
-    if "face" not in _CACHE:
-        _CACHE["face"] = import_ict_indexed(data_file(ICT_ARCHIVE))
-    return _CACHE["face"]
-
-
-@pytest.fixture(scope="session")
-def ict(ict_indexed):
-    return ict_indexed[0]
-
-
 def test_sizes_names_and_units(ict):
     assert ict.name == "ict"
     assert ict.n_vertices == 9547 and ict.triangles.shape == (18460, 3)

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from conftest import data_file
 from mfface.cli.main import cli
 from mfface.morphable.store import ModelStore
-from test_ict import ict, ict_indexed  # noqa: F401  (session fixtures, imported once)
 
 ARCHIVE_SHA256 = "0a9f5b67beb11d5261c6ff319f866e586afd6dee57b47e821fb028a776baf850"
 

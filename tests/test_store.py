@@ -183,3 +183,10 @@ def test_install_from_url_with_wrong_checksum_leaves_nothing(tmp_path, loopback)
     with pytest.raises(DownloadError, match="was discarded"):
         store.install("ict", source=f"{url}/hello.bin", sha256="00" * 32)
     assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_basel_models_take_no_region() -> None:
+    from mfface.morphable.store import split_name
+
+    with pytest.raises(ValueError, match="no selectable regions"):
+        split_name("bfm2017", "narrow")

@@ -1,0 +1,200 @@
+"""The three-stage reconstruction: photo(s) -> landmarks -> crop -> stage 1 -> stage 2 -> stage 3.
+
+`prepare_image` reads a photo, finds (or reads) its landmarks, crops a square around the face and
+shrinks it to `input.max_resolution`; `Reconstructor.fit` runs the stages on one image or on several
+photos of one person (`shared_identity`: one identity and one set of reflectance maps, per-photo
+pose, expression, focal and light), saving a checkpoint after each stage so a fit can resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mfface.config import FitConfig, Stage1Config
+from mfface.fitting.face_render import FaceRender
+from mfface.fitting.landmark_stage import fit_landmarks
+from mfface.fitting.photometric_stage import StageReport, fit_photometric, initial_state
+from mfface.fitting.state import FaceState, load_checkpoint, save_checkpoint
+from mfface.fitting.targets import FitTargets
+from mfface.fitting.texel_stage import fit_texels
+from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
+from mfface.landmarks import LandmarkDetector, read_landmarks, scheme_for_count
+from mfface.masks import skin_mask
+from mfface.morphable.model import MorphableModel
+from mfface.priors import landmark_weights
+from mfface.texture_priors import resize_texture
+
+STAGES = (1, 2, 3)
+ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass
+class PreparedImage:
+    """One photo ready to fit. `photo` (H, W, 3) display-referred as read; `landmarks` (N, 2) in
+    its pixels; the crop: `box`, `to_crop` (input px -> crop px), `target` (S, S, 3) linear,
+    `skin` (S, S), `crop_landmarks` (N, 2)."""
+    name: str
+    path: Path
+    photo: torch.Tensor
+    landmarks: np.ndarray
+    scheme: str
+    box: CropBox
+    to_crop: Affine2D
+    target: torch.Tensor
+    skin: torch.Tensor
+    crop_landmarks: np.ndarray
+
+
+def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetector | None = None,
+                  landmark_file: str | Path | None = None, size: int | None = None) -> PreparedImage:
+    """Read, detect (or read) landmarks, crop and linearise one photo.
+
+    `size` forces the crop's side in pixels (photos fitted together must share it); by default it
+    is the face's crop size, shrunk to `input.max_resolution`.
+    """
+    path = Path(path)
+    photo = read_image(path)
+    if landmark_file is not None:
+        landmarks, scheme = read_landmarks(landmark_file)
+    else:
+        if detector is None:
+            raise ValueError("prepare_image needs a LandmarkDetector or a landmark file.")
+        display = np.round(photo.numpy() * 255.0).astype(np.uint8)
+        landmarks = detector.detect(display, name=str(path))
+        scheme = scheme_for_count(len(landmarks))
+    box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
+    target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution)
+    crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
+    side = target.shape[0]
+    skin = torch.from_numpy(skin_mask(crop_landmarks, side, side))
+    return PreparedImage(name=path.stem, path=path, photo=photo, landmarks=np.asarray(landmarks),
+                         scheme=scheme, box=box, to_crop=to_crop,
+                         target=linearize(target, config.input.gamma), skin=skin,
+                         crop_landmarks=crop_landmarks)
+
+
+def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray:
+    """Model vertex per landmark (count,) for a scheme ('mediapipe478', 'ibug68'); -1 = not covered."""
+    key = "mediapipe478" if scheme.startswith("mediapipe") else scheme
+    if key not in model.landmarks:
+        raise ValueError(f"model {model.name!r} has no {key} landmark correspondence; reinstall it "
+                         f"with `mfface models install {model.name}`.")
+    return np.asarray(model.landmarks[key][:count], dtype=np.int64)
+
+
+@dataclass
+class FitResult:
+    """The outcome of one fit: the state, the inputs, per-stage losses and times."""
+    model: MorphableModel
+    config: FitConfig
+    images: list[PreparedImage]
+    state: FaceState
+    render: FaceRender
+    targets: FitTargets
+    reports: dict[str, StageReport] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stage1_rms_px: list[float] = field(default_factory=list)
+
+
+class Reconstructor:
+    """Fits a morphable model to photos; one instance serves many fits (scenes are cached by size)."""
+
+    def __init__(self, model: MorphableModel, config: FitConfig, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.config = config
+        self.device = torch.device(device)
+        self._renders: dict[int, FaceRender] = {}
+
+    def render_for(self, size: int) -> FaceRender:
+        """The forward model for `size`-pixel crops, built once per size."""
+        if size not in self._renders:
+            self._renders[size] = FaceRender(self.model, size, self.config, self.device)
+        return self._renders[size]
+
+    def targets(self, images: list[PreparedImage]) -> FitTargets:
+        sizes = {im.target.shape[0] for im in images}
+        if len(sizes) != 1:
+            raise ValueError("photos fitted together must be cropped to one size; pass `size` to "
+                             "prepare_image.")
+        schemes = {im.scheme for im in images}
+        if len(schemes) != 1:
+            raise ValueError("photos fitted together must use one landmark scheme; give landmark "
+                             "files of the same kind for all of them.")
+        count = len(images[0].crop_landmarks)
+        index = torch.from_numpy(landmark_index(self.model, images[0].scheme, count)).to(self.device)
+        weights = landmark_weights(scheme_for_count(count), count, self.config.stage1.contour_weight,
+                                   self.device)
+        return FitTargets(
+            images=torch.stack([im.target for im in images]).to(self.device),
+            skin=torch.stack([im.skin for im in images]).to(self.device),
+            landmarks=torch.from_numpy(np.stack([im.crop_landmarks for im in images])).float().to(self.device),
+            landmark_index=index, landmark_weights=weights)
+
+    def fit(self, images: list[PreparedImage], shared_identity: bool = False,
+            skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
+            checkpoint_dir: str | Path | None = None,
+            on_step: ProgressCallback | None = None) -> FitResult:
+        """Run the stages not in `skip_stages`, from scratch or from the checkpoint `resume`.
+
+        After each stage that ran, `checkpoint_dir/stageN.npz` is written (when given).
+        """
+        cfg = self.config
+        targets = self.targets(images)
+        render = self.render_for(targets.size)
+        result = FitResult(self.model, cfg, images, state=None, render=render, targets=targets)  # type: ignore[arg-type]
+        done = 0
+        state: FaceState | None = None
+        if resume is not None:
+            state, done = load_checkpoint(resume, self.device)
+            if state.batch != targets.batch:
+                raise ValueError(f"checkpoint {resume} holds {state.batch} images but {targets.batch} "
+                                 f"are being fitted; resume with the same photos.")
+
+        def step(stage: str) -> Callable[[int, int, dict[str, float]], None] | None:
+            return None if on_step is None else (lambda i, n, losses: on_step(stage, i, n, losses))
+
+        def finish(stage: int, new_state: FaceState, started: float) -> FaceState:
+            result.seconds[f"stage{stage}"] = time.perf_counter() - started
+            if checkpoint_dir is not None:
+                save_checkpoint(Path(checkpoint_dir) / f"stage{stage}.npz", new_state, stage)
+            return new_state
+
+        if done < 1:
+            started = time.perf_counter()
+            s1 = cfg.stage1 if 1 not in skip_stages else _no_iterations(cfg.stage1)
+            st1 = fit_landmarks(self.model, targets.landmarks, targets.landmark_index, targets.size,
+                                targets.size, s1, shared_identity=shared_identity)
+            result.stage1_rms_px = [float(r) for r in st1.rms]
+            state = finish(1, initial_state(render, targets, st1.euler, st1.translation, st1.focal,
+                                            st1.expression, st1.identity, shared_identity, cfg), started)
+        if done < 2 and 2 not in skip_stages:
+            started = time.perf_counter()
+            state, result.reports["stage2"] = fit_photometric(render, targets, state, cfg, step("stage2"))
+            state = finish(2, state, started)
+        elif done < 2:
+            state = _upsampled(state, cfg)
+        if done < 3 and 3 not in skip_stages:
+            started = time.perf_counter()
+            state, result.reports["stage3"] = fit_texels(render, targets, state, cfg, step("stage3"))
+            state = finish(3, state, started)
+        result.state = state
+        return result
+
+
+def _no_iterations(stage_config: Stage1Config) -> Stage1Config:
+    """A stage-1 config that keeps only the PnP initialisation (for --skip-stage 1)."""
+    return dataclasses.replace(stage_config, iterations=0)
+
+
+def _upsampled(state: FaceState, config: FitConfig) -> FaceState:
+    """Stage 2 skipped: bring the stage-1 start's maps to the texture size for stage 3."""
+    size = (config.render.texture_size, config.render.texture_size)
+    return dataclasses.replace(state, diffuse=resize_texture(state.diffuse, size),
+                               specular=resize_texture(state.specular, size),
+                               roughness=resize_texture(state.roughness, size))

@@ -1,0 +1,95 @@
+"""Image-space masks of the skin a photometric loss may count, drawn from 2D landmarks.
+
+The rendered coverage says where the model is; this mask says where the photo shows skin of the
+face: inside the face outline, outside the eyes, the eyebrows and the open mouth. Both schemes the
+fitting understands are supported: MediaPipe's 478/468 points (regions taken from MediaPipe's own
+`FACEMESH_*` edge sets, so no index table is copied here) and the 68 iBUG / Multi-PIE points.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from scipy.spatial import ConvexHull
+
+# iBUG-68 (0-based): jaw 0-16, brows 17-26, eyes 36-41 / 42-47, inner mouth 60-67.
+_IBUG_REGIONS = {
+    "face": list(range(0, 27)),
+    "holes": [list(range(36, 42)), list(range(42, 48)), list(range(17, 22)), list(range(22, 27))],
+    "mouth": [list(range(60, 68))],
+}
+
+
+def _loops(edges: frozenset[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of an edge set, as vertex lists (MediaPipe's lips are two loops)."""
+    adjacency: dict[int, set[int]] = {}
+    for a, b in edges:
+        adjacency.setdefault(a, set()).add(b)
+        adjacency.setdefault(b, set()).add(a)
+    seen: set[int] = set()
+    components = []
+    for start in sorted(adjacency):
+        if start in seen:
+            continue
+        stack, component = [start], []
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            component.append(v)
+            stack.extend(adjacency[v] - seen)
+        components.append(sorted(component))
+    return components
+
+
+@lru_cache(maxsize=1)
+def _mediapipe_regions() -> dict[str, list]:
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    return {
+        "face": sorted({i for e in fmc.FACEMESH_FACE_OVAL for i in e}),
+        "holes": [sorted({i for e in s for i in e}) for s in (
+            fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE,
+            fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW)],
+        # MediaPipe's lips are two loops (outer and inner); the inner one, the smaller, is the hole.
+        "mouth": _loops(fmc.FACEMESH_LIPS),
+    }
+
+
+def _hull(points: np.ndarray) -> list[tuple[float, float]]:
+    hull = ConvexHull(points)
+    return [tuple(map(float, points[i])) for i in hull.vertices]
+
+
+def _area(polygon: list[tuple[float, float]]) -> float:
+    x, y = np.asarray(polygon).T
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def skin_mask(landmarks: np.ndarray, height: int, width: int, erode_px: float = 1.0) -> np.ndarray:
+    """(H, W) float32 mask in {0, 1}: inside the face outline and outside eyes, brows and mouth.
+
+    `landmarks` (N, 2) are pixel coordinates (x right, y down) in this image, N = 478/468
+    (MediaPipe) or 68 (iBUG). The outline and holes are convex hulls of each region's points; the
+    mask is eroded by `erode_px` so that the boundary's mixed pixels are not counted.
+    """
+    n = len(landmarks)
+    if n in (468, 478):
+        regions = _mediapipe_regions()
+    elif n == 68:
+        regions = _IBUG_REGIONS
+    else:
+        raise ValueError(f"cannot draw a skin mask from {n} landmarks; use 478 (MediaPipe) or 68 (iBUG)")
+    pts = np.asarray(landmarks, dtype=np.float64)
+    image = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(image)
+    draw.polygon(_hull(pts[regions["face"]]), fill=255)
+    mouth = min((_hull(pts[loop]) for loop in regions["mouth"]), key=_area)
+    for polygon in [_hull(pts[hole]) for hole in regions["holes"]] + [mouth]:
+        draw.polygon(polygon, fill=0)
+    size = 2 * int(round(erode_px)) + 1
+    if size > 1:
+        image = image.filter(ImageFilter.MinFilter(size))
+    return (np.asarray(image) > 127).astype(np.float32)

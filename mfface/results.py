@@ -1,0 +1,142 @@
+"""Writing a fit's results: one folder per photo, written atomically as a whole.
+
+Layout of `OUT/<photo name>/` (README "Outputs" describes each file):
+  mesh.obj, mesh.mtl, mesh_diffuse.png, mesh_specular.png, mesh_roughness.png   model space, mm
+  mesh.glb                          the same mesh and maps as binary glTF, in metres
+  envmap.exr, envmap.png            the fitted light as a 64x128 lat-long map (light frame)
+  render.png                        the fit re-rendered at `render.final_spp`, crop frame
+  overview.png                      input | overlay | render | light | diffuse | specular | roughness
+  landmarks.png                     detected (green) and fitted (red) landmarks on the input crop
+  losses.png                        loss curves of stages 2 and 3
+  params.json                       every fitted parameter and the camera (no pickle)
+  config.toml                       the configuration the fit ran with
+  checkpoints/stage{1,2,3}.npz      resumable states (`mfface fit --checkpoint`)
+The folder appears only when complete: it is written as `.NAME.*.tmp` and renamed at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mfface.atomic import atomic_dir
+from mfface.camera import rotation_matrix
+from mfface.config import to_toml
+from mfface.figures import draw_landmarks, labelled_strip, loss_curves_png, overlay, to_display
+from mfface.fitting.pipeline import FitResult
+from mfface.fitting.state import FaceState
+from mfface.images import write_png
+from mfface.morphable.export import write_glb, write_obj
+from mfface.scenes.exr import write_exr
+
+CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z, +x image right, "
+                     "+y image down; pixel u = f x / z + W / 2, v = f y / z + H / 2 (pixel centres "
+                     "at i + 0.5). Model space: mm, +x face's left, +y up, +z out of the face; "
+                     "X_camera = R X_model + t.")
+FINAL_SEED = 3_000_000
+
+
+def _write_display(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 display image as PNG."""
+    write_png(path, image.astype(np.float32) / 255.0, gamma=None)
+
+
+def _envmap_display(envmap: np.ndarray, gamma: float) -> np.ndarray:
+    """uint8 envmap, exposed so that its 99th-percentile radiance is white."""
+    scale = max(float(np.percentile(envmap, 99)), 1e-6)
+    return to_display(envmap / scale, gamma)
+
+
+def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> dict:
+    image = result.images[b]
+    model = result.model
+    euler = state.euler[0].cpu().double()
+    crop_scale = image.to_crop.scale
+    return {
+        "format": "mfface-fit", "version": 1,
+        "image": {"name": image.name, "path": str(image.path),
+                  "size_px": [int(image.photo.shape[1]), int(image.photo.shape[0])],
+                  "crop_box_px": {"x0": image.box.x0, "y0": image.box.y0, "size": image.box.size},
+                  "crop_size_px": int(image.target.shape[0]), "crop_scale": crop_scale},
+        "model": {"name": model.name, "n_vertices": model.n_vertices,
+                  "identity_components": model.n_identity, "expression_names": model.expression_names},
+        "camera": {"convention": CAMERA_CONVENTION,
+                   "focal_px_crop": float(state.focal[0]),
+                   "focal_px_image": float(state.focal[0]) / crop_scale,
+                   "principal_point": "centre of the crop"},
+        "pose": {"euler_rad": euler.tolist(),
+                 "yaw_pitch_roll_deg": [math.degrees(a) for a in euler.tolist()],
+                 "rotation": rotation_matrix(euler[None])[0].tolist(),
+                 "translation_mm": state.translation[0].cpu().tolist()},
+        "identity": state.identity[0].cpu().tolist(),
+        "expression": dict(zip(model.expression_names or
+                               [str(i) for i in range(model.n_expression)],
+                               state.expression[0].cpu().tolist())),
+        "albedo": None if state.albedo is None else state.albedo[0].cpu().tolist(),
+        "light": {"sh_bands": int(round(math.sqrt(state.sh.shape[1]))), "frame": "envmap light frame "
+                  "(Mitsuba envmap local frame; +y image-up, +z towards the camera)",
+                  "sh_rgb": state.sh[0].cpu().tolist()},
+        "fit": {"shared_identity_with": [im.name for i, im in enumerate(result.images) if i != b],
+                "stage1_landmark_rms_px": result.stage1_rms_px[b] if result.stage1_rms_px else None,
+                "final_losses": {stage: {k: v[-1] for k, v in rep.losses.items()}
+                                 for stage, rep in result.reports.items()},
+                "seconds": result.seconds,
+                "photometric_l1_in_mask": render_rms},
+    }
+
+
+def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path | None = None) -> list[Path]:
+    """Write one result folder per photo under `out_dir`; returns the folders."""
+    out_dir = Path(out_dir)
+    cfg = result.config
+    gamma = cfg.input.gamma
+    render = result.render
+    model = result.model
+    folders = []
+    for b, image in enumerate(result.images):
+        state = result.state.item(b)
+        with torch.no_grad():
+            vertices = render.vertices(state)
+            rgb, coverage = render.render(state, vertices, state.diffuse, cfg.render.final_spp,
+                                          FINAL_SEED)
+            fitted_lm = render.landmarks(vertices, state.focal, result.targets.landmark_index.clamp_min(0))
+            model_vertices = model.vertices(state.identity, state.expression)[0]
+            envmap = render.envmap(state.sh)[0]
+        rgb, coverage = rgb[0].cpu().numpy(), coverage[0].cpu().numpy()
+        target = image.target.numpy()
+        skin = image.skin.numpy()
+        weight = (coverage * skin)[..., None]
+        l1 = float((weight * np.abs(rgb - target)).sum() / max(3.0 * weight.sum(), 1.0))
+        maps = {n: getattr(state, n)[0].cpu().numpy() for n in ("diffuse", "specular", "roughness")}
+        env = envmap.cpu().numpy()
+        valid = result.targets.landmark_index.cpu().numpy() >= 0
+        folder = out_dir / image.name
+        with atomic_dir(folder) as tmp:
+            write_obj(tmp / "mesh.obj", model_vertices, model.triangles, model.uvs, maps)
+            write_glb(tmp / "mesh.glb", model_vertices * 1e-3, model.triangles, model.uvs, maps)
+            write_exr(tmp / "envmap.exr", env)
+            _write_display(tmp / "envmap.png", _envmap_display(env, gamma))
+            write_png(tmp / "render.png", rgb, gamma=gamma)
+            panels = [("input", to_display(target, gamma)),
+                      ("overlay", to_display(overlay(target, rgb, coverage), gamma)),
+                      ("render", to_display(rgb, gamma)),
+                      ("light", _envmap_display(env, gamma)),
+                      ("diffuse", to_display(maps["diffuse"], gamma)),
+                      ("specular", to_display(maps["specular"], gamma)),
+                      ("roughness", to_display(maps["roughness"][..., 0], 1.0))]
+            _write_display(tmp / "overview.png", labelled_strip(panels, target.shape[0]))
+            _write_display(tmp / "landmarks.png", draw_landmarks(
+                to_display(target, gamma), image.crop_landmarks[valid], fitted_lm[0].cpu().numpy()[valid]))
+            curves = {f"{stage} {name}": values for stage, rep in result.reports.items()
+                      for name, values in rep.losses.items()}
+            loss_curves_png(tmp / "losses.png", curves, title=image.name)
+            (tmp / "params.json").write_text(json.dumps(_params(result, b, state, l1), indent=1))
+            (tmp / "config.toml").write_text(to_toml(cfg))
+            if checkpoint_src is not None and checkpoint_src.is_dir():
+                shutil.copytree(checkpoint_src, tmp / "checkpoints")
+        folders.append(folder)
+    return folders

@@ -1,0 +1,89 @@
+"""Texture-space regularisers of the photometric stages: symmetry, smoothness, consistency, range.
+
+Textures are (B, H, W, C) tensors, row 0 at the top; UVs follow the model convention (v = 0 at the
+texture bottom). Symmetry is measured on the surface, not by flipping the texture image: points
+drawn on random triangles are compared with the same barycentric point on the mirror triangle
+(`MorphableModel.symmetry` maps each vertex to its partner). This holds for any UV layout, also
+ones that are not mirror-symmetric in u, which NextFace's horizontal flip assumes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of `texture` (B, H, W, C) at `uv` (N, 2) -> (B, N, C), differentiable."""
+    grid = torch.stack([2.0 * uv[:, 0] - 1.0, 1.0 - 2.0 * uv[:, 1]], dim=-1)
+    grid = grid.to(texture.dtype)[None, None].expand(texture.shape[0], -1, -1, -1)
+    values = F.grid_sample(texture.permute(0, 3, 1, 2), grid, mode="bilinear",
+                           padding_mode="border", align_corners=False)
+    return values[:, :, 0].permute(0, 2, 1)
+
+
+class MirrorSampler:
+    """Draws surface points and their mirror images as UV pairs, for the symmetry prior.
+
+    triangles (F, 3), uvs (V, 2) and symmetry (V,) partner indices from the model. Triangles
+    whose mirror is degenerate in UV space (a partner on another UV island) are still valid: the
+    point and its mirror are both on the face surface.
+    """
+
+    def __init__(self, triangles: np.ndarray, uvs: np.ndarray, symmetry: np.ndarray,
+                 device: torch.device | str = "cpu") -> None:
+        tri = torch.as_tensor(np.asarray(triangles, dtype=np.int64), device=device)
+        uv = torch.as_tensor(np.asarray(uvs, dtype=np.float32), device=device)
+        sym = torch.as_tensor(np.asarray(symmetry, dtype=np.int64), device=device)
+        self.corner_uv = uv[tri]             # (F, 3, 2)
+        self.mirror_uv = uv[sym[tri]]        # (F, 3, 2)
+        edges = self.corner_uv[:, 1:] - self.corner_uv[:, :1]   # (F, 2, 2)
+        area = torch.abs(torch.linalg.det(edges))
+        self.weights = area / area.sum()     # uniform in texture space
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` random surface points: (uv (n, 2), mirror uv (n, 2))."""
+        device = self.weights.device
+        faces = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        r = torch.rand(n, 2, device=device, generator=generator)
+        flip = r.sum(dim=1) > 1.0
+        r[flip] = 1.0 - r[flip]
+        bary = torch.stack([1.0 - r[:, 0] - r[:, 1], r[:, 0], r[:, 1]], dim=1)[:, :, None]
+        return (bary * self.corner_uv[faces]).sum(1), (bary * self.mirror_uv[faces]).sum(1)
+
+
+def symmetry_loss(texture: torch.Tensor, uv: torch.Tensor, mirror_uv: torch.Tensor) -> torch.Tensor:
+    """Mean L1 difference between the texture at points and at their mirror points."""
+    return (sample_texture(texture, uv) - sample_texture(texture, mirror_uv)).abs().mean()
+
+
+def smoothness_loss(texture: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring texels (anisotropic total variation)."""
+    dx = (texture[:, :, 1:] - texture[:, :, :-1]).abs().mean()
+    dy = (texture[:, 1:] - texture[:, :-1]).abs().mean()
+    return dx + dy
+
+
+def range_loss(texture: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Mean squared distance of texels outside [low, high] to the interval (0 inside it)."""
+    return (F.relu(low - texture) ** 2 + F.relu(texture - high) ** 2).mean()
+
+
+def chromaticity(texture: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """RGB divided by its channel sum: colour without brightness."""
+    return texture / (texture.sum(dim=-1, keepdim=True) + eps)
+
+
+def consistency_loss(texture: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean L1 difference of chromaticity to a reference texture (stage 3 vs. stage 2's albedo)."""
+    if reference.shape[1:3] != texture.shape[1:3]:
+        reference = resize_texture(reference, texture.shape[1:3])
+    return (chromaticity(texture) - chromaticity(reference)).abs().mean()
+
+
+def resize_texture(texture: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resample (B, H, W, C) to (B, size[0], size[1], C)."""
+    if tuple(texture.shape[1:3]) == tuple(size):
+        return texture
+    chw = texture.permute(0, 3, 1, 2)
+    return F.interpolate(chw, size=tuple(size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
