@@ -53,7 +53,7 @@ class PreparedImage:
 
 def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetector | None = None,
                   landmark_file: str | Path | None = None, size: int | None = None) -> PreparedImage:
-    """Read, detect (or read) landmarks, crop and linearise one photo.
+    """Read a photo, detect its landmarks (or read `landmark_file`), crop and linearise it.
 
     `size` forces the crop's side in pixels (photos fitted together must share it); by default it
     is the face's crop size, shrunk to `input.max_resolution`.
@@ -68,12 +68,19 @@ def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetecto
         display = np.round(photo.numpy() * 255.0).astype(np.uint8)
         landmarks = detector.detect(display, name=str(path))
         scheme = scheme_for_count(len(landmarks))
+    return prepare_photo(photo, landmarks, scheme, config, path.stem, path, size)
+
+
+def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, config: FitConfig,
+                  name: str, path: Path | None = None, size: int | None = None) -> PreparedImage:
+    """Crop and linearise an in-memory photo (H, W, 3) display-referred in [0, 1] whose landmarks
+    (N, 2) in its pixels are known (`scheme` 'mediapipe478' or 'ibug68')."""
     box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
     target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution)
     crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
     side = target.shape[0]
     skin = torch.from_numpy(skin_mask(crop_landmarks, side, side))
-    return PreparedImage(name=path.stem, path=path, photo=photo, landmarks=np.asarray(landmarks),
+    return PreparedImage(name=name, path=path or Path(name), photo=photo, landmarks=np.asarray(landmarks),
                          scheme=scheme, box=box, to_crop=to_crop,
                          target=linearize(target, config.input.gamma), skin=skin,
                          crop_landmarks=crop_landmarks)
