@@ -5,6 +5,7 @@ import click
 
 from mfface import __version__
 from mfface.cli.doctor import doctor
+from mfface.cli.fit import fit
 from mfface.cli.models import models
 
 
@@ -15,4 +16,5 @@ def cli() -> None:
 
 
 cli.add_command(doctor)
+cli.add_command(fit)
 cli.add_command(models)

@@ -20,6 +20,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from mfface.atomic import atomic_path
 
 SUPPORTED = "PNG, JPEG, PPM, TIFF or WebP"
+# File name endings of the formats above, for picking the photos out of a folder.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 # EXIF orientation tag value -> the same transform as Pillow's ImageOps.exif_transpose, on (H, W, C).
 _ORIENT = {
     2: lambda a: a[:, ::-1],

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+
+# MediaPipe's C++ core logs through glog/absl; keep its info and warning lines off the user's terminal.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 

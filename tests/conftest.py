@@ -52,3 +52,15 @@ def ict_indexed():
 def ict(ict_indexed):
     """The ICT Face Model (face region) imported from the shared archive."""
     return ict_indexed[0]
+
+
+@pytest.fixture(scope="session")
+def installed_ict(ict):
+    """The ICT model saved into the test session's store as its default model."""
+    from mfface.morphable.format import save_model
+    from mfface.morphable.store import ModelStore
+
+    store = ModelStore()
+    save_model(ict, store.root / "ict.mfmodel")
+    store.set_default("ict")
+    return store

@@ -170,7 +170,7 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
             with torch.no_grad():
                 albedo.parameter.clamp_(0.0, 1.0)
         values = {k: float(v.detach()) for k, v in terms.items()}
-        values["total"] = float(total)
+        values["total"] = float(total.detach())
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)

@@ -34,6 +34,10 @@ STAGES = (1, 2, 3)
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
+class FitInputError(ValueError):
+    """Photos, landmarks or a checkpoint that cannot be fitted as given; the message says why."""
+
+
 @dataclass
 class PreparedImage:
     """One photo ready to fit. `photo` (H, W, 3) display-referred as read; `landmarks` (N, 2) in
@@ -75,7 +79,10 @@ def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, confi
                   name: str, path: Path | None = None, size: int | None = None) -> PreparedImage:
     """Crop and linearise an in-memory photo (H, W, 3) display-referred in [0, 1] whose landmarks
     (N, 2) in its pixels are known (`scheme` 'mediapipe478' or 'ibug68')."""
-    box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
+    try:
+        box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
+    except ValueError as e:
+        raise FitInputError(f"{name}: {e}") from None
     target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution)
     crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
     side = target.shape[0]
@@ -90,7 +97,7 @@ def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray
     """Model vertex per landmark (count,) for a scheme ('mediapipe478', 'ibug68'); -1 = not covered."""
     key = "mediapipe478" if scheme.startswith("mediapipe") else scheme
     if key not in model.landmarks:
-        raise ValueError(f"model {model.name!r} has no {key} landmark correspondence; reinstall it "
+        raise FitInputError(f"model {model.name!r} has no {key} landmark correspondence; reinstall it "
                          f"with `mfface models install {model.name}`.")
     return np.asarray(model.landmarks[key][:count], dtype=np.int64)
 
@@ -127,12 +134,12 @@ class Reconstructor:
     def targets(self, images: list[PreparedImage]) -> FitTargets:
         sizes = {im.target.shape[0] for im in images}
         if len(sizes) != 1:
-            raise ValueError("photos fitted together must be cropped to one size; pass `size` to "
-                             "prepare_image.")
+            raise FitInputError("photos fitted together must be cropped to one size; pass `size` to "
+                                "prepare_image.")
         schemes = {im.scheme for im in images}
         if len(schemes) != 1:
-            raise ValueError("photos fitted together must use one landmark scheme; give landmark "
-                             "files of the same kind for all of them.")
+            raise FitInputError("photos fitted together must use one landmark scheme; give landmark "
+                                "files of the same kind for all of them.")
         count = len(images[0].crop_landmarks)
         index = torch.from_numpy(landmark_index(self.model, images[0].scheme, count)).to(self.device)
         weights = landmark_weights(scheme_for_count(count), count, self.config.stage1.contour_weight,
@@ -160,7 +167,7 @@ class Reconstructor:
         if resume is not None:
             state, done = load_checkpoint(resume, self.device)
             if state.batch != targets.batch:
-                raise ValueError(f"checkpoint {resume} holds {state.batch} images but {targets.batch} "
+                raise FitInputError(f"checkpoint {resume} holds {state.batch} images but {targets.batch} "
                                  f"are being fitted; resume with the same photos.")
 
         def step(stage: str) -> Callable[[int, int, dict[str, float]], None] | None:

@@ -67,7 +67,7 @@ def fit_texels(render: FaceRender, targets: FitTargets, state: FaceState, config
             for name, texture in maps.items():
                 texture.clamp_(*bounds[name])
         values = {k: float(v.detach()) for k, v in terms.items()}
-        values["total"] = float(total)
+        values["total"] = float(total.detach())
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)

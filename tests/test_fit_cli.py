@@ -1,0 +1,146 @@
+"""`mfface fit` through click's runner: outputs, folder batches, resuming, and every bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import data_file
+from mfface.cli.main import cli
+from mfface.config import load_config
+from mfface.fitting.state import load_checkpoint
+
+# Tiny settings: 48 px crops, 1-2 spp, a handful of iterations; what is checked is the plumbing.
+TINY = ["--input-max-resolution", "48", "--stage1-iterations", "20", "--stage2-iterations", "4",
+        "--stage2-geometry-start", "2", "--stage3-iterations", "3", "--stage2-spp", "1",
+        "--stage3-spp", "1", "--render-final-spp", "2", "--render-texture-size", "32",
+        "--stage2-albedo-resolution", "16"]
+OUTPUTS = ["mesh.obj", "mesh.mtl", "mesh_diffuse.png", "mesh_specular.png", "mesh_roughness.png",
+           "mesh.glb", "envmap.exr", "envmap.png", "render.png", "overview.png", "landmarks.png",
+           "losses.png", "params.json", "config.toml", "checkpoints/stage1.npz",
+           "checkpoints/stage2.npz", "checkpoints/stage3.npz"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["fit", *args], catch_exceptions=False)
+
+
+def fail(*args: str) -> str:
+    """Run a fit that must fail with one clear `Error:` line and a non-zero exit."""
+    result = CliRunner().invoke(cli, ["fit", *args])
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "Error:" in result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def fitted(installed_ict, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fit")
+    result = run(str(data_file("images/astronaut.png")), "-o", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_fit_writes_every_output(fitted: Path) -> None:
+    folder = fitted / "astronaut"
+    for name in OUTPUTS:
+        assert (folder / name).is_file(), name
+    assert not list(fitted.glob(".*")), "temporary or checkpoint folders were left behind"
+    params = json.loads((folder / "params.json").read_text())
+    assert params["model"]["name"] == "ict"
+    assert len(params["light"]["sh_rgb"]) == 81
+    assert set(params["expression"]) == set(params["model"]["expression_names"])
+    assert 0 < params["camera"]["focal_px_crop"] < 10_000
+    assert params["pose"]["translation_mm"][2] > 0  # the face is in front of the camera
+    assert load_config(folder / "config.toml").stage2.iterations == 4
+    overview = np.asarray(Image.open(folder / "overview.png"))
+    assert overview.shape[1] > 6 * overview.shape[0] // 2 and overview.std() > 5
+    mesh = trimesh.load(folder / "mesh.glb", force="mesh")
+    obj = trimesh.load(folder / "mesh.obj", force="mesh", process=False)
+    assert len(obj.vertices) == 9547
+    # GLB is in metres, OBJ in millimetres: the same head, 1000x apart.
+    assert np.ptp(obj.vertices[:, 1]) == pytest.approx(1000 * np.ptp(mesh.vertices[:, 1]), rel=1e-3)
+
+
+def test_checkpoint_resume_reproduces_the_fit(fitted: Path, tmp_path: Path) -> None:
+    folder = fitted / "astronaut"
+    result = run(str(data_file("images/astronaut.png")), "-o", str(tmp_path), *TINY,
+                 "--checkpoint", str(folder / "checkpoints" / "stage2.npz"))
+    assert result.exit_code == 0, result.output
+    first, stage = load_checkpoint(folder / "checkpoints" / "stage3.npz")
+    again, _ = load_checkpoint(tmp_path / "astronaut" / "checkpoints" / "stage3.npz")
+    assert stage == 3
+    for name in ("diffuse", "specular", "roughness", "sh", "euler", "expression"):
+        np.testing.assert_allclose(getattr(again, name).numpy(), getattr(first, name).numpy(),
+                                   atol=1e-4, err_msg=name)
+
+
+def test_folder_batch_skips_a_bad_image(installed_ict, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(data_file("images/astronaut.png"), photos / "astronaut.png")
+    (photos / "broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fit", str(photos), "-o", str(out), *TINY])
+    assert result.exit_code == 1
+    assert "skipped" in result.output and "broken.png" in result.output
+    assert "1 of 2 photos could not be fitted" in result.output
+    assert (out / "astronaut" / "params.json").is_file()
+    assert not (out / "broken").exists()
+
+
+def test_missing_file(installed_ict, tmp_path: Path) -> None:
+    assert "does not exist" in fail(str(tmp_path / "nope.png"), "-o", str(tmp_path / "out"))
+
+
+def test_file_that_is_not_an_image(installed_ict, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.png"
+    fake.write_text("hello")
+    assert "not an image" in fail(str(fake), "-o", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "fake").exists()
+
+
+def test_image_without_a_face(installed_ict, tmp_path: Path) -> None:
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(blank)
+    assert "No face was found" in fail(str(blank), "-o", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "wall").exists()
+
+
+def test_model_not_installed(installed_ict, tmp_path: Path) -> None:
+    output = fail(str(data_file("images/astronaut.png")), "-o", str(tmp_path / "out"), "--model", "bfm2017")
+    assert "mfface models install bfm2017" in output
+
+
+def test_output_folder_that_cannot_be_written(installed_ict, tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    assert "cannot write results" in fail(str(data_file("images/astronaut.png")), "-o", str(blocker / "out"))
+
+
+def test_config_with_unknown_key(installed_ict, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[stage2]\niterationz = 3\n")
+    output = fail(str(data_file("images/astronaut.png")), "-o", str(tmp_path / "out"), "--config", str(config))
+    assert "iterationz" in output and "valid keys" in output
+
+
+def test_config_with_wrong_type(installed_ict, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[stage2]\niterations = "many"\n')
+    output = fail(str(data_file("images/astronaut.png")), "-o", str(tmp_path / "out"), "--config", str(config))
+    assert "stage2.iterations must be an integer" in output
+
+
+def test_landmark_file_for_several_photos_is_refused(installed_ict, tmp_path: Path) -> None:
+    pts = data_file("images/takeo.pts")
+    output = fail(str(data_file("images/astronaut.png")), str(data_file("images/takeo.ppm")),
+                  "-o", str(tmp_path / "out"), "--landmarks", str(pts))
+    assert "one photo" in output
