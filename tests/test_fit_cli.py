@@ -144,3 +144,31 @@ def test_landmark_file_for_several_photos_is_refused(installed_ict, tmp_path: Pa
     output = fail(str(data_file("images/astronaut.png")), str(data_file("images/takeo.ppm")),
                   "-o", str(tmp_path / "out"), "--landmarks", str(pts))
     assert "one photo" in output
+
+
+def test_fit_with_an_ibug68_landmark_file(installed_ict, tmp_path: Path) -> None:
+    result = run(str(data_file("images/takeo.ppm")), "-o", str(tmp_path), *TINY,
+                 "--landmarks", str(data_file("images/takeo.pts")))
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "takeo" / "params.json").read_text())
+    assert params["fit"]["stage1_landmark_rms_px"] < 5.0
+
+
+def test_shared_identity_shares_identity_and_maps(installed_ict, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(data_file("images/astronaut.png"), photos / "a.png")
+    flipped = np.asarray(Image.open(data_file("images/astronaut.png")))[:, ::-1]
+    Image.fromarray(np.ascontiguousarray(flipped)).save(photos / "b.png")
+    result = run(str(photos), "-o", str(tmp_path / "out"), "--shared-identity",
+                 *TINY, "--stage1-fit-identity")
+    assert result.exit_code == 0, result.output
+    a = json.loads((tmp_path / "out" / "a" / "params.json").read_text())
+    b = json.loads((tmp_path / "out" / "b" / "params.json").read_text())
+    assert a["identity"] == b["identity"] and any(abs(v) > 0 for v in a["identity"])
+    assert a["fit"]["shared_identity_with"] == ["b"]
+    # The mirrored photo turns the head the other way: yaw changes sign.
+    assert a["pose"]["yaw_pitch_roll_deg"][0] * b["pose"]["yaw_pitch_roll_deg"][0] <= 0 or \
+        abs(a["pose"]["yaw_pitch_roll_deg"][0]) < 2
+    same = (Image.open(tmp_path / "out" / "a" / "mesh_diffuse.png"), Image.open(tmp_path / "out" / "b" / "mesh_diffuse.png"))
+    assert np.array_equal(np.asarray(same[0]), np.asarray(same[1]))
