@@ -71,6 +71,19 @@ def _check_mesh(vertices: np.ndarray, triangles: np.ndarray, uvs: np.ndarray | N
         raise ValueError(f"uvs must be (V, 2) with V = {len(vertices)}, got {uvs.shape}.")
 
 
+def _prepare(vertices: np.ndarray | torch.Tensor, triangles: np.ndarray, uvs: np.ndarray | None,
+             textures: dict[str, np.ndarray | torch.Tensor] | None, writer: str
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Image.Image]]:
+    """Checked float64 vertices, int64 triangles, float64 uvs and encoded texture images."""
+    vertices, triangles = _as_array(vertices).astype(np.float64), _as_array(triangles).astype(np.int64)
+    uvs = None if uvs is None else _as_array(uvs).astype(np.float64)
+    textures = textures or {}
+    _check_mesh(vertices, triangles, uvs)
+    if textures and uvs is None:
+        raise ValueError(f"textures need uvs; pass the model's uvs to {writer}.")
+    return vertices, triangles, uvs, {name: encode_texture(name, image) for name, image in textures.items()}
+
+
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -86,13 +99,7 @@ def write_obj(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
     with v = 0 at the texture's bottom. Textures need uvs.
     """
     path = Path(path)
-    vertices, triangles = _as_array(vertices).astype(np.float64), _as_array(triangles).astype(np.int64)
-    uvs = None if uvs is None else _as_array(uvs).astype(np.float64)
-    textures = textures or {}
-    _check_mesh(vertices, triangles, uvs)
-    if textures and uvs is None:
-        raise ValueError("textures need uvs; pass the model's uvs to write_obj.")
-    images = {name: encode_texture(name, image) for name, image in textures.items()}
+    vertices, triangles, uvs, images = _prepare(vertices, triangles, uvs, textures, "write_obj")
     stem = path.stem
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=path.parent))
@@ -181,13 +188,7 @@ def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
     consumer needs real size). Arguments as in `write_obj`.
     """
     path = Path(path)
-    vertices, triangles = _as_array(vertices).astype(np.float64), _as_array(triangles).astype(np.int64)
-    uvs = None if uvs is None else _as_array(uvs).astype(np.float64)
-    textures = textures or {}
-    _check_mesh(vertices, triangles, uvs)
-    if textures and uvs is None:
-        raise ValueError("textures need uvs; pass the model's uvs to write_glb.")
-    images = {name: encode_texture(name, image) for name, image in textures.items()}
+    vertices, triangles, uvs, images = _prepare(vertices, triangles, uvs, textures, "write_glb")
     mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, process=False)
     if uvs is not None:
         material_args: dict = {"name": "face", "metallicFactor": 0.0, "roughnessFactor": 1.0}
