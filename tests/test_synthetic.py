@@ -1,0 +1,122 @@
+"""Tests for mfface.synthetic: determinism, landmarks on the face, ground truth reproduces the photo."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def render(ict, variant):
+    from mfface.config import FitConfig
+    from mfface.fitting.face_render import FaceRender
+
+    return FaceRender(ict, SIZE, FitConfig())
+
+
+@pytest.fixture(scope="module")
+def face(ict, render):
+    from mfface.synthetic import random_face
+
+    return random_face(ict, SIZE, 3, spp=64, texture_size=64, render=render)
+
+
+def test_same_seed_same_face_other_seed_other_face(ict, render, face):
+    from mfface.synthetic import random_face
+
+    again = random_face(ict, SIZE, 3, spp=64, texture_size=64, render=render)
+    other = random_face(ict, SIZE, 4, spp=16, texture_size=64, render=render)
+    assert torch.equal(face.photo, again.photo)
+    np.testing.assert_array_equal(face.landmarks, again.landmarks)
+    assert torch.equal(face.state.sh, again.state.sh)
+    assert not torch.equal(face.state.identity, other.state.identity)
+    assert (face.photo - other.photo).abs().mean() > 0.01
+
+
+def test_shapes_ranges_and_truth(ict, face):
+    assert face.photo.shape == (SIZE, SIZE, 3) and face.coverage.shape == (SIZE, SIZE)
+    assert 0.0 <= float(face.photo.min()) and float(face.photo.max()) <= 1.0
+    assert face.landmarks.shape == (478, 2)
+    assert face.vertices.shape == (ict.n_vertices, 3)
+    st = face.state
+    assert st.identity.shape == (1, ict.n_identity) and st.expression.shape == (1, ict.n_expression)
+    assert (st.identity[0, 40:] == 0).all() and 1 <= int((st.expression > 0).sum()) <= 3
+    assert float(st.expression.max()) <= 0.6
+    assert 0.03 <= float(st.specular.mean()) <= 0.06 and 0.3 <= float(st.roughness.mean()) <= 0.5
+    assert st.euler.abs().max() <= np.radians(25.0) + 1e-6
+    assert st.sh.shape == (1, 81, 3) and float(st.sh[0, 0].min()) > 0
+    torch.testing.assert_close(face.vertices, ict.vertices(st.identity, st.expression)[0])
+    # the face fills most of the image: its landmarks span 60-70% of it
+    extent = (face.clean_landmarks.max(0) - face.clean_landmarks.min(0)).max()
+    assert 0.55 * SIZE <= extent <= 0.75 * SIZE
+
+
+def test_landmarks_land_on_the_rendered_face(ict, face):
+    covered = np.asarray(ict.landmarks["mediapipe478"]) >= 0
+    ij = np.floor(face.clean_landmarks[covered]).astype(int)
+    assert ((ij >= 0) & (ij < SIZE)).all()
+    on_face = face.coverage.numpy()[ij[:, 1], ij[:, 0]] > 0.5
+    assert on_face.mean() > 0.9
+    # iris stand-ins sit between their eye's corners (MediaPipe 33/133 right eye, 263/362 left eye)
+    lm = face.clean_landmarks
+    for iris, corners in ((468, (33, 133)), (473, (263, 362))):
+        lo, hi = np.sort(lm[list(corners), 0])
+        assert lo < lm[iris, 0] < hi
+
+
+def test_landmark_noise_has_the_requested_size(ict, render):
+    from mfface.synthetic import random_face
+
+    noisy = random_face(ict, SIZE, 5, spp=1, texture_size=16, landmark_noise_px=2.0, render=render)
+    diff = noisy.landmarks - noisy.clean_landmarks
+    assert 1.6 < diff.std() < 2.4
+
+
+def _pooled_difference(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean abs difference of 4x4-pixel block means over blocks fully inside `mask` (the block
+    means average out most of the Monte Carlo noise of the low-spp renders)."""
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(x.permute(2, 0, 1)[None], 4)[0].permute(1, 2, 0)
+    full = pool(mask[..., None].float())[..., 0] > 0.999
+    assert full.sum() > 20
+    return float((pool(image) - pool(target))[full].abs().mean())
+
+
+def test_ground_truth_reproduces_the_photo(ict, render, face):
+    """Re-rendering the true state (other seed) gives the photo after the pipeline's linearisation."""
+    from mfface.config import FitConfig
+    from mfface.fitting.pipeline import prepare_photo
+
+    prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", FitConfig(), "synthetic")
+    box = prepared.box
+    assert prepared.target.shape[0] == box.size  # no resize at this size: pixels align
+    crop = (slice(box.y0, box.y0 + box.size), slice(box.x0, box.x0 + box.size))
+
+    def rendered(state):
+        with torch.no_grad():
+            image, coverage = render.render(state, render.vertices(state), state.diffuse, 64, 99)
+        return image[0][crop], coverage[0][crop]
+
+    image, coverage = rendered(face.state)
+    mask = (prepared.skin > 0) & (coverage > 0.999)
+    right = _pooled_difference(image, prepared.target, mask)
+    assert right < 0.012
+    wrong_light = dataclasses.replace(face.state, sh=face.state.sh * torch.tensor([1.0, 1.0, 0.8]))
+    assert _pooled_difference(rendered(wrong_light)[0], prepared.target, mask) > 2 * right
+    wrong_pose = dataclasses.replace(face.state, euler=face.state.euler + torch.tensor([[0.15, 0.0, 0.0]]))
+    assert _pooled_difference(rendered(wrong_pose)[0], prepared.target, mask) > 2 * right
+
+
+def test_bad_inputs(ict, render):
+    from mfface.synthetic import random_face
+
+    with pytest.raises(ValueError, match="at least 16"):
+        random_face(ict, 8, 0)
+    with pytest.raises(ValueError, match="landmark_noise_px"):
+        random_face(ict, SIZE, 0, landmark_noise_px=-1.0)
+    with pytest.raises(ValueError, match="pass one made for this model and size=32"):
+        random_face(ict, 32, 0, render=render)
