@@ -56,8 +56,8 @@ PRESETS: dict[str, Preset] = {
     "top": Preset("overhead light, dark below",
                   (Lobe((0.0, 1.0, 0.3), WHITE, 8.0),), (0.04, 0.04, 0.04)),
     "sunset": Preset("low warm sun from the image right under a blue sky",
-                     (Lobe((0.9, 0.1, 0.45), (1.0, 0.55, 0.25), 10.0),
-                      Lobe((0.0, 1.0, 0.0), (0.25, 0.35, 0.6), 1.5)), (0.02, 0.02, 0.03)),
+                     (Lobe((0.9, 0.1, 0.45), (3.0, 1.65, 0.75), 10.0),
+                      Lobe((0.0, 1.0, 0.0), (0.15, 0.22, 0.4), 1.5)), (0.02, 0.02, 0.03)),
 }
 
 
