@@ -36,7 +36,7 @@ class FaceRenderer:
     triangles (F, 3) int and uvs (V, 2) (v = 0 at the texture bottom) fix the topology; width and
     height the image in pixels. `integrator` is 'prb' (default: shading gradients only),
     'prb_projective' or 'direct_projective' (adding silhouette gradients, several times slower),
-    or 'path'/'direct' (forward only); max_depth=2 is direct light only.
+    or 'path' (Mitsuba's C++ path tracer); max_depth=2 is direct light only.
     """
 
     def __init__(self, triangles: np.ndarray, uvs: np.ndarray, width: int, height: int, *,

@@ -30,7 +30,7 @@ import torch
 
 from mfface.scenes import bsdf as _bsdf
 
-INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path", "direct")
+INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path")
 MESH_KEY = "face"
 SENSOR_KEY = "sensor"
 EMITTER_KEY = "light"
@@ -139,6 +139,9 @@ def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.S
             "to_world": mi.ScalarTransform4f.scale([-1.0, -1.0, 1.0]),
             "sampler": {"type": "independent", "sample_count": 1},
             "film": {"type": "hdrfilm", "width": spec.width, "height": spec.height,
-                     "pixel_format": "rgba", "rfilter": {"type": "box"}, "sample_border": False},
+                     "pixel_format": "rgba", "rfilter": {"type": "box"},
+                     # projective integrators need samples beyond the border for shapes that
+                     # enter or leave the view
+                     "sample_border": spec.integrator.endswith("_projective")},
         },
     })

@@ -122,6 +122,28 @@ def test_lateral_vertex_gradient_moves_the_texture(variant: str) -> None:
     assert analytic == pytest.approx(-slope / (2.2 * 30.0) * float(weights.sum()), rel=0.10)
 
 
+@pytest.mark.parametrize("integrator", ["prb", pytest.param("prb_projective", marks=pytest.mark.slow)])
+def test_silhouette_gradient_only_with_a_projective_integrator(variant: str, integrator: str) -> None:
+    """A Lambert sphere under constant light has radiance kd L on every covered pixel, so the
+    image sum is kd L * (covered area) = kd L pi (f r / z)^2 and d sum / dz = -2 sum / z: all of it
+    comes from the silhouette. prb has no silhouette term (~0); prb_projective recovers it."""
+    from mfface.scenes import FaceRenderer
+
+    v, f, uv = _sphere()
+    renderer = FaceRenderer(f, uv, SIZE, SIZE, integrator=integrator, fresnel="none")
+    x = torch.from_numpy(v).requires_grad_(True)
+    img, _ = renderer.render(x, torch.full((4, 4, 3), 0.5), torch.zeros(4, 4, 3), torch.full((4, 4, 1), 0.5),
+                             torch.ones(8, 16, 3), focal=70.0, spp=16, seed=1)
+    total = img.double().sum()
+    total.backward()
+    dz = float(x.grad[:, 2].sum())
+    expected = -2.0 * float(total) / 150.0
+    if integrator == "prb":
+        assert abs(dz) < 0.1 * abs(expected)
+    else:
+        assert dz == pytest.approx(expected, rel=0.15)
+
+
 def test_no_kernel_is_compiled_after_two_iterations(setup) -> None:
     import drjit as dr
 
