@@ -141,3 +141,13 @@ def test_unknown_fresnel_mode_is_refused(variant: str) -> None:
 
     with pytest.raises(Exception, match="Unknown fresnel mode"):
         mi.load_dict(_ours(0.5, 0.04, 0.5, fresnel="cook"))
+
+
+def test_registration_is_idempotent(variant: str) -> None:
+    import mitsuba as mi
+
+    from mfface.scenes import bsdf
+
+    bsdf.register()
+    bsdf.register()
+    assert isinstance(mi.load_dict(_ours(0.5, 0.04, 0.5)), bsdf.FaceBSDF)

@@ -99,3 +99,27 @@ def test_texture_rows_and_light_frame_follow_the_conventions(variant: str) -> No
     back = front.roll(8, dims=1)
     unlit, _ = renderer.render(verts, grey, ks, rough, back, focal=60.0, spp=4)
     assert float(lit.mean()) > 5 * float(unlit.mean())
+
+
+def test_envmap_halo_matches_what_mitsuba_builds_from_a_bitmap(variant: str) -> None:
+    import mitsuba as mi
+
+    from mfface.scenes.face_scene import envmap_with_halo
+
+    env = torch.rand(6, 10, 3)
+    reference = np.array(mi.traverse(mi.load_dict({"type": "envmap", "bitmap": mi.Bitmap(env.numpy())}))["data"])
+    assert reference.shape == (6, 12, 3)
+    np.testing.assert_allclose(envmap_with_halo(env).numpy(), reference, rtol=1e-6)
+
+
+def test_visible_envmap_fills_the_background_and_the_mask_stays_coverage(variant: str) -> None:
+    from mfface.scenes import FaceRenderer
+
+    v, f, uv = sphere(30.0, subdivisions=2)
+    renderer = FaceRenderer(f, uv, 16, 16, hide_emitters=False)
+    kd, ks, rough = textures(0.5, 0.0, 0.5)
+    img, mask = renderer.render(torch.from_numpy(v + np.array([0.0, 0.0, 150.0], np.float32)),
+                                kd, ks, rough, torch.full((8, 16, 3), 2.0), focal=30.0, spp=4)
+    background = mask[0] == 0
+    assert background.any() and (mask[0] == 1).any()
+    torch.testing.assert_close(img[0][background], torch.full_like(img[0][background], 2.0))
