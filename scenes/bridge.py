@@ -48,6 +48,7 @@ class FaceRenderer:
         self.height = int(height)
         self.settings = dict(integrator=integrator, max_depth=max_depth,
                              hide_emitters=hide_emitters, fresnel=fresnel)
+        fs.check_topology(self.triangles, self.uvs)
         fs.check_spec(fs.SceneSpec(self.width, self.height, (1, 1), (1, 1), **self.settings))
         self.n_vertices = self.uvs.shape[0]
         self._scenes: list[tuple[mi.Scene, mi.SceneParameters]] = []

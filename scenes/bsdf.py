@@ -83,14 +83,15 @@ class FaceBSDF(mi.BSDF):
                 ctx.is_enabled(mi.BSDFFlags.GlossyReflection, 1))
 
     def _eval_pdf(self, ctx: mi.BSDFContext, si: mi.SurfaceInteraction3f, wo: mi.Vector3f,
-                  active: mi.Bool):
-        """BSDF value times cos_o, and the mixture pdf of sampling `wo`."""
+                  active: mi.Bool, lobes: tuple | None = None):
+        """BSDF value times cos_o, and the mixture pdf of sampling `wo`; `lobes` reuses the
+        `_lobes` result of the caller (one set of texture lookups per call of `sample`)."""
         has_diffuse, has_glossy = self._enabled(ctx)
         wi = si.wi
         cos_i = mi.Frame3f.cos_theta(wi)
         cos_o = mi.Frame3f.cos_theta(wo)
         active = active & (cos_i > 0) & (cos_o > 0)
-        kd, ks, distr, p_spec = self._lobes(si, active)
+        kd, ks, distr, p_spec = lobes if lobes is not None else self._lobes(si, active)
         if not has_glossy:
             p_spec = mi.Float(0.0)
         elif not has_diffuse:
@@ -123,7 +124,8 @@ class FaceBSDF(mi.BSDF):
         bs = dr.zeros(mi.BSDFSample3f)
         if not (has_diffuse or has_glossy):
             return bs, mi.Color3f(0.0)
-        _, _, distr, p_spec = self._lobes(si, active)
+        lobes = self._lobes(si, active)
+        distr, p_spec = lobes[2], lobes[3]
         if not has_glossy:
             p_spec = mi.Float(0.0)
         elif not has_diffuse:
@@ -137,7 +139,7 @@ class FaceBSDF(mi.BSDF):
         bs.sampled_component = dr.select(glossy, mi.UInt32(1), mi.UInt32(0))
         bs.sampled_type = dr.select(glossy, mi.UInt32(+mi.BSDFFlags.GlossyReflection),
                                     mi.UInt32(+mi.BSDFFlags.DiffuseReflection))
-        value, pdf = self._eval_pdf(ctx, si, bs.wo, active)
+        value, pdf = self._eval_pdf(ctx, si, bs.wo, active, lobes)
         bs.pdf = pdf
         ok = active & (pdf > 0)
         return bs, dr.select(ok, value / dr.select(ok, pdf, 1.0), 0.0)

@@ -84,17 +84,25 @@ def _texture(size: tuple[int, int], channels: int, value: float) -> dict:
             "filter_type": "bilinear", "wrap_mode": "clamp"}
 
 
-def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh:
-    """An in-memory mesh with UVs (stored as (u, 1 - v)) and smooth normals recomputed from positions."""
-    triangles = np.asarray(triangles)
-    uvs = np.asarray(uvs, dtype=np.float32)
+def check_topology(triangles: np.ndarray, uvs: np.ndarray) -> None:
+    """Raise ValueError with one sentence when triangles (F, 3) and uvs (V, 2) do not form a mesh."""
     if triangles.ndim != 2 or triangles.shape[1] != 3 or triangles.shape[0] == 0:
         raise ValueError(f"triangles must be a non-empty (F, 3) integer array, got shape {triangles.shape}.")
+    if not np.issubdtype(triangles.dtype, np.integer):
+        raise ValueError(f"triangles must hold integer vertex indices, got dtype {triangles.dtype}.")
     if uvs.ndim != 2 or uvs.shape[1] != 2:
         raise ValueError(f"uvs must be a (V, 2) array, got shape {uvs.shape}.")
     n_vertices = uvs.shape[0]
     if triangles.min() < 0 or triangles.max() >= n_vertices:
         raise ValueError(f"triangles index vertices outside 0..{n_vertices - 1}; check the mesh topology.")
+
+
+def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh:
+    """An in-memory mesh with UVs (stored as (u, 1 - v)) and smooth normals recomputed from positions."""
+    triangles = np.asarray(triangles)
+    uvs = np.asarray(uvs, dtype=np.float32)
+    check_topology(triangles, uvs)
+    n_vertices = uvs.shape[0]
     props = mi.Properties()
     props["bsdf"] = bsdf
     mesh = mi.Mesh(MESH_KEY, n_vertices, triangles.shape[0], props=props,
