@@ -1,0 +1,275 @@
+"""Quality and speed of the three-stage fit on synthetic faces with known truth and on real photos.
+
+Synthetic: N seeded faces of the default model (`mfface.synthetic.random_face`: random identity,
+expression, pose, focal, smooth albedo texture, SH light, rendered at `--photo-spp`), each fitted
+with `FitConfig()` (plus any `--set section.key=value`) through `prepare_photo` and
+`Reconstructor.fit`, exactly as `mfface fit` does. Per face it measures
+- vertex error: median distance (mm) between fitted and true model-space vertices of the model's
+  'skin' region (ICT: its fitting area without eyes and mouth) after rigid alignment (Kabsch /
+  Procrustes without scale), after stage 1, 2 and 3;
+- landmark error: median distance (px of the fitted crop) between the fitted landmark vertices'
+  projections and the true (noise-free) projected landmarks, for the landmarks the model covers;
+- PSNR and SSIM of the re-render (at `--eval-spp`) against the photo, both display-referred
+  (gamma 2.2, as the photo is stored), inside the skin mask drawn from the landmarks (the fit's
+  own mask; a skin pixel the fitted face does not cover counts with the render's black).
+  PSNR = 10 log10(1 / MSE) over mask pixels and channels. SSIM per channel with an 11x11
+  Gaussian window (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2:
+      SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
+  the map averaged over mask pixels and channels; outside the mask the render is replaced by the
+  photo so that windows straddling the mask edge compare only the face;
+- diffuse albedo error: mean abs difference between the fitted and the true diffuse texture at
+  the skin vertices' UVs, after scaling the fitted one per channel by the least-squares factor
+  (light and albedo trade a per-channel scale: a brighter or tinted light with a darker or
+  oppositely tinted albedo renders the same), also relative to the true mean;
+- seconds per fit (stages 1-3, and each stage).
+Photos (`/work/shared/data/images` or $MFFACE_TEST_DATA/images): astronaut.png and takeo.ppm with
+MediaPipe landmarks, takeo.ppm with its hand-placed .pts; PSNR/SSIM inside the skin mask, landmark
+error against the landmarks fitted to (MediaPipe's, or the .pts), seconds per fit.
+The last line printed is one JSON object with every figure.
+
+    MFFACE_HOME=... .venv/bin/python bench/fit_synthetic.py [--faces 8] [--quick] [--set stage2.spp=4]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mfface.config import FitConfig, apply_overrides
+from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
+from mfface.fitting.state import FaceState, load_checkpoint
+from mfface.texture_priors import resize_texture, sample_texture
+
+GAMMA = 2.2
+EVAL_SEED = 4_000_000
+QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations": 20}
+
+
+def aligned_distances(fitted: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per-point distances (N,) after the rotation + translation (no scale) that best maps `fitted`
+    (N, 3) onto `true` (N, 3) in the least-squares sense (Kabsch)."""
+    a, b = fitted - fitted.mean(0), true - true.mean(0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return np.linalg.norm(a @ rot - b, axis=1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5, taps: int = 11) -> torch.Tensor:
+    """Separable Gaussian filter of (C, H, W), zero padding renormalised at the borders."""
+    r = torch.arange(taps, dtype=x.dtype) - (taps - 1) / 2
+    k = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = x.shape[0]
+
+    def conv(t: torch.Tensor) -> torch.Tensor:
+        t = F.conv2d(t[None], k.view(1, 1, 1, -1).expand(c, 1, 1, taps), padding=(0, taps // 2), groups=c)
+        return F.conv2d(t, k.view(1, 1, -1, 1).expand(c, 1, taps, 1), padding=(taps // 2, 0), groups=c)[0]
+    return conv(x) / conv(torch.ones_like(x))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean SSIM (module docstring) of images (H, W, 3) in [0, 1] over `mask` (H, W) pixels."""
+    x, y = x.permute(2, 0, 1).double(), y.permute(2, 0, 1).double()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = _gaussian_blur(x), _gaussian_blur(y)
+    sxx = _gaussian_blur(x * x) - mx * mx
+    syy = _gaussian_blur(y * y) - my * my
+    sxy = _gaussian_blur(x * y) - mx * my
+    value = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(value[:, mask].mean())
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
+    """PSNR in dB (peak 1) of images (H, W, 3) over `mask` (H, W) pixels and all channels."""
+    mse = float(((x - y)[mask] ** 2).mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def image_metrics(result: FitResult, state: FaceState, image: PreparedImage, spp: int) -> dict[str, float]:
+    """PSNR, SSIM (display-referred, inside the skin mask) and the fitted coverage of the mask."""
+    render = result.render
+    size = (result.config.render.texture_size,) * 2
+    state = dataclasses.replace(state.item(0), **{name: resize_texture(getattr(state, name), size)
+                                                  for name in ("diffuse", "specular", "roughness")})
+    with torch.no_grad():   # textures at one size, so that the scene is not rebuilt per stage
+        rgb, coverage = render.render(state, render.vertices(state), state.diffuse, spp, EVAL_SEED)
+    shown = rgb[0].clamp(0, 1) ** (1 / GAMMA)
+    photo = image.target.clamp(0, 1) ** (1 / GAMMA)
+    mask = image.skin > 0.5
+    composed = torch.where(mask[..., None], shown, photo)
+    return {"psnr_db": psnr(shown, photo, mask), "ssim": ssim(composed, photo, mask),
+            "mask_covered": float((coverage[0][mask] > 0.5).float().mean())}
+
+
+def landmark_error(result: FitResult, state: FaceState, reference: np.ndarray) -> float:
+    """Median px distance (crop frame) of the fitted covered landmarks from `reference` (N, 2)."""
+    index = result.targets.landmark_index
+    valid = (index >= 0).cpu().numpy()
+    with torch.no_grad():
+        points = result.render.landmarks(result.render.vertices(state), state.focal, index.clamp_min(0))
+    return float(np.median(np.linalg.norm(points[0].cpu().numpy()[valid] - reference[valid], axis=1)))
+
+
+def albedo_error(model, fitted: torch.Tensor, true: torch.Tensor, region: np.ndarray) -> dict[str, float]:
+    """Diffuse error at the region's vertex UVs after the per-channel least-squares scale."""
+    uv = torch.as_tensor(model.uvs[region], dtype=torch.float32)
+    f, t = sample_texture(fitted, uv)[0].double(), sample_texture(true, uv)[0].double()
+    scale = (f * t).sum(0) / (f * f).sum(0).clamp_min(1e-12)
+    mae = float((f * scale - t).abs().mean())
+    return {"albedo_mae": mae, "albedo_rel": mae / float(t.mean()), "albedo_scale": scale.tolist()}
+
+
+def staged_states(checkpoints: Path) -> dict[int, FaceState]:
+    return {s: load_checkpoint(checkpoints / f"stage{s}.npz")[0] for s in (1, 2, 3)
+            if (checkpoints / f"stage{s}.npz").is_file()}
+
+
+def fit_one(recon: Reconstructor, image: PreparedImage) -> tuple[FitResult, dict[int, FaceState], float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = recon.fit([image], checkpoint_dir=tmp)
+        seconds = time.perf_counter() - started
+        return result, staged_states(Path(tmp)), seconds
+
+
+def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: int, eval_spp: int,
+                  noise_px: float, first_seed: int) -> list[dict]:
+    from mfface.fitting.face_render import FaceRender
+    from mfface.synthetic import random_face
+
+    region = model.regions["skin"]
+    recon = Reconstructor(model, config)
+    maker = FaceRender(model, size, config)
+    rows = []
+    for seed in range(first_seed, first_seed + faces):
+        face = random_face(model, size, seed, spp=photo_spp, landmark_noise_px=noise_px, render=maker)
+        image = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, f"synthetic{seed}")
+        result, states, seconds = fit_one(recon, image)
+        truth = face.vertices.numpy()[region]
+        clean = np.asarray(image.to_crop.apply(face.clean_landmarks))
+        row = {"seed": seed, "crop_px": image.target.shape[0], "seconds": seconds,
+               "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
+        for stage, st in states.items():
+            fitted = model.vertices(st.identity, st.expression)[0].numpy()[region]
+            row[f"vertex_mm_s{stage}"] = float(np.median(aligned_distances(fitted, truth)))
+            row[f"landmark_px_s{stage}"] = landmark_error(result, st, clean)
+        for stage in (2, 3):
+            if stage in states:
+                row.update({f"{k}_s{stage}": v for k, v in image_metrics(result, states[stage], image,
+                                                                         eval_spp).items()})
+        final = result.state
+        row.update(albedo_error(model, final.diffuse, face.state.diffuse, region))
+        last = max(states)
+        row.update(vertex_mm=row[f"vertex_mm_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
+                   psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def run_photos(model, config: FitConfig, folder: Path, eval_spp: int) -> list[dict]:
+    from mfface.landmarks import LandmarkDetector
+
+    jobs = [("astronaut.png", None), ("takeo.ppm", None), ("takeo.ppm", "takeo.pts")]
+    recon = Reconstructor(model, config)
+    rows = []
+    with LandmarkDetector(config.input.max_faces) as detector:
+        for name, landmark_file in jobs:
+            path = folder / name
+            if not path.is_file() or (landmark_file and not (folder / landmark_file).is_file()):
+                print(f"skipping {name}: not found in {folder}", flush=True)
+                continue
+            image = prepare_image(path, config, detector,
+                                  landmark_file=folder / landmark_file if landmark_file else None)
+            result, states, seconds = fit_one(recon, image)
+            last = max(states)
+            row = {"photo": name, "landmarks": landmark_file or "mediapipe", "crop_px": image.target.shape[0],
+                   "seconds": seconds, "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+                   "landmark_px": landmark_error(result, result.state, image.crop_landmarks)}
+            for stage in (2, 3):
+                if stage in states:
+                    row.update({f"{k}_s{stage}": v for k, v in image_metrics(result, states[stage], image,
+                                                                             eval_spp).items()})
+            row.update(psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _parse_set(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs section.key=value, got {item!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--faces", type=int, default=8, help="synthetic faces (seeds first-seed..)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=256, help="synthetic photo side in px")
+    parser.add_argument("--photo-spp", type=int, default=256, help="spp of the synthetic photos")
+    parser.add_argument("--eval-spp", type=int, default=256, help="spp of the re-renders measured")
+    parser.add_argument("--noise-px", type=float, default=0.5, help="landmark noise std in px")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"2 faces, 64 spp photos/evaluation, iterations {QUICK} (development only)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override (JSON value), repeatable")
+    parser.add_argument("--no-synthetic", action="store_true")
+    parser.add_argument("--no-photos", action="store_true")
+    parser.add_argument("--model", default=None, help="installed model (default: the store's default)")
+    args = parser.parse_args()
+
+    from mfface.backend import select_variant
+    from mfface.morphable.store import ModelStore
+
+    variant = select_variant()
+    overrides = {**(QUICK if args.quick else {}), **_parse_set(args.set)}
+    config = apply_overrides(FitConfig(), overrides)
+    if args.quick:
+        args.faces, args.photo_spp, args.eval_spp = min(args.faces, 2), 64, 64
+    store = ModelStore()
+    model = store.load(args.model)
+    load = os.getloadavg()
+    print(f"model {model.name}, variant {variant}, torch threads {torch.get_num_threads()}, "
+          f"load {load[0]:.2f}, overrides {overrides or 'none (defaults)'}", flush=True)
+    synthetic = [] if args.no_synthetic else run_synthetic(
+        model, config, args.faces, args.size, args.photo_spp, args.eval_spp, args.noise_px, args.first_seed)
+    folder = Path(os.environ.get("MFFACE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "images"
+    photos = [] if args.no_photos else run_photos(model, config, folder, args.eval_spp)
+    summary = {"model": model.name, "variant": variant, "overrides": overrides, "faces": len(synthetic),
+               "size": args.size, "photo_spp": args.photo_spp, "eval_spp": args.eval_spp,
+               "noise_px": args.noise_px, "load_start": round(load[0], 2),
+               "load_end": round(os.getloadavg()[0], 2)}
+    for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "landmark_px", "landmark_px_s1",
+                "psnr_db", "psnr_db_s2", "ssim", "ssim_s2", "albedo_mae", "albedo_rel", "seconds"):
+        summary[f"synthetic_median_{key}"] = _median(synthetic, key)
+    summary["photos"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+                         for r in photos]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
