@@ -68,7 +68,8 @@ class Stage1Config:
     lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0)
     expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (NextFace: 0.1).", 0.0)
     identity_prior: float = _f(0.1, "Weight of the identity prior when identity is fitted.", 0.0)
-    fit_identity: bool = _f(False, "Also fit identity coefficients from the landmarks.")
+    fit_identity: bool = _f(True, "Also fit identity coefficients from the landmarks (measured: less "
+                            "expression leakage, bench/RESULTS.md).")
     identity_components: int = _f(40, "Leading identity components fitted in stage 1.", 0)
     fit_focal: bool = _f(True, "Estimate the focal length (else keep `focal`, or the PnP one).")
     focal: float = _f(0.0, "Known focal length in px; 0 = unknown (searched by PnP).", 0.0)
@@ -88,7 +89,11 @@ class Stage2Config:
     expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
     albedo_prior: float = _f(0.001, "Weight of the statistical albedo prior, mean of c^2.", 0.0)
     sh_energy: float = _f(1e-4, "Weight of the SH energy, mean of the squared SH coefficients.", 0.0)
-    sh_lr: float = _f(0.005, "Learning rate of the SH coefficients.", 0.0)
+    sh_lr: float = _f(0.01, "Learning rate of the SH coefficients of band 1 (see sh_band_decay; "
+                      "NextFace: 0.005 for all bands).", 0.0)
+    sh_band_decay: float = _f(2.0, "SH step size per band l scales as ((1 + l) / 2) ** -decay, so the "
+                              "low bands converge fast and the noisy high bands do not ring; 0 = one "
+                              "learning rate for all bands. Measured in bench/RESULTS.md.", 0.0)
     albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0)
     geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0)
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0)

@@ -48,6 +48,7 @@ def _header(model: MorphableModel) -> dict:
         "n_expression": model.n_expression,
         "texture_size": list(model.texture_size),
         "expression_names": list(model.expression_names),
+        "expression_range": None if model.expression_range is None else list(model.expression_range),
         "provenance": model.provenance,
         "license": model.license,
         "albedo": {
@@ -145,6 +146,8 @@ def load_model_file(path: str | os.PathLike) -> MorphableModel:
             uvs=arrays["uvs"],
             texture_size=tuple(header["texture_size"]),
             expression_names=list(header["expression_names"]),
+            expression_range=(None if header.get("expression_range") is None
+                              else tuple(header["expression_range"])),
             landmarks={name: arrays[f"landmark.{name}"] for name in header["landmarks"]},
             regions={name: arrays[f"region.{name}"] for name in header["regions"]},
             symmetry=arrays.get("symmetry"),

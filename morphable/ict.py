@@ -266,6 +266,7 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         identity_std=np.ones(N_IDENTITY, dtype=np.float32),
         expression_basis=expression.astype(np.float32),
         expression_std=np.ones(len(expression_names), dtype=np.float32),
+        expression_range=(0.0, 1.0),  # ARKit blend weights
         triangles=np.array(triangles, dtype=np.int32),
         uvs=uvs.astype(np.float32),
         expression_names=expression_names,

@@ -49,6 +49,8 @@ class MorphableModel:
     landmark the model does not cover. `regions` maps region names ('face', 'eyes', 'mouth', 'fit',
     'skin') to sorted vertex-index arrays. `symmetry` (V,) gives each vertex's mirror partner.
     `diffuse_albedo` / `specular_albedo` are None when the model has no statistical albedo (ICT).
+    `expression_range` bounds each expression coefficient: (0, 1) for blendshape rigs whose
+    coefficients are blend weights (ICT's ARKit shapes), None for PCA expression models (Basel).
     """
     name: str
     mean_shape: np.ndarray
@@ -63,6 +65,7 @@ class MorphableModel:
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
     regions: dict[str, np.ndarray] = field(default_factory=dict)
     symmetry: np.ndarray | None = None
+    expression_range: tuple[float, float] | None = None
     diffuse_albedo: AlbedoModel | None = None
     specular_albedo: AlbedoModel | None = None
     provenance: str = ""
@@ -122,6 +125,16 @@ class MorphableModel:
             k = expression.shape[1]
             flat = flat + expression @ buf["expression"][:, :k].T
         return flat.reshape(batch, -1, 3)
+
+    def clamp_expression_(self, expression: torch.Tensor) -> torch.Tensor:
+        """Clamp expression coefficients in place to `expression_range` (a no-op when None).
+
+        Optimisers call it after each step: a projected gradient step keeps blend weights valid.
+        """
+        if self.expression_range is not None:
+            with torch.no_grad():
+                expression.clamp_(*self.expression_range)
+        return expression
 
     def validate(self) -> None:
         """Raise ValueError when arrays disagree in shape or indices fall outside the mesh."""

@@ -147,6 +147,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         loss, _, _ = evaluate()
         loss.backward()
         optimizer.step()
+        model.clamp_expression_(exp_param)
         schedule.step()
         losses.append(float(loss.detach()))
 

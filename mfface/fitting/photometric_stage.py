@@ -73,6 +73,18 @@ class AlbedoSource:
         return self.parameter
 
 
+def sh_band_scale(n_coefficients: int, decay: float, device: torch.device | str) -> torch.Tensor:
+    """(n, 1) step scale per SH coefficient: (1 + l) ** -decay for band l, times 1 / (that of band 1).
+
+    Adam moves every parameter by about lr per step, whatever its gradient's size; optimising
+    c / scale instead makes the step lr * scale, so the DC and low bands (most of the light's
+    energy) move fast and the high bands, whose noisy gradients would otherwise random-walk into
+    ringing, move slowly.
+    """
+    bands = torch.arange(n_coefficients, device=device).float().sqrt().floor()
+    return ((1.0 + bands) ** -decay * 2.0 ** decay)[:, None]
+
+
 def initial_state(render: FaceRender, targets: FitTargets, euler: torch.Tensor, translation: torch.Tensor,
                   focal: torch.Tensor, expression: torch.Tensor, identity: torch.Tensor | None,
                   shared_identity: bool, config: FitConfig) -> FaceState:
@@ -123,7 +135,8 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
     d_trans = torch.zeros_like(translation0, requires_grad=True)
     state.identity.requires_grad_(True)
     state.expression.requires_grad_(True)
-    state.sh.requires_grad_(True)
+    band_scale = sh_band_scale(state.sh.shape[1], cfg.sh_band_decay, render.device)
+    sh_param = (state.sh / band_scale).requires_grad_(True)
     albedo = AlbedoSource(render, state, cfg.albedo_resolution)
     albedo.parameter.requires_grad_(True)
     mirror = None
@@ -131,13 +144,14 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
         mirror = MirrorSampler(model.triangles, model.uvs, model.symmetry, render.device)
     generator = torch.Generator(device=render.device).manual_seed(0)
 
-    light_opt = torch.optim.Adam([{"params": [state.sh], "lr": cfg.sh_lr},
+    light_opt = torch.optim.Adam([{"params": [sh_param], "lr": cfg.sh_lr},
                                   {"params": [albedo.parameter], "lr": cfg.albedo_lr}])
     geometry_opt = torch.optim.Adam([{"params": [state.identity, state.expression], "lr": cfg.geometry_lr},
                                      {"params": [d_euler, d_trans], "lr": cfg.pose_lr}])
     report = StageReport()
     for it in range(cfg.iterations):
         geometry_on = it >= cfg.geometry_start
+        state.sh = sh_param * band_scale
         state.euler = euler0 + d_euler
         state.translation = translation0 + d_trans * depth
         vertices = render.vertices(state)
@@ -166,6 +180,7 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
         light_opt.step()
         if geometry_on:
             geometry_opt.step()
+            model.clamp_expression_(state.expression)
         if not albedo.statistical:
             with torch.no_grad():
                 albedo.parameter.clamp_(0.0, 1.0)
@@ -176,6 +191,7 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
             on_step(it, cfg.iterations, values)
 
     with torch.no_grad():
+        state.sh = sh_param * band_scale
         state.euler = euler0 + d_euler
         state.translation = translation0 + d_trans * depth
         size = (config.render.texture_size, config.render.texture_size)

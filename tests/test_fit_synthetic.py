@@ -1,0 +1,84 @@
+"""End to end: a synthetic face with known parameters is fitted, and pose and expression come back."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mfface.config import FitConfig, apply_overrides
+from mfface.fitting.pipeline import Reconstructor, prepare_photo
+from mfface.fitting.state import load_checkpoint
+from mfface.synthetic import random_face
+from mfface.texture_priors import resize_texture
+
+SIZE = 96
+SETTINGS = {"input.max_resolution": SIZE, "stage2.iterations": 30, "stage2.geometry_start": 10,
+            "stage2.spp": 2, "stage3.iterations": 20, "stage3.spp": 2, "render.texture_size": 64,
+            "render.final_spp": 4, "stage2.albedo_resolution": 32}
+
+
+@pytest.fixture(scope="module")
+def fit(ict, variant, tmp_path_factory):
+    face = random_face(ict, SIZE, seed=3, spp=16, landmark_noise_px=0.5, max_yaw_deg=20.0)
+    config = apply_overrides(FitConfig(), SETTINGS)
+    prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, "synthetic")
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    result = Reconstructor(ict, config).fit([prepared], checkpoint_dir=checkpoints)
+    result.start = load_checkpoint(checkpoints / "stage1.npz")[0]
+    return face, prepared, result
+
+
+def skin_psnr(result, state, spp: int = 32) -> float:
+    """PSNR (dB) of the re-render of `state` against the photo, inside coverage x skin."""
+    with torch.no_grad():
+        diffuse = resize_texture(state.diffuse, result.state.diffuse.shape[1:3])
+        state = dataclasses.replace(state, diffuse=diffuse,
+                                    specular=resize_texture(state.specular, diffuse.shape[1:3]),
+                                    roughness=resize_texture(state.roughness, diffuse.shape[1:3]))
+        image, coverage = result.render.render(state, result.render.vertices(state), state.diffuse, spp, 99)
+    inside = (coverage * result.targets.skin)[0] > 0.99
+    mse = ((image[0] - result.targets.images[0])[inside] ** 2).mean()
+    return float(10 * torch.log10(1.0 / mse))
+
+
+def test_pose_is_recovered(fit) -> None:
+    face, prepared, result = fit
+    truth = torch.rad2deg(face.state.euler[0])
+    found = torch.rad2deg(result.state.euler[0])
+    # Tolerance: the crop moves the principal point off the true optical axis by a few pixels,
+    # which a rotation of about (offset / focal) absorbs (~1 degree here), plus landmark noise.
+    assert torch.allclose(found, truth, atol=3.0), (found, truth)
+    # Focal and depth trade off against the unknown identity (its depth profile and its overall size):
+    # landmarks fix their ratio, the face's image scale, far better than each alone (focal alone was
+    # 4-30% off on 8 random faces), so check the ratio, within the identity's size uncertainty.
+    scale = prepared.to_crop.scale
+    found_ratio = float(result.state.focal[0]) / scale / float(result.state.translation[0, 2])
+    true_ratio = float(face.state.focal[0]) / float(face.state.translation[0, 2])
+    assert found_ratio == pytest.approx(true_ratio, rel=0.10)
+
+
+def test_expression_is_recovered(fit, ict) -> None:
+    face, _, result = fit
+    truth = face.state.expression[0]
+    found = result.state.expression[0]
+    active = truth > 0.05
+    assert active.any()
+    # Tolerances from 8 random faces at 128 px (stage 1 alone): active blend weights came back
+    # within 0.09 (median) and 0.22 (max) of the truth, inactive ones leaked 0.04 on average (ARKit
+    # shapes are not orthogonal, and identity and expression share some of their motion).
+    assert torch.all((found[active] - truth[active]).abs() < 0.25), (found[active], truth[active])
+    assert found[~active].abs().mean() < 0.06
+    assert found.min() >= 0.0 and found.max() <= 1.0  # blend weights stay valid
+
+
+def test_rendered_fit_matches_the_photo(fit) -> None:
+    face, prepared, result = fit
+    before, after = skin_psnr(result, result.start), skin_psnr(result, result.state)
+    print(f"skin PSNR: start {before:.2f} dB, fit {after:.2f} dB")
+    assert after > before + 3.0 and after > 24.0  # measured: 20.1 -> 25.2 dB
+    with torch.no_grad():
+        vertices = result.render.vertices(result.state)
+        landmarks = result.render.landmarks(vertices, result.state.focal, result.targets.valid_landmarks()[1])
+    error = (landmarks[0] - result.targets.valid_landmarks()[0][0]).norm(dim=-1)
+    assert float(error.median()) < 1.5  # px, at 96 px with 0.5 px landmark noise
