@@ -41,9 +41,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# Before torch is imported: its OpenMP threads must not spin and steal Dr.Jit's cores (see mfface/__init__).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
