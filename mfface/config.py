@@ -114,8 +114,10 @@ class Stage3Config:
     landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
     diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0)
-    specular_lr: float = _f(0.02, "Learning rate of the specular map.", 0.0)
-    roughness_lr: float = _f(0.02, "Learning rate of the roughness map.", 0.0)
+    specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "
+                            "Schlick F0 ~0.04: measured, 0.02 made stage 3 worse than stage 2).", 0.0)
+    roughness_lr: float = _f(0.005, "Learning rate of the roughness map (NextFace: 0.02; measured, see "
+                             "bench/RESULTS.md).", 0.0)
     diffuse_symmetry: float = _f(50.0, "Diffuse map: L1 to its horizontal flip.", 0.0)
     diffuse_consistency: float = _f(100.0, "Diffuse map: closeness to the stage-2 map's chromaticity.", 0.0)
     diffuse_smoothness: float = _f(0.001, "Diffuse map: smoothness.", 0.0)
