@@ -81,10 +81,12 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     """Stage 2: photometric fit of the statistical model, pose and light."""
-    iterations: int = _f(400, "Photometric iterations.", 0)
-    spp: int = _f(8, "Samples per pixel while optimising.", 1)
+    iterations: int = _f(200, "Photometric iterations (NextFace: 400; measured trade-off in "
+                         "bench/RESULTS.md).", 0)
+    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
-    landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
+    landmark_weight: float = _f(1.0, "Weight of the landmark loss (px^2; NextFace: 0.001, which leaves the "
+                                "landmarks ~1e4 times weaker than the photometric term).", 0.0)
     identity_prior: float = _f(0.001, "Weight of the identity (shape) prior, mean of c^2.", 0.0)
     expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
     albedo_prior: float = _f(0.001, "Weight of the statistical albedo prior, mean of c^2.", 0.0)
@@ -97,7 +99,8 @@ class Stage2Config:
     albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0)
     geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0)
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0)
-    geometry_start: int = _f(100, "Iteration at which identity, expression and pose join the fit.", 0)
+    geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
+                             "(NextFace: 100 of 400).", 0)
     albedo_resolution: int = _f(64, "Side of the stage-2 albedo texture (free texture for models without "
                                 "an albedo model; bake size of a statistical one).", 4)
     albedo_smoothness: float = _f(1.0, "Free albedo texture: weight of its total variation.", 0.0)
@@ -108,8 +111,8 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(100, "Per-texel iterations.", 0)
-    spp: int = _f(8, "Samples per pixel while optimising.", 1)
+    iterations: int = _f(60, "Per-texel iterations (NextFace: 100).", 0)
+    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
