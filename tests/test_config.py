@@ -13,7 +13,7 @@ def test_defaults_follow_nextface():
     cfg = FitConfig()
     assert cfg.stage2.photo_weight == 1000.0
     assert cfg.stage2.identity_prior == cfg.stage2.expression_prior == cfg.stage2.albedo_prior == 0.001
-    assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 100)
+    assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 50)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
     assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (200, 4, 60, 4)
