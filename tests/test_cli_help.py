@@ -1,0 +1,35 @@
+"""Every `mfface` command and subcommand answers --help (issue: a console script with --help everywhere)."""
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from mfface.cli.main import cli
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, prefix + (name,))
+        else:
+            found.append(prefix + (name,))
+    return found
+
+
+def test_every_command_has_help() -> None:
+    commands = _commands(cli)
+    assert {("fit",), ("replay",), ("doctor",), ("models", "install"), ("models", "list")} <= set(commands)
+    for path in commands:
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage: " in result.output and "--help" in result.output
+
+
+def test_doctor_reports_variant_versions_and_model(installed_ict) -> None:
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for field in ("variant", "llvm", "mitsuba", "drjit", "torch", "mediapipe", "face model"):
+        assert field in result.output
+    assert "llvm_ad_rgb" in result.output or "cuda_ad_rgb" in result.output
+    assert "ict" in result.output
