@@ -33,3 +33,10 @@ def test_doctor_reports_variant_versions_and_model(installed_ict) -> None:
         assert field in result.output
     assert "llvm_ad_rgb" in result.output or "cuda_ad_rgb" in result.output
     assert "ict" in result.output
+
+
+def test_doctor_says_how_to_install_a_model_when_none_is(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MFFACE_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "none (install one with `mfface models install ict`)" in " ".join(result.output.split())
