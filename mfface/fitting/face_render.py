@@ -28,6 +28,7 @@ class FaceRender:
         self.config = config
         self.device = torch.device(device)
         self.renderer = FaceRenderer(model.triangles, model.uvs, self.size, self.size,
+                                     integrator=config.render.integrator,
                                      max_depth=config.render.max_depth)
         self.envmap_size = (config.light.envmap_height, 2 * config.light.envmap_height)
 
