@@ -10,7 +10,8 @@ Layout of `OUT/<photo name>/` (README "Outputs" describes each file):
   losses.png                        loss curves of stages 2 and 3
   params.json                       every fitted parameter and the camera (no pickle)
   config.toml                       the configuration the fit ran with
-  checkpoints/stage{1,2,3}.npz      resumable states (`mfface fit --checkpoint`)
+  checkpoints/stage{1,2,3}.npz      resumable states (`mfface fit --checkpoint`); when the fit kept
+                                    none, the final state as checkpoints/stageN.npz
 The folder appears only when complete: it is written as `.NAME.*.tmp` and renamed at the end.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mfface.camera import rotation_matrix
 from mfface.config import to_toml
 from mfface.figures import draw_landmarks, labelled_strip, loss_curves_png, overlay, to_display
 from mfface.fitting.pipeline import FitResult
-from mfface.fitting.state import FaceState
+from mfface.fitting.state import FaceState, save_checkpoint
 from mfface.images import write_png
 from mfface.morphable.export import write_glb, write_obj
 from mfface.scenes.exr import write_exr
@@ -138,5 +139,8 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
             (tmp / "config.toml").write_text(to_toml(cfg))
             if checkpoint_src is not None and checkpoint_src.is_dir():
                 shutil.copytree(checkpoint_src, tmp / "checkpoints")
+            else:  # the final state at least, so that the folder can be replayed and resumed
+                save_checkpoint(tmp / "checkpoints" / f"stage{max(result.last_stage, 1)}.npz",
+                                result.state, max(result.last_stage, 1))
         folders.append(folder)
     return folders

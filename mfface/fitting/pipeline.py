@@ -114,6 +114,7 @@ class FitResult:
     reports: dict[str, StageReport] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stage1_rms_px: list[float] = field(default_factory=list)
+    last_stage: int = 0  # the last stage whose result `state` holds (a resumed checkpoint's counts)
 
 
 class Reconstructor:
@@ -166,6 +167,7 @@ class Reconstructor:
         state: FaceState | None = None
         if resume is not None:
             state, done = load_checkpoint(resume, self.device)
+            result.last_stage = done
             if state.batch != targets.batch:
                 raise FitInputError(f"checkpoint {resume} holds {state.batch} images but {targets.batch} "
                                  f"are being fitted; resume with the same photos.")
@@ -175,6 +177,7 @@ class Reconstructor:
 
         def finish(stage: int, new_state: FaceState, started: float) -> FaceState:
             result.seconds[f"stage{stage}"] = time.perf_counter() - started
+            result.last_stage = stage
             if checkpoint_dir is not None:
                 save_checkpoint(Path(checkpoint_dir) / f"stage{stage}.npz", new_state, stage)
             return new_state
