@@ -11,8 +11,12 @@ PYTHON=${PYTHON:-python3}
 usable_llvm() {
     # Dr.Jit 1.5 kernels need LLVM >= 18 (LLVM 15 aborts with "Cannot select fminimum").
     if [ -n "${DRJIT_LIBLLVM_PATH:-}" ] && [ -f "$DRJIT_LIBLLVM_PATH" ]; then return 0; fi
-    ls /usr/lib/*/libLLVM.so.{18,19,2[0-9]}* /usr/lib/*/libLLVM-{18,19,2[0-9]}.so \
-       /usr/lib/llvm-{18,19,2[0-9]}/lib/libLLVM*.so* >/dev/null 2>&1
+    local lib
+    for lib in /usr/lib/*/libLLVM.so.{18,19,2[0-9]}* /usr/lib/*/libLLVM-{18,19,2[0-9]}.so \
+               /usr/lib/llvm-{18,19,2[0-9]}/lib/libLLVM*.so*; do
+        [ -e "$lib" ] && return 0   # an unmatched pattern stays literal and fails this test
+    done
+    return 1
 }
 
 if ! usable_llvm; then
