@@ -30,7 +30,9 @@ def test_same_seed_same_face_other_seed_other_face(ict, render, face):
 
     again = random_face(ict, SIZE, 3, spp=64, texture_size=64, render=render)
     other = random_face(ict, SIZE, 4, spp=16, texture_size=64, render=render)
-    assert torch.equal(face.photo, again.photo)
+    # Same seed, same samples; Dr.Jit's threads add them into the film in a varying order, so the
+    # sums agree to float rounding, not bit for bit.
+    assert torch.allclose(face.photo, again.photo, atol=1e-5)
     np.testing.assert_array_equal(face.landmarks, again.landmarks)
     assert torch.equal(face.state.sh, again.state.sh)
     assert not torch.equal(face.state.identity, other.state.identity)
