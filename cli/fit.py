@@ -93,14 +93,16 @@ class StageProgress:
 def _fit_group(reconstructor, paths: list[Path], config: FitConfig, detector, landmark_file: Path | None,
                shared: bool, resume: Path | None, skip: tuple[int, ...], output: Path,
                progress: Progress) -> Outcome:
-    from mfface.fitting.pipeline import prepare_image
+    from mfface.fitting.pipeline import prepare_image, prepare_photo
     from mfface.results import write_results
 
     started = time.perf_counter()
     prepared = [prepare_image(p, config, detector, landmark_file) for p in paths]
     if shared and len({im.target.shape[0] for im in prepared}) > 1:
+        # Photos fitted together share one crop size: re-crop (landmarks are already known).
         size = min(im.target.shape[0] for im in prepared)
-        prepared = [prepare_image(p, config, detector, landmark_file, size=size) for p in paths]
+        prepared = [prepare_photo(im.photo, im.landmarks, im.scheme, config, im.name, im.path, size)
+                    for im in prepared]
     label = prepared[0].name if len(prepared) == 1 else f"{len(prepared)} photos"
     checkpoints = output / CHECKPOINTS / "+".join(im.name for im in prepared)
     result = reconstructor.fit(prepared, shared_identity=shared, skip_stages=skip, resume=resume,

@@ -39,7 +39,7 @@ def main() -> None:
             state = dataclasses.replace(face.state, sh=replay_light(face.state, light))
             image, _ = render.render(state, vertices, state.diffuse, args.spp, seed=0)
             panels.append((light, to_display(image[0].cpu().numpy(), gamma)))
-    write_png(args.out_png, labelled_strip(panels, face.crop_size).astype("float32") / 255.0, gamma=None)
+    write_png(args.out_png, labelled_strip(panels, face.crop_size), gamma=None)
     print(f"wrote {args.out_png}: {', '.join(name for name, _ in panels)}")
 
 

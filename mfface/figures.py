@@ -66,15 +66,19 @@ def draw_landmarks(image: np.ndarray, detected: np.ndarray, fitted: np.ndarray |
 
 
 def loss_curves_png(path: str | Path, curves: dict[str, list[float]], title: str = "") -> None:
-    """Write loss curves, one panel per curve (log scale when all values are positive)."""
+    """Write loss curves, one panel per curve, up to 5 panels a row (log scale when all values are positive)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [n for n, values in curves.items() if values]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    columns = min(5, max(1, len(names)))
+    rows = max(1, -(-len(names) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         values = np.asarray(curves[name], dtype=np.float64)
         ax.plot(np.arange(len(values)), values, lw=1.2)
         if np.all(values > 0):

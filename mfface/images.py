@@ -119,9 +119,14 @@ def write_png(path: str | os.PathLike, img: torch.Tensor | np.ndarray,
 
     `gamma` = 2.2 (default) treats `img` as linear and applies `delinearize`; None writes the
     values as they are (already display-referred). Values are clipped to [0, 1]; alpha (4th
-    channel) is never gamma-encoded.
+    channel) is never gamma-encoded. A uint8 image is display-referred 0..255 already (figures):
+    it is written as it is, so it needs gamma=None.
     """
     a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if a.dtype == np.uint8:
+        if gamma is not None:
+            raise ValueError("a uint8 image is already display-encoded; write it with gamma=None.")
+        a = a.astype(np.float32) / 255.0
     a = a.astype(np.float32)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]

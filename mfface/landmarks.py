@@ -39,6 +39,13 @@ _SCHEME_BY_COUNT = {478: "mediapipe478", 468: "mediapipe478", 68: "ibug68"}
 # MediaPipe face-mesh index(es) for each of the 68 iBUG points (0-based iBUG order); where two are
 # given, the iBUG point is their midpoint. Correspondence after Peizhi Yan's table,
 # https://github.com/PeizhiYan/Mediapipe_2_Dlib_Landmarks (the dlib 68 points are the iBUG 68).
+# MediaPipe's face oval (FACEMESH_FACE_OVAL in mediapipe/python/solutions/face_mesh_connections.py),
+# in order around the face: silhouette landmarks that slide over the face as the head turns.
+MEDIAPIPE_FACE_OVAL: tuple[int, ...] = (
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+)
+
 MEDIAPIPE_TO_IBUG68: tuple[tuple[int, ...], ...] = (
     # jaw contour 0-16, from the subject's right (image left) to the left
     (127,), (234,), (93,), (132, 58), (58, 172), (136,), (150,), (176,), (152,),

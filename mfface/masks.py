@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.spatial import ConvexHull
 
+from mfface.landmarks import MEDIAPIPE_FACE_OVAL
+
 # iBUG-68 (0-based): jaw 0-16, brows 17-26, eyes 36-41 / 42-47, inner mouth 60-67.
 _IBUG_REGIONS = {
     "face": list(range(0, 27)),
@@ -49,7 +51,7 @@ def _mediapipe_regions() -> dict[str, list]:
     from mediapipe.python.solutions import face_mesh_connections as fmc
 
     return {
-        "face": sorted({i for e in fmc.FACEMESH_FACE_OVAL for i in e}),
+        "face": list(MEDIAPIPE_FACE_OVAL),
         "holes": [sorted({i for e in s for i in e}) for s in (
             fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE,
             fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW)],

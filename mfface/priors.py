@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
+from mfface.landmarks import MEDIAPIPE_FACE_OVAL
+
 # Landmarks on the face outline: they are silhouette points that slide over the surface as the head
 # turns, so a fixed model vertex matches them only near the frontal pose; they are down-weighted.
 # MediaPipe: the vertices of mediapipe's FACEMESH_FACE_OVAL; iBUG 68: the jaw contour 0-16.
 CONTOUR_LANDMARKS: dict[str, tuple[int, ...]] = {
-    "mediapipe478": (10, 21, 54, 58, 67, 93, 103, 109, 127, 132, 136, 148, 149, 150, 152, 162, 172,
-                     176, 234, 251, 284, 288, 297, 323, 332, 338, 356, 361, 365, 377, 378, 379, 389,
-                     397, 400, 454),
+    "mediapipe478": tuple(sorted(MEDIAPIPE_FACE_OVAL)),
     "ibug68": tuple(range(17)),
 }
 

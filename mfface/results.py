@@ -41,11 +41,6 @@ CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z,
 FINAL_SEED = 3_000_000
 
 
-def _write_display(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 display image as PNG."""
-    write_png(path, image.astype(np.float32) / 255.0, gamma=None)
-
-
 def _envmap_display(envmap: np.ndarray, gamma: float) -> np.ndarray:
     """uint8 envmap, exposed so that its 99th-percentile radiance is white."""
     scale = max(float(np.percentile(envmap, 99)), 1e-6)
@@ -120,7 +115,7 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
             write_obj(tmp / "mesh.obj", model_vertices, model.triangles, model.uvs, maps)
             write_glb(tmp / "mesh.glb", model_vertices * 1e-3, model.triangles, model.uvs, maps)
             write_exr(tmp / "envmap.exr", env)
-            _write_display(tmp / "envmap.png", _envmap_display(env, gamma))
+            write_png(tmp / "envmap.png", _envmap_display(env, gamma), gamma=None)
             write_png(tmp / "render.png", rgb, gamma=gamma)
             panels = [("input", to_display(target, gamma)),
                       ("overlay", to_display(overlay(target, rgb, coverage), gamma)),
@@ -129,9 +124,10 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
                       ("diffuse", to_display(maps["diffuse"], gamma)),
                       ("specular", to_display(maps["specular"], gamma)),
                       ("roughness", to_display(maps["roughness"][..., 0], 1.0))]
-            _write_display(tmp / "overview.png", labelled_strip(panels, target.shape[0]))
-            _write_display(tmp / "landmarks.png", draw_landmarks(
-                to_display(target, gamma), image.crop_landmarks[valid], fitted_lm[0].cpu().numpy()[valid]))
+            write_png(tmp / "overview.png", labelled_strip(panels, target.shape[0]), gamma=None)
+            write_png(tmp / "landmarks.png", draw_landmarks(
+                to_display(target, gamma), image.crop_landmarks[valid], fitted_lm[0].cpu().numpy()[valid]),
+                gamma=None)
             curves = {f"{stage} {name}": values for stage, rep in result.reports.items()
                       for name, values in rep.losses.items()}
             loss_curves_png(tmp / "losses.png", curves, title=image.name)

@@ -17,18 +17,14 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mfface.landmarks import MEDIAPIPE_TO_IBUG68
+from mfface.landmarks import MEDIAPIPE_FACE_OVAL, MEDIAPIPE_TO_IBUG68
 from mfface.morphable.model import MorphableModel
 
 N_MEDIAPIPE = 478
 N_CANONICAL = 468
 
-# The face oval, FACEMESH_FACE_OVAL in mediapipe/python/solutions/face_mesh_connections.py:
-# silhouette landmarks that slide over the face as the head turns.
-MEDIAPIPE_CONTOUR: tuple[int, ...] = (
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
-)
+# Silhouette landmarks that slide over the face as the head turns: MediaPipe's face oval.
+MEDIAPIPE_CONTOUR: tuple[int, ...] = MEDIAPIPE_FACE_OVAL
 
 
 @dataclass

@@ -23,6 +23,7 @@ from mfface.config import FitConfig
 from mfface.fitting.face_render import FaceRender, photometric_loss
 from mfface.fitting.state import FaceState
 from mfface.fitting.targets import FitTargets
+from mfface.morphable.uv import texel_map
 from mfface.priors import landmark_loss, statistical_prior
 from mfface.sh import initial_coefficients, sh_energy
 from mfface.texture_priors import MirrorSampler, resize_texture, smoothness_loss, symmetry_loss
@@ -53,8 +54,6 @@ class AlbedoSource:
         self.model = model
         self.statistical = model.diffuse_albedo is not None
         if self.statistical:
-            from mfface.morphable.uv import texel_map
-
             albedo = model.diffuse_albedo
             device = render.device
             self.texel_map = texel_map(model.uvs, model.triangles, resolution)
@@ -107,8 +106,6 @@ def initial_state(render: FaceRender, targets: FitTargets, euler: torch.Tensor, 
     skin_colour = skin_colour.mean(0, keepdim=True).expand(rows, 3) if shared_identity else skin_colour
     albedo = None
     if model.diffuse_albedo is not None:
-        from mfface.morphable.uv import texel_map
-
         albedo = torch.zeros(rows, model.diffuse_albedo.n_components, device=device)
         mean = torch.as_tensor(model.diffuse_albedo.mean.reshape(-1, 3), dtype=torch.float32, device=device)
         diffuse = texel_map(model.uvs, model.triangles, res).apply(mean).expand(rows, -1, -1, -1).clone()
