@@ -5,18 +5,19 @@ expression, pose, focal, smooth albedo texture, SH light, rendered at `--photo-s
 with `FitConfig()` (plus any `--set section.key=value`) through `prepare_photo` and
 `Reconstructor.fit`, exactly as `mfface fit` does. Per face it measures
 - vertex error: median distance (mm) between fitted and true model-space vertices of the model's
-  'skin' region (ICT: its fitting area without eyes and mouth) after rigid alignment (Kabsch /
-  Procrustes without scale), after stage 1, 2 and 3;
+  'skin' region (ICT: its fitting area without eyes and mouth) after rigid alignment, after
+  stage 1, 2 and 3, in two conventions (`mfface.metrics.align_points`):
+  `vertex_mm` aligns by rotation, translation and scale, as the NoW benchmark does (one photo
+  cannot tell the head's size: scaling the face and its distance by k renders the same image);
+  `vertex_mm_noscale` aligns by rotation and translation only, so it adds the size error, and
+  `size_ratio` is the true size over the fitted one (the scale the first alignment found);
 - landmark error: median distance (px of the fitted crop) between the fitted landmark vertices'
   projections and the true (noise-free) projected landmarks, for the landmarks the model covers;
-- PSNR and SSIM of the re-render (at `--eval-spp`) against the photo, both display-referred
-  (gamma 2.2, as the photo is stored), inside the skin mask drawn from the landmarks (the fit's
-  own mask; a skin pixel the fitted face does not cover counts with the render's black).
-  PSNR = 10 log10(1 / MSE) over mask pixels and channels. SSIM per channel with an 11x11
-  Gaussian window (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2:
-      SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
-  the map averaged over mask pixels and channels; outside the mask the render is replaced by the
-  photo so that windows straddling the mask edge compare only the face;
+- PSNR and SSIM (`mfface.metrics`) of the re-render (at `--eval-spp`) against the photo, both
+  display-referred (gamma 2.2, as the photo is stored), inside the skin mask drawn from the
+  landmarks (the fit's own mask; a skin pixel the fitted face does not cover counts with the
+  render's black); for SSIM the render is replaced by the photo outside the mask so that windows
+  straddling the mask edge compare only the face;
 - diffuse albedo error: mean abs difference between the fitted and the true diffuse texture at
   the skin vertices' UVs, after scaling the fitted one per channel by the least-squares factor
   (light and albedo trade a per-channel scale: a brighter or tinted light with a darker or
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -46,57 +46,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
 from mfface.fitting.state import FaceState, load_checkpoint
+from mfface.metrics import align_points, aligned_distances, psnr, ssim
 from mfface.texture_priors import resize_texture, sample_texture
 
 GAMMA = 2.2
 EVAL_SEED = 4_000_000
 QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations": 20}
-
-
-def aligned_distances(fitted: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Per-point distances (N,) after the rotation + translation (no scale) that best maps `fitted`
-    (N, 3) onto `true` (N, 3) in the least-squares sense (Kabsch)."""
-    a, b = fitted - fitted.mean(0), true - true.mean(0)
-    u, _, vt = np.linalg.svd(a.T @ b)
-    d = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1.0, 1.0, d]) @ vt
-    return np.linalg.norm(a @ rot - b, axis=1)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5, taps: int = 11) -> torch.Tensor:
-    """Separable Gaussian filter of (C, H, W), zero padding renormalised at the borders."""
-    r = torch.arange(taps, dtype=x.dtype) - (taps - 1) / 2
-    k = torch.exp(-r ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = x.shape[0]
-
-    def conv(t: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(t[None], k.view(1, 1, 1, -1).expand(c, 1, 1, taps), padding=(0, taps // 2), groups=c)
-        return F.conv2d(t, k.view(1, 1, -1, 1).expand(c, 1, taps, 1), padding=(taps // 2, 0), groups=c)[0]
-    return conv(x) / conv(torch.ones_like(x))
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean SSIM (module docstring) of images (H, W, 3) in [0, 1] over `mask` (H, W) pixels."""
-    x, y = x.permute(2, 0, 1).double(), y.permute(2, 0, 1).double()
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mx, my = _gaussian_blur(x), _gaussian_blur(y)
-    sxx = _gaussian_blur(x * x) - mx * mx
-    syy = _gaussian_blur(y * y) - my * my
-    sxy = _gaussian_blur(x * y) - mx * my
-    value = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(value[:, mask].mean())
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
-    """PSNR in dB (peak 1) of images (H, W, 3) over `mask` (H, W) pixels and all channels."""
-    mse = float(((x - y)[mask] ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def image_metrics(result: FitResult, state: FaceState, image: PreparedImage, spp: int) -> dict[str, float]:
@@ -120,7 +79,7 @@ def landmark_error(result: FitResult, state: FaceState, reference: np.ndarray) -
     index = result.targets.landmark_index
     valid = (index >= 0).cpu().numpy()
     with torch.no_grad():
-        points = result.render.landmarks(result.render.vertices(state), state.focal, index.clamp_min(0))
+        points = result.render.landmarks(state, result.render.vertices(state), index.clamp_min(0))
     return float(np.median(np.linalg.norm(points[0].cpu().numpy()[valid] - reference[valid], axis=1)))
 
 
@@ -165,7 +124,10 @@ def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: in
                "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
         for stage, st in states.items():
             fitted = model.vertices(st.identity, st.expression)[0].numpy()[region]
-            row[f"vertex_mm_s{stage}"] = float(np.median(aligned_distances(fitted, truth)))
+            similar, ratio = align_points(fitted, truth, scale=True)
+            row[f"vertex_mm_s{stage}"] = float(np.median(np.linalg.norm(similar - truth, axis=1)))
+            row[f"vertex_mm_noscale_s{stage}"] = float(np.median(aligned_distances(fitted, truth)))
+            row[f"size_ratio_s{stage}"] = ratio
             row[f"landmark_px_s{stage}"] = landmark_error(result, st, clean)
         for stage in (2, 3):
             if stage in states:
@@ -174,7 +136,8 @@ def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: in
         final = result.state
         row.update(albedo_error(model, final.diffuse, face.state.diffuse, region))
         last = max(states)
-        row.update(vertex_mm=row[f"vertex_mm_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
+        row.update(vertex_mm=row[f"vertex_mm_s{last}"], vertex_mm_noscale=row[f"vertex_mm_noscale_s{last}"],
+                   size_ratio=row[f"size_ratio_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
                    psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -266,7 +229,8 @@ def main() -> None:
                "size": args.size, "photo_spp": args.photo_spp, "eval_spp": args.eval_spp,
                "noise_px": args.noise_px, "load_start": round(load[0], 2),
                "load_end": round(os.getloadavg()[0], 2)}
-    for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "landmark_px", "landmark_px_s1",
+    for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "vertex_mm_noscale", "vertex_mm_noscale_s1",
+                "vertex_mm_noscale_s2", "landmark_px", "landmark_px_s1",
                 "psnr_db", "psnr_db_s2", "ssim", "ssim_s2", "albedo_mae", "albedo_rel", "seconds"):
         summary[f"synthetic_median_{key}"] = _median(synthetic, key)
     summary["photos"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}

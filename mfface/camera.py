@@ -2,8 +2,10 @@
 
 Camera space is OpenCV's: camera at the origin, +z forward into the scene, +x to the image right,
 +y to the image bottom. A camera-space point (x, y, z) lands at pixel coordinates
-    u = f * x / z + W / 2,   v = f * y / z + H / 2
-(f in pixels, principal point at the image centre, pixel i's centre at i + 0.5).
+    u = f * x / z + c_x,   v = f * y / z + c_y
+(f in pixels, pixel i's centre at i + 0.5). The principal point (c_x, c_y) defaults to the image
+centre (W / 2, H / 2); a crop of a photo keeps the photo's principal point, which then lies
+wherever the crop puts the photo's centre (`mfface.images.Affine2D`).
 
 A pose maps model coordinates (mm; +x the face's left, +y up, +z out of the face) to camera space:
     X_cam = R @ X_model + t,   R = R0 @ R_head(yaw, pitch, roll),   R0 = diag(1, -1, -1)
@@ -74,15 +76,28 @@ def to_camera(vertices: torch.Tensor, euler: torch.Tensor, translation: torch.Te
     return vertices @ rot.transpose(-1, -2) + translation[..., None, :]
 
 
-def project(points: torch.Tensor, focal: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Camera-space points (B, N, 3) mm -> pixel coordinates (B, N, 2): u = f x/z + W/2, v = f y/z + H/2.
+def principal_point(principal: torch.Tensor | None, width: int, height: int, batch: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 2) principal points in px: `principal` ((2,), (1, 2) or (B, 2)) or the image centre."""
+    if principal is None:
+        return torch.tensor([[width / 2.0, height / 2.0]], device=device).expand(batch, 2)
+    principal = torch.as_tensor(principal, dtype=torch.float32, device=device).reshape(-1, 2)
+    if principal.shape[0] not in (1, batch):
+        raise ValueError(f"principal must be (2,), (1, 2) or ({batch}, 2) px, got {tuple(principal.shape)}.")
+    return principal.expand(batch, 2)
 
-    focal (B,) in pixels. Points must be in front of the camera (z > 0); z is clamped at 1e-6 mm.
+
+def project(points: torch.Tensor, focal: torch.Tensor, width: int, height: int,
+            principal: torch.Tensor | None = None) -> torch.Tensor:
+    """Camera-space points (B, N, 3) mm -> pixel coordinates (B, N, 2): u = f x/z + c_x, v = f y/z + c_y.
+
+    focal (B,) in pixels; principal (B, 2) px, None = the image centre (W/2, H/2). Points must be
+    in front of the camera (z > 0); z is clamped at 1e-6 mm.
     """
     _check_last("points", points, (3,))
     z = points[..., 2:3].clamp_min(1e-6)
-    centre = torch.tensor([width / 2.0, height / 2.0], dtype=points.dtype, device=points.device)
-    return focal.reshape(-1, 1, 1) * points[..., :2] / z + centre
+    centre = principal_point(principal, width, height, points.shape[0], points.device).to(points.dtype)
+    return focal.reshape(-1, 1, 1) * points[..., :2] / z + centre[:, None, :]
 
 
 @dataclass
@@ -95,11 +110,11 @@ class PnPResult:
 
 
 def _pnp_fixed_focal(model_points: np.ndarray, image_points: np.ndarray, focal: float,
-                     width: int, height: int) -> tuple[np.ndarray, np.ndarray, float]:
+                     principal: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float]:
     """EPnP, then Levenberg-Marquardt refinement, for one focal; returns (R, t, rms px)."""
     import cv2
 
-    k = np.array([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
+    k = np.array([[focal, 0.0, principal[0]], [0.0, focal, principal[1]], [0.0, 0.0, 1.0]])
     ok, rvec, tvec = cv2.solvePnP(model_points, image_points, k, None, flags=cv2.SOLVEPNP_EPNP)
     if not ok:
         return np.eye(3), np.zeros(3), np.inf
@@ -113,10 +128,12 @@ def _pnp_fixed_focal(model_points: np.ndarray, image_points: np.ndarray, focal: 
 
 
 def solve_pnp(model_points: np.ndarray, image_points: np.ndarray, width: int, height: int,
-              focal: float | None = None, focal_range: tuple[float, float] = (0.3, 8.0)) -> PnPResult:
+              focal: float | None = None, focal_range: tuple[float, float] = (0.3, 8.0),
+              principal: tuple[float, float] | None = None) -> PnPResult:
     """Pose (and focal when `focal` is None) that best projects model points onto image points.
 
-    model_points (N, 3) mm in the model frame, image_points (N, 2) px, N >= 6. With a known focal:
+    model_points (N, 3) mm in the model frame, image_points (N, 2) px, N >= 6; `principal` (c_x,
+    c_y) px, None = the image centre. With a known focal:
     EPnP + Levenberg-Marquardt. Without: a 1-D search of the RMS reprojection error over
     focal = s * max(width, height), s in `focal_range` (a log grid, then bounded Brent refinement).
     The focal is only well determined when the points have depth relief relative to their
@@ -131,16 +148,17 @@ def solve_pnp(model_points: np.ndarray, image_points: np.ndarray, width: int, he
                          f"and {img.shape}.")
     if obj.shape[0] < 6 or not (np.isfinite(obj).all() and np.isfinite(img).all()):
         raise ValueError("solve_pnp needs at least 6 finite point pairs.")
+    centre = (width / 2.0, height / 2.0) if principal is None else (float(principal[0]), float(principal[1]))
     if focal is None:
         size = float(max(width, height))
         grid = np.geomspace(*focal_range, 24)
-        errors = [_pnp_fixed_focal(obj, img, s * size, width, height)[2] for s in grid]
+        errors = [_pnp_fixed_focal(obj, img, s * size, centre)[2] for s in grid]
         best = int(np.argmin(errors))
         lo, hi = np.log(grid[max(best - 1, 0)]), np.log(grid[min(best + 1, len(grid) - 1)])
-        found = minimize_scalar(lambda ls: _pnp_fixed_focal(obj, img, np.exp(ls) * size, width, height)[2],
+        found = minimize_scalar(lambda ls: _pnp_fixed_focal(obj, img, np.exp(ls) * size, centre)[2],
                                 bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
         focal = float(np.exp(found.x) * size)
-    rot, t, rms = _pnp_fixed_focal(obj, img, float(focal), width, height)
+    rot, t, rms = _pnp_fixed_focal(obj, img, float(focal), centre)
     if not np.isfinite(rms):
         raise ValueError("solve_pnp found no pose with the face in front of the camera; check that "
                          "the landmarks and model points correspond.")

@@ -229,8 +229,9 @@ def render_turntable(face: FittedFace, settings: ReplaySettings,
     size = settings.size or face.crop_size
     state = face.state
     render = FaceRender(face.model, size, face.config, state.focal.device)
-    shown = dataclasses.replace(state, focal=state.focal * (size / face.crop_size),
-                                sh=replay_light(state, settings.light))
+    zoom = size / face.crop_size
+    shown = dataclasses.replace(state, focal=state.focal * zoom, sh=replay_light(state, settings.light),
+                                principal=None if state.principal is None else state.principal * zoom)
     frames = []
     with torch.no_grad():
         model_vertices = face.model.vertices(state.identity, state.expression)

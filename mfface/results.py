@@ -35,8 +35,8 @@ from mfface.morphable.export import write_glb, write_obj
 from mfface.scenes.exr import write_exr
 
 CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z, +x image right, "
-                     "+y image down; pixel u = f x / z + W / 2, v = f y / z + H / 2 (pixel centres "
-                     "at i + 0.5). Model space: mm, +x face's left, +y up, +z out of the face; "
+                     "+y image down; pixel u = f x / z + c_x, v = f y / z + c_y, (c_x, c_y) the "
+                     "principal point (pixel centres at i + 0.5). Model space: mm, +x face's left, +y up, +z out of the face; "
                      "X_camera = R X_model + t.")
 FINAL_SEED = 3_000_000
 
@@ -52,6 +52,9 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
     model = result.model
     euler = state.euler[0].cpu().double()
     crop_scale = image.to_crop.scale
+    side = image.target.shape[0]
+    principal = (np.array([side / 2.0, side / 2.0]) if state.principal is None
+                 else state.principal[0].detach().cpu().double().numpy())
     return {
         "format": "mfface-fit", "version": 1,
         "image": {"name": image.name, "path": str(image.path),
@@ -63,7 +66,8 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
         "camera": {"convention": CAMERA_CONVENTION,
                    "focal_px_crop": float(state.focal[0]),
                    "focal_px_image": float(state.focal[0]) / crop_scale,
-                   "principal_point": "centre of the crop"},
+                   "principal_px_crop": principal.tolist(),
+                   "principal_px_image": image.to_crop.inverse().apply(principal).tolist()},
         "pose": {"euler_rad": euler.tolist(),
                  "yaw_pitch_roll_deg": [math.degrees(a) for a in euler.tolist()],
                  "rotation": rotation_matrix(euler[None])[0].tolist(),
@@ -99,7 +103,7 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
             vertices = render.vertices(state)
             rgb, coverage = render.render(state, vertices, state.diffuse, cfg.render.final_spp,
                                           FINAL_SEED)
-            fitted_lm = render.landmarks(vertices, state.focal, result.targets.landmark_index.clamp_min(0))
+            fitted_lm = render.landmarks(state, vertices, result.targets.landmark_index.clamp_min(0))
             model_vertices = model.vertices(state.identity, state.expression)[0]
             envmap = render.envmap(state.sh)[0]
         rgb, coverage = rgb[0].cpu().numpy(), coverage[0].cpu().numpy()

@@ -1,12 +1,13 @@
 """The torch -> Mitsuba bridge: differentiable face renders from torch tensors.
 
-`FaceRenderer.render` writes vertices, textures, envmap and focal into a scene that was built once
+`FaceRenderer.render` writes vertices, textures, envmap and camera into a scene that was built once
 (`mi.traverse` + `params.update()`), renders it inside a `@dr.wrap(source='torch', target='drjit')`
 function and hands the image back to torch; torch's backward runs Mitsuba's `render_backward`.
 
-Kernels are compiled once per scene: the seed and the field of view enter as opaque Dr.Jit
-variables (not literals), so changing them between calls reuses the compiled kernels. The focal
-is converted to a field of view inside Dr.Jit, so no value is read back to the host per call.
+Kernels are compiled once per scene: the seed, the field of view and the principal point enter as
+opaque Dr.Jit variables (not literals), so changing them between calls reuses the compiled
+kernels. Focal and principal point are converted to Mitsuba's field of view and offsets inside
+Dr.Jit, so no value is read back to the host per call.
 
 Batches use one scene per batch item (each item has its own camera and envmap; see
 docs/renderer.md for the measurement behind this choice).
@@ -18,6 +19,7 @@ import mitsuba as mi
 import numpy as np
 import torch
 
+from mfface.camera import principal_point
 from mfface.scenes import face_scene as fs
 
 
@@ -67,15 +69,19 @@ class FaceRenderer:
             spec = fs.SceneSpec(self.width, self.height, texture_size, envmap_size, **self.settings)
             scene = fs.build_scene(self.triangles, self.uvs, spec)
             params = mi.traverse(scene)
-            params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV])
+            params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
+                         fs.PRINCIPAL_X, fs.PRINCIPAL_Y])
             self._scenes.append((scene, params))
         return self._scenes[index]
 
     # -- the Dr.Jit side -----------------------------------------------------------------------
     def _render_drjit(self, index: int, vertices: mi.TensorXf, diffuse: mi.TensorXf,
                       specular: mi.TensorXf, roughness: mi.TensorXf, envmap: mi.TensorXf,
-                      focal: mi.TensorXf, spp: int, seed: int) -> tuple[mi.TensorXf, mi.TensorXf]:
-        """Update scene `index` and render it: returns (H, W, 3) radiance and (H, W) coverage."""
+                      camera: mi.TensorXf, spp: int, seed: int) -> tuple[mi.TensorXf, mi.TensorXf]:
+        """Update scene `index` and render it: returns (H, W, 3) radiance and (H, W) coverage.
+
+        camera (3,) = (focal, c_x, c_y) px.
+        """
         tex = (diffuse.shape[0], diffuse.shape[1])
         env = (envmap.shape[0], envmap.shape[1] - 2)
         scene, params = self._scene(index, tex, env)
@@ -84,8 +90,11 @@ class FaceRenderer:
         params[fs.SPECULAR] = specular
         params[fs.ROUGHNESS] = roughness
         params[fs.ENVMAP] = envmap
-        f = mi.Float(dr.detach(focal.array))
+        cam = dr.detach(camera.array)
+        f, cx, cy = (dr.gather(mi.Float, cam, i) for i in range(3))
         params[fs.X_FOV] = dr.rad2deg(2.0 * dr.atan(self.width / (2.0 * f)))
+        params[fs.PRINCIPAL_X] = (0.5 * self.width - cx) / self.width
+        params[fs.PRINCIPAL_Y] = (0.5 * self.height - cy) / self.height
         params.update()
         img = mi.render(scene, params, spp=spp, seed=dr.opaque(mi.UInt32, seed))
         rgb = img[:, :, :3]
@@ -95,12 +104,14 @@ class FaceRenderer:
     # -- the torch side ------------------------------------------------------------------------
     def render(self, vertices: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor,
                roughness: torch.Tensor, envmap: torch.Tensor, focal: float | torch.Tensor,
-               spp: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               spp: int = 8, seed: int = 0,
+               principal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render a batch: image (B, H, W, 3) linear RGB and mask (B, H, W) coverage in [0, 1].
 
         vertices (B, V, 3) camera-space mm; diffuse/specular (B, Ht, Wt, 3); roughness
         (B, Ht, Wt, 1); envmap (B, He, We, 3) lat-long radiance in the light frame without halo;
-        focal in pixels, a scalar or (B,). Unbatched inputs (no leading B) give B = 1. The image is
+        focal in pixels, a scalar or (B,); principal (B, 2) or (2,) px, None = the image centre
+        (`mfface.camera`). Unbatched inputs (no leading B) give B = 1. The image is
         differentiable w.r.t. vertices, the three textures and the envmap; the mask is not.
         Item b uses seed `seed + b` so that the items' noise is independent.
         """
@@ -120,10 +131,13 @@ class FaceRenderer:
         if envmap.shape[-1] != 3:
             raise ValueError(f"envmap must have 3 channels, got shape {tuple(envmap.shape)}.")
         focal_t = torch.as_tensor(focal, dtype=torch.float32, device=vertices.device).detach().reshape(-1)
-        if focal_t.numel() == 1:
-            focal_t = focal_t.expand(batch)
+        if focal_t.numel() not in (1, batch):
+            raise ValueError(f"focal has {focal_t.numel()} values but vertices have batch {batch}; "
+                             "give one per item or one for all.")
+        centre = principal_point(principal, self.width, self.height, batch, vertices.device)
+        camera = torch.cat([focal_t.expand(batch)[:, None], centre.detach().float()], dim=1)
         items = {"diffuse": diffuse, "specular": specular, "roughness": roughness, "envmap": envmap,
-                 "focal": focal_t}
+                 "camera": camera}
         for name, t in items.items():
             if t.shape[0] not in (1, batch):
                 raise ValueError(f"{name} has batch size {t.shape[0]} but vertices have {batch}; "
@@ -137,7 +151,7 @@ class FaceRenderer:
                 b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
-                pick["focal"].reshape(1).contiguous(), int(spp), int(seed) + b)
+                pick["camera"].float().contiguous(), int(spp), int(seed) + b)
             images.append(rgb)
             masks.append(alpha.detach())
         return torch.stack(images), torch.stack(masks)

@@ -2,10 +2,12 @@
 
 Camera space is Mitsuba's world space, in the OpenCV convention: camera at the origin, +z forward,
 +x to the image right, +y to the image bottom. A point (x, y, z) lands at pixel coordinates
-u = f x / z + W / 2, v = f y / z + H / 2 (f: focal in pixels, principal point at the image
-centre, pixel i's centre at i + 0.5). Mitsuba's perspective camera looks down its local +z with
+u = f x / z + c_x, v = f y / z + c_y (f: focal in pixels, (c_x, c_y) the principal point,
+by default the image centre (W / 2, H / 2); pixel i's centre at i + 0.5). Mitsuba's perspective camera looks down its local +z with
 local +x to the image *left* and +y *up*, so its to_world is the 180-degree rotation about z,
-diag(-1, -1, 1); the horizontal field of view is x_fov = 2 atan(W / (2 f)).
+diag(-1, -1, 1); the horizontal field of view is x_fov = 2 atan(W / (2 f)), and Mitsuba's
+principal-point offsets are ((W / 2 - c_x) / W, (H / 2 - c_y) / H) (fractions of the film, with
+the sign its left/up axes give).
 
 Light: a lat-long `envmap` whose to_world is diag(1, -1, -1) (180 degrees about x), so that in its
 own (light) frame +y is image-up and +z points from the face towards the camera. Mitsuba 3.9.1
@@ -41,6 +43,8 @@ SPECULAR = f"{MESH_KEY}.bsdf.specular.data"
 ROUGHNESS = f"{MESH_KEY}.bsdf.roughness.data"
 ENVMAP = f"{EMITTER_KEY}.data"
 X_FOV = f"{SENSOR_KEY}.x_fov"
+PRINCIPAL_X = f"{SENSOR_KEY}.principal_point_offset_x"
+PRINCIPAL_Y = f"{SENSOR_KEY}.principal_point_offset_y"
 
 
 @dataclass(frozen=True)

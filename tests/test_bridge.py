@@ -155,7 +155,8 @@ def test_no_kernel_is_compiled_after_two_iterations(setup) -> None:
         for it in range(5):
             dr.kernel_history()   # clears the history
             opt.zero_grad()
-            img, _ = renderer.render(focal=60.0 + 3 * it, spp=2, seed=it, **params)
+            img, _ = renderer.render(focal=60.0 + 3 * it, spp=2, seed=it, **params,
+                                     principal=torch.tensor([SIZE / 2 + it, SIZE / 2 - 0.5 * it]))
             (img * weights).sum().backward()
             opt.step()
             history = [k for k in dr.kernel_history() if k["type"] == dr.KernelType.JIT]
@@ -165,6 +166,27 @@ def test_no_kernel_is_compiled_after_two_iterations(setup) -> None:
                 assert compiled == [], f"iteration {it} compiled {len(compiled)} kernels"
     finally:
         dr.set_flag(dr.JitFlag.KernelHistory, False)
+
+
+@pytest.mark.parametrize("principal", [None, (10.0, 20.0), (25.5, 12.0)])
+def test_sphere_lands_where_the_camera_projects_its_centre(setup, principal) -> None:
+    """A sphere's silhouette is symmetric about its projected centre to first order (it subtends
+    a small angle here), so the coverage centroid must match mfface.camera.project, principal
+    point included."""
+    from mfface.camera import project
+
+    renderer, inputs, _ = setup
+    radius, centre = 30.0, torch.tensor([[[8.0, -5.0, 400.0]]])
+    offset = torch.from_numpy(_sphere(radius)[0]) - torch.tensor([0.0, 0.0, 150.0])
+    pp = None if principal is None else torch.tensor(principal)
+    _, coverage = renderer.render(**{**inputs, "vertices": offset + centre[0]}, focal=70.0, spp=16,
+                                  principal=pp)
+    rows, cols = torch.meshgrid(torch.arange(SIZE) + 0.5, torch.arange(SIZE) + 0.5, indexing="ij")
+    w = coverage[0].double()
+    found = torch.stack([(w * cols).sum() / w.sum(), (w * rows).sum() / w.sum()])
+    expected = project(centre.double(), torch.tensor([70.0], dtype=torch.float64), SIZE, SIZE,
+                       None if pp is None else pp[None].double())[0, 0]
+    torch.testing.assert_close(found, expected, atol=0.05, rtol=0)
 
 
 def test_batch_of_two_equals_two_single_renders(setup) -> None:
@@ -198,6 +220,7 @@ def test_texture_and_envmap_sizes_may_change_between_calls(setup) -> None:
     ({"roughness": torch.zeros(8, 8, 3)}, "roughness must have shape"),
     ({"envmap": torch.zeros(8, 16, 4)}, "envmap must have 3 channels"),
     ({"diffuse": torch.zeros(3, 8, 8, 3)}, "batch size 3"),
+    ({"principal": torch.zeros(3, 2)}, "principal must be"),
 ])
 def test_bad_inputs_are_refused_with_a_clear_message(setup, change, match) -> None:
     renderer, inputs, _ = setup

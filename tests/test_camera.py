@@ -103,6 +103,28 @@ def test_pnp_recovers_pose_and_focal(euler, translation, focal):
     assert abs(known.translation[2] / translation[2] - 1) < 0.01
 
 
+def test_principal_point_shifts_projection_and_pnp_uses_it():
+    rng = np.random.default_rng(5)
+    width, height, focal = 256, 256, 400.0
+    euler, translation = (0.2, -0.1, 0.05), (-40.0, 25.0, 500.0)
+    principal = torch.tensor([[180.0, 60.0]], dtype=torch.float64)  # e.g. a crop's corner region
+    model = _face_like_points(478, rng)
+    cam = to_camera(torch.from_numpy(model[None]), torch.tensor([euler], dtype=torch.float64),
+                    torch.tensor([translation], dtype=torch.float64))
+    f = torch.tensor([focal], dtype=torch.float64)
+    image = project(cam, f, width, height, principal)[0].numpy()
+    centred = project(cam, f, width, height)[0].numpy()
+    assert np.allclose(image - centred, [180.0 - 128.0, 60.0 - 128.0])
+    found = solve_pnp(model, image, width, height, focal=focal, principal=(180.0, 60.0))
+    assert np.degrees(np.abs(found.euler - euler)).max() < 0.01
+    assert np.abs(found.translation - translation).max() < 0.01
+    # assuming the image centre instead tilts the head towards the offset
+    wrong = solve_pnp(model, image, width, height, focal=focal)
+    assert np.degrees(np.abs(wrong.euler - euler)).max() > 3.0
+    with pytest.raises(ValueError, match="principal must be"):
+        project(cam, f, width, height, torch.zeros(3, 2, dtype=torch.float64))
+
+
 def test_pnp_rejects_bad_input():
     with pytest.raises(ValueError, match="needs"):
         solve_pnp(np.zeros((5, 3)), np.zeros((5, 2)), 64, 64)

@@ -58,6 +58,11 @@ def test_fit_writes_every_output(fitted: Path) -> None:
     assert len(params["light"]["sh_rgb"]) == 81
     assert set(params["expression"]) == set(params["model"]["expression_names"])
     assert 0 < params["camera"]["focal_px_crop"] < 10_000
+    width, height = params["image"]["size_px"]  # the principal point is the photo's centre
+    assert params["camera"]["principal_px_image"] == pytest.approx([width / 2, height / 2], abs=1e-3)
+    box, scale = params["image"]["crop_box_px"], params["image"]["crop_scale"]
+    assert params["camera"]["principal_px_crop"] == pytest.approx(
+        [(width / 2 - box["x0"]) * scale, (height / 2 - box["y0"]) * scale], abs=1e-4)
     assert params["pose"]["translation_mm"][2] > 0  # the face is in front of the camera
     assert load_config(folder / "config.toml").stage2.iterations == 4
     overview = np.asarray(Image.open(folder / "overview.png"))

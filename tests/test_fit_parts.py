@@ -1,6 +1,8 @@
 """Unit tests of the fitting's parts: texture priors, skin mask, photometric loss, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -105,7 +107,10 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
     state = _state()
     save_checkpoint(tmp_path / "stage2.npz", state, 2)
     loaded, stage = load_checkpoint(tmp_path / "stage2.npz")
-    assert stage == 2 and loaded.albedo is None
+    assert stage == 2 and loaded.albedo is None and loaded.principal is None
+    with_principal = dataclasses.replace(state, principal=torch.tensor([[10.0, 20.0], [30.0, 40.0]]))
+    save_checkpoint(tmp_path / "stage1.npz", with_principal, 1)
+    assert torch.equal(load_checkpoint(tmp_path / "stage1.npz")[0].item(1).principal, torch.tensor([[30.0, 40.0]]))
     for name in ("identity", "expression", "sh", "diffuse", "roughness"):
         assert torch.equal(getattr(loaded, name), getattr(state, name))
     assert loaded.item(1).identity.shape == (1, 5) and torch.equal(loaded.item(1).euler, state.euler[1:2])

@@ -79,6 +79,6 @@ def test_rendered_fit_matches_the_photo(fit) -> None:
     assert after > before + 3.0 and after > 24.0  # measured: 20.1 -> 25.2 dB
     with torch.no_grad():
         vertices = result.render.vertices(result.state)
-        landmarks = result.render.landmarks(vertices, result.state.focal, result.targets.valid_landmarks()[1])
+        landmarks = result.render.landmarks(result.state, vertices, result.targets.valid_landmarks()[1])
     error = (landmarks[0] - result.targets.valid_landmarks()[0][0]).norm(dim=-1)
     assert float(error.median()) < 1.5  # px, at 96 px with 0.5 px landmark noise

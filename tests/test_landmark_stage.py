@@ -34,11 +34,12 @@ def synthetic_model(seed: int = 0, n_vertices: int = 700, k_id: int = 20, k_exp:
         landmarks={"mediapipe478": rng.permutation(n_vertices)[:478]})
 
 
-def render_landmarks(model, euler, translation, focal, expression, identity=None, noise=0.5, seed=1):
+def render_landmarks(model, euler, translation, focal, expression, identity=None, noise=0.5, seed=1,
+                     principal=None):
     """Projected landmark vertices (B, 478, 2) px plus Gaussian noise of `noise` px per axis."""
     index = torch.from_numpy(model.landmarks["mediapipe478"]).long()
     verts = model.vertices(identity, expression)[:, index]
-    uv = project(to_camera(verts, euler, translation), focal, WIDTH, HEIGHT)
+    uv = project(to_camera(verts, euler, translation), focal, WIDTH, HEIGHT, principal)
     gen = torch.Generator().manual_seed(seed)
     return uv + noise * torch.randn(uv.shape, generator=gen)
 
@@ -106,6 +107,24 @@ def test_uncovered_landmarks_are_ignored_and_known_focal_kept():
     result = fit_landmarks(model, target, index, WIDTH, HEIGHT, Stage1Config(focal=230.0))
     assert torch.allclose(result.focal, torch.tensor([230.0]))
     _check_pose(result, euler, translation, focal)
+
+
+def test_off_centre_principal_point_is_used():
+    """A face cropped from a corner of a wide photo: the optical axis (the photo's centre) lies
+    outside the crop, and the face is seen ~30 degrees off the axis."""
+    model = synthetic_model()
+    euler, _, focal, expression, _ = _truth(1)
+    principal = torch.tensor([[-40.0, 160.0]])  # crop pixels where the photo's centre lands
+    # put the face near the crop's centre: (64 - c) / f of the depth sideways
+    translation = torch.tensor([[104.0 / 230.0 * 380.0, -96.0 / 230.0 * 380.0, 380.0]])
+    target = render_landmarks(model, euler, translation, focal, expression, principal=principal)
+    assert ((target.mean(1) > 0) & (target.mean(1) < WIDTH)).all()  # in view
+    index = torch.from_numpy(model.landmarks["mediapipe478"])
+    result = fit_landmarks(model, target, index, WIDTH, HEIGHT, Stage1Config(fit_identity=False),
+                           principal=principal)
+    _check_pose(result, euler, translation, focal)
+    ignored = fit_landmarks(model, target, index, WIDTH, HEIGHT, Stage1Config(fit_identity=False))
+    assert torch.rad2deg((ignored.euler - euler).abs()).max() > 5.0
 
 
 def test_bad_inputs():

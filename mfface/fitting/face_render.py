@@ -42,9 +42,9 @@ class FaceRender:
         """Lat-long envmap (B, He, We, 3) of SH coefficients (B, n, 3)."""
         return sh_to_envmap(sh, *self.envmap_size)
 
-    def landmarks(self, vertices: torch.Tensor, focal: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Pixel positions (B, M, 2) of the vertices `index` (M,)."""
-        return project(vertices[:, index], focal, self.size, self.size)
+    def landmarks(self, state: FaceState, vertices: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Pixel positions (B, M, 2) of the camera-space `vertices`' rows `index` (M,) in `state`'s camera."""
+        return project(vertices[:, index], state.focal, self.size, self.size, state.principal)
 
     def render(self, state: FaceState, vertices: torch.Tensor, diffuse: torch.Tensor,
                spp: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +53,7 @@ class FaceRender:
         return self.renderer.render(
             vertices, diffuse.expand(batch, -1, -1, -1), state.specular.expand(batch, -1, -1, -1),
             state.roughness.expand(batch, -1, -1, -1), self.envmap(state.sh), state.focal,
-            spp=spp, seed=seed)
+            spp=spp, seed=seed, principal=state.principal)
 
 
 def photometric_loss(image: torch.Tensor, coverage: torch.Tensor, target: torch.Tensor,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mfface.camera import project, solve_pnp, to_camera
+from mfface.camera import principal_point, project, solve_pnp, to_camera
 from mfface.config import Stage1Config
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
@@ -53,16 +53,18 @@ def _check_inputs(model: MorphableModel, landmarks: torch.Tensor, landmark_index
 
 
 def _pnp_init(model_points: np.ndarray, landmarks: np.ndarray, width: int, height: int,
-              focal: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image PnP: euler (B, 3), translation (B, 3), focal (B,)."""
-    found = [solve_pnp(model_points[b], landmarks[b], width, height, focal) for b in range(len(landmarks))]
+              focal: float | None, principal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image PnP: euler (B, 3), translation (B, 3), focal (B,); principal (B, 2) px."""
+    found = [solve_pnp(model_points[b], landmarks[b], width, height, focal, principal=tuple(principal[b]))
+             for b in range(len(landmarks))]
     return (np.stack([f.euler for f in found]), np.stack([f.translation for f in found]),
             np.array([f.focal for f in found]))
 
 
 def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index: torch.Tensor,
                   width: int, height: int, config: Stage1Config, init: Stage1Result | None = None,
-                  identity: torch.Tensor | None = None, shared_identity: bool = False) -> Stage1Result:
+                  identity: torch.Tensor | None = None, shared_identity: bool = False,
+                  principal: torch.Tensor | None = None) -> Stage1Result:
     """Fit pose, focal and expression (and identity when `config.fit_identity`) to landmarks.
 
     landmarks (B, N, 2) px in the image convention of mfface.camera; landmark_index (N,) model
@@ -70,7 +72,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     down-weighted outline, `config.contour_weight`) follows from N. `identity` (B or 1, K) fixes
     the identity (e.g. known from other photos); otherwise it starts at 0 and is fitted only when
     `config.fit_identity` (one vector for all images when `shared_identity`). `init` replaces the
-    PnP start (e.g. the previous video frame). Runs on landmarks.device.
+    PnP start (e.g. the previous video frame). principal (B, 2) px is each image's principal
+    point (None = the image centre). Runs on landmarks.device.
     """
     landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
     landmark_index = torch.as_tensor(landmark_index, dtype=torch.long, device=landmarks.device)
@@ -90,12 +93,13 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     id_param = torch.zeros(id_rows, k_id, device=device, requires_grad=fit_identity)
     exp_param = torch.zeros(batch, model.n_expression, device=device)
     known_focal = config.focal if config.focal > 0 else None
+    centre = principal_point(principal, width, height, batch, device)
 
     if init is None:
         with torch.no_grad():
             start = model.vertices(identity)[:, vertex_index].expand(batch, -1, -1)
         euler0, trans0, focal0 = _pnp_init(start.cpu().double().numpy(), target.cpu().double().numpy(),
-                                           width, height, known_focal)
+                                           width, height, known_focal, centre.cpu().double().numpy())
     else:
         euler0, trans0, focal0 = (init.euler.cpu().numpy(), init.translation.cpu().numpy(),
                                   init.focal.cpu().numpy())
@@ -130,7 +134,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         verts = flat.reshape(batch, -1, 3)
         tz = log_tz.exp()
         translation = torch.cat([lateral * tz, tz], dim=1)
-        uv = project(to_camera(verts, euler, translation), log_focal.exp(), width, height)
+        uv = project(to_camera(verts, euler, translation), log_focal.exp(), width, height, centre)
         loss = landmark_loss(uv, target, weights, config.robust_scale)
         loss = loss + config.expression_prior * statistical_prior(exp_param)
         if fit_identity:

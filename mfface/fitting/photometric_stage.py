@@ -116,7 +116,8 @@ def initial_state(render: FaceRender, targets: FitTargets, euler: torch.Tensor, 
     sh = initial_coefficients(config.light.sh_bands, 1.0, batch=batch, device=device)
     return FaceState(identity=ident, expression=expression.to(device).clone(), euler=euler.to(device).clone(),
                      translation=translation.to(device).clone(), focal=focal.to(device).clone(),
-                     sh=sh, diffuse=diffuse, specular=specular, roughness=roughness, albedo=albedo)
+                     sh=sh, diffuse=diffuse, specular=specular, roughness=roughness, albedo=albedo,
+                     principal=targets.principal.clone())
 
 
 def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, config: FitConfig,
@@ -156,7 +157,7 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
         terms = {
             "photo": cfg.photo_weight * photometric_loss(image, coverage, targets.images, targets.skin),
             "landmarks": cfg.landmark_weight * landmark_loss(
-                render.landmarks(vertices, state.focal, lm_index), lm_target, lm_weights,
+                render.landmarks(state, vertices, lm_index), lm_target, lm_weights,
                 config.stage1.robust_scale),
             "identity": cfg.identity_prior * statistical_prior(state.identity),
             "expression": cfg.expression_prior * statistical_prior(state.expression),

@@ -42,7 +42,10 @@ class FitInputError(ValueError):
 class PreparedImage:
     """One photo ready to fit. `photo` (H, W, 3) display-referred as read; `landmarks` (N, 2) in
     its pixels; the crop: `box`, `to_crop` (input px -> crop px), `target` (S, S, 3) linear,
-    `skin` (S, S), `crop_landmarks` (N, 2)."""
+    `skin` (S, S), `crop_landmarks` (N, 2), and `principal` (2,) the crop pixel where the photo's
+    centre lands: the photo's principal point, as a camera of unknown intrinsics is assumed to
+    have it (a crop does not move the optical axis; assuming the crop's own centre instead would
+    tilt the fitted head of an off-centre face)."""
     name: str
     path: Path
     photo: torch.Tensor
@@ -53,6 +56,7 @@ class PreparedImage:
     target: torch.Tensor
     skin: torch.Tensor
     crop_landmarks: np.ndarray
+    principal: np.ndarray
 
 
 def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetector | None = None,
@@ -85,12 +89,13 @@ def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, confi
         raise FitInputError(f"{name}: {e}") from None
     target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution)
     crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
+    principal = np.asarray(to_crop.apply(np.array([photo.shape[1] / 2.0, photo.shape[0] / 2.0])))
     side = target.shape[0]
     skin = torch.from_numpy(skin_mask(crop_landmarks, side, side))
     return PreparedImage(name=name, path=path or Path(name), photo=photo, landmarks=np.asarray(landmarks),
                          scheme=scheme, box=box, to_crop=to_crop,
                          target=linearize(target, config.input.gamma), skin=skin,
-                         crop_landmarks=crop_landmarks)
+                         crop_landmarks=crop_landmarks, principal=principal)
 
 
 def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray:
@@ -149,7 +154,8 @@ class Reconstructor:
             images=torch.stack([im.target for im in images]).to(self.device),
             skin=torch.stack([im.skin for im in images]).to(self.device),
             landmarks=torch.from_numpy(np.stack([im.crop_landmarks for im in images])).float().to(self.device),
-            landmark_index=index, landmark_weights=weights)
+            landmark_index=index, landmark_weights=weights,
+            principal=torch.from_numpy(np.stack([im.principal for im in images])).float().to(self.device))
 
     def fit(self, images: list[PreparedImage], shared_identity: bool = False,
             skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
@@ -186,7 +192,8 @@ class Reconstructor:
             started = time.perf_counter()
             s1 = cfg.stage1 if 1 not in skip_stages else _no_iterations(cfg.stage1)
             st1 = fit_landmarks(self.model, targets.landmarks, targets.landmark_index, targets.size,
-                                targets.size, s1, shared_identity=shared_identity)
+                                targets.size, s1, shared_identity=shared_identity,
+                                principal=targets.principal)
             result.stage1_rms_px = [float(r) for r in st1.rms]
             state = finish(1, initial_state(render, targets, st1.euler, st1.translation, st1.focal,
                                             st1.expression, st1.identity, shared_identity, cfg), started)

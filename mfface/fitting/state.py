@@ -2,8 +2,8 @@
 
 Batch conventions: B images; quantities shared across the photos of one person (identity and the
 reflectance maps under `--shared-identity`) have batch 1 and broadcast. Units: identity/expression
-in std units, euler in radians (see `mfface.camera`), translation in mm (camera space), focal in
-pixels of the cropped, resized image the fit works on, SH coefficients (B, bands**2, 3) in the
+in std units, euler in radians (see `mfface.camera`), translation in mm (camera space), focal and
+principal point in pixels of the cropped, resized image the fit works on, SH coefficients (B, bands**2, 3) in the
 light frame, textures (B or 1, H, W, C) linear with row 0 at the top.
 
 Checkpoints are `.npz` files with `allow_pickle=False` (no pickle anywhere): one array per field
@@ -40,6 +40,7 @@ class FaceState:
     specular: torch.Tensor      # (B or 1, Ht, Wt, 3)
     roughness: torch.Tensor     # (B or 1, Ht, Wt, 1)
     albedo: torch.Tensor | None = None  # (B or 1, K_alb) statistical diffuse coefficients, if any
+    principal: torch.Tensor | None = None  # (B, 2) px principal point; None = the image centre
 
     @property
     def batch(self) -> int:
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
                               f"{CHECKPOINT_VERSION}; write it again with this version of mfface.")
     stage = int(arrays.pop("stage"))
     names = {f.name for f in dataclasses.fields(FaceState)}
-    required = names - {"albedo"}
+    required = names - {"albedo", "principal"}
     if not required <= set(arrays) or not set(arrays) <= names:
         raise CheckpointError(f"Checkpoint {path} lacks fields {sorted(required - set(arrays))}.")
     tensors = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}

@@ -12,13 +12,15 @@ class FitTargets:
 
     images (B, S, S, 3) linear RGB; skin (B, S, S) in {0, 1} (where a photometric loss may count);
     landmarks (B, N, 2) px; landmark_index (N,) model vertex per landmark (-1 = not covered);
-    landmark_weights (N,) (jaw contour down-weighted).
+    landmark_weights (N,) (jaw contour down-weighted); principal (B, 2) px each crop's principal
+    point (the photo's centre, carried through the crop).
     """
     images: torch.Tensor
     skin: torch.Tensor
     landmarks: torch.Tensor
     landmark_index: torch.Tensor
     landmark_weights: torch.Tensor
+    principal: torch.Tensor
 
     @property
     def size(self) -> int:
