@@ -19,14 +19,12 @@ other formats are read as given, in that convention.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-
-# MediaPipe's C++ core logs through glog/absl; keep its info and warning lines off the user's terminal.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -106,19 +104,46 @@ def _to_display_uint8(image: Any, gamma: float) -> np.ndarray:
     return np.ascontiguousarray(np.round(encoded * 255.0).astype(np.uint8))
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration: MediaPipe's C++ side (TFLite, absl
+    logging) writes INFO/WARNING lines straight to it that no Python or environment setting in
+    0.10.21 turns off, and they would interleave with the progress display. Python exceptions
+    are unaffected (they are printed after the descriptor is restored)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class LandmarkDetector:
     """MediaPipe face mesh (478 points with irises), kept alive across images.
 
     Creating a FaceMesh loads its graph, so make one detector and call `detect` for every image.
-    Use as a context manager or call `close()` to free it.
+    Use as a context manager or call `close()` to free it. MediaPipe's native log lines are
+    silenced while it loads and runs.
     """
 
     def __init__(self, max_num_faces: int = 4, min_detection_confidence: float = 0.5) -> None:
-        import mediapipe as mp
+        with _native_stderr_silenced():
+            import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, refine_landmarks=True, max_num_faces=max_num_faces,
-            min_detection_confidence=min_detection_confidence)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, refine_landmarks=True, max_num_faces=max_num_faces,
+                min_detection_confidence=min_detection_confidence)
+            # The graph's calculators open (and log) in worker threads after the constructor
+            # returns; a first image waits for all of them, so their lines land here.
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, image: Any, gamma: float = 2.2, name: str = "the image") -> np.ndarray:
         """Landmarks (478, 2) in pixels of the largest face (by landmark bounding-box area).
@@ -128,7 +153,8 @@ class LandmarkDetector:
         """
         rgb = _to_display_uint8(image, gamma)
         h, w = rgb.shape[:2]
-        result = self._mesh.process(rgb)
+        with _native_stderr_silenced():
+            result = self._mesh.process(rgb)
         faces = result.multi_face_landmarks or []
         if not faces:
             raise NoFaceError(f"No face was found in {name}; use a photo where the face is "
@@ -146,7 +172,8 @@ class LandmarkDetector:
 
     def close(self) -> None:
         """Release MediaPipe's graph."""
-        self._mesh.close()
+        with _native_stderr_silenced():
+            self._mesh.close()
 
     def __enter__(self) -> "LandmarkDetector":
         return self

@@ -140,3 +140,22 @@ def test_bad_files(tmp_path, name, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(LandmarkFileError, match="does not exist"):
         read_landmarks(tmp_path / "nope.pts")
+
+
+def test_detection_writes_nothing_to_stderr():
+    """MediaPipe's native INFO/WARNING lines must not reach the user's terminal (fresh process:
+    some lines are printed only when its first graph loads)."""
+    import subprocess
+    import sys
+
+    code = ("import time; import numpy as np; from PIL import Image\n"
+            "from mfface.landmarks import LandmarkDetector\n"
+            f"img = np.asarray(Image.open({str(data_file('images/astronaut.png'))!r}).convert('RGB'))\n"
+            "with LandmarkDetector() as d:\n"
+            "    time.sleep(0.5)  # MediaPipe's threads log after its constructor returns\n"
+            "    print(d.detect(img).shape)\n"
+            "import sys; print('after', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(478, 2)"
+    assert done.stderr == "after\n"  # our own stderr still works afterwards
