@@ -71,24 +71,33 @@ def test_gradient_matches_central_differences(setup, name, index, eps, rtol) -> 
     assert analytic == pytest.approx(numeric, rel=rtol)
 
 
+def _interior(renderer, inputs: dict) -> torch.Tensor:
+    """(1, S, S) 1 where a pixel is at least 2 px inside the silhouette (prb has no edge term)."""
+    _, mask = renderer.render(focal=70.0, spp=4, **inputs)
+    return 1.0 - torch.nn.functional.max_pool2d((mask < 1).float()[None], 5, stride=1, padding=2)[0]
+
+
+def _translation_gradient(renderer, inputs: dict, weights: torch.Tensor,
+                          shift: torch.Tensor) -> tuple[float, float]:
+    """d loss / d(every vertex moved along `shift`'s axis): (prb's, central differences'), 64 spp."""
+    axis = int(shift.nonzero()[0, 0])
+    x = inputs["vertices"].clone().requires_grad_(True)
+    _loss(renderer, {**inputs, "vertices": x}, weights, 64).backward()
+    with torch.no_grad():
+        plus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] + shift}, weights, 64))
+        minus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] - shift}, weights, 64))
+    return float(x.grad[:, axis].sum()), (plus - minus) / (2 * float(shift[axis]))
+
+
 def test_vertex_gradient_matches_central_differences_inside_the_silhouette(setup) -> None:
     """prb gives shading gradients only, so the loss looks at pixels at least 2 px inside the
     silhouette; the perturbation moves every vertex 0.5 mm along z (one vertex alone changes the
     loss by less than the estimators' noise). Measured agreement: 3 % at 64 spp."""
     renderer, inputs, weights = setup
-    _, mask = renderer.render(focal=70.0, spp=4, **inputs)
-    outside = (mask < 1).float()
-    inside = 1.0 - torch.nn.functional.max_pool2d(outside[None], 5, stride=1, padding=2)[0]
+    inside = _interior(renderer, inputs)
     assert inside.sum() > 300
     weights = weights * inside[..., None]
-    x = inputs["vertices"].clone().requires_grad_(True)
-    _loss(renderer, {**inputs, "vertices": x}, weights, 64).backward()
-    analytic = float(x.grad[:, 2].sum())
-    shift = torch.tensor([0.0, 0.0, 0.5])
-    with torch.no_grad():
-        plus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] + shift}, weights, 64))
-        minus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] - shift}, weights, 64))
-    numeric = (plus - minus) / (2 * 0.5)
+    analytic, numeric = _translation_gradient(renderer, inputs, weights, torch.tensor([0.0, 0.0, 0.5]))
     assert abs(numeric) > 0.05
     assert analytic == pytest.approx(numeric, rel=0.10)
 
@@ -107,17 +116,9 @@ def test_lateral_vertex_gradient_moves_the_texture(variant: str) -> None:
     inputs = {"vertices": torch.from_numpy(v), "diffuse": ramp[None, :, None].expand(16, 16, 3).contiguous(),
               "specular": torch.zeros(16, 16, 3), "roughness": torch.full((16, 16, 1), 0.5),
               "envmap": torch.ones(8, 16, 3)}
-    _, mask = renderer.render(focal=70.0, spp=4, **inputs)
-    inside = 1.0 - torch.nn.functional.max_pool2d((mask < 1).float()[None], 5, stride=1, padding=2)[0]
-    weights = inside[..., None].expand(1, SIZE, SIZE, 3).contiguous()
-    x = inputs["vertices"].clone().requires_grad_(True)
-    _loss(renderer, {**inputs, "vertices": x}, weights, 64).backward()
-    analytic = float(x.grad[:, 0].sum())
-    shift = torch.tensor([0.25, 0.0, 0.0])
-    with torch.no_grad():
-        plus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] + shift}, weights, 64))
-        minus = float(_loss(renderer, {**inputs, "vertices": inputs["vertices"] - shift}, weights, 64))
-    assert analytic == pytest.approx((plus - minus) / 0.5, rel=0.05)
+    weights = _interior(renderer, inputs)[..., None].expand(1, SIZE, SIZE, 3).contiguous()
+    analytic, numeric = _translation_gradient(renderer, inputs, weights, torch.tensor([0.25, 0.0, 0.0]))
+    assert analytic == pytest.approx(numeric, rel=0.05)
     slope = 0.6 * 16 / 15   # kd change per unit u: texel centres span 15/16 of u
     assert analytic == pytest.approx(-slope / (2.2 * 30.0) * float(weights.sum()), rel=0.10)
 
