@@ -21,18 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from mfface.atomic import write_text
 
 SCHEMES = ("mediapipe478", "ibug68")
 PTS_OFFSET = 0.5  # px subtracted from 1-based, centre-at-integer .pts coordinates
 _SCHEME_BY_COUNT = {478: "mediapipe478", 468: "mediapipe478", 68: "ibug68"}
+# Smallest face (px, cheek to cheek) that LandmarkDetector.detect finds in photos of any size
+# (measured: bench/detection.py, bench/RESULTS.md).
+MIN_FACE_PX = 32
 
 # MediaPipe face-mesh index(es) for each of the 68 iBUG points (0-based iBUG order); where two are
 # given, the iBUG point is their midpoint. Correspondence after Peizhi Yan's table,
@@ -68,6 +74,12 @@ class NoFaceError(ValueError):
 
 class LandmarkFileError(ValueError):
     """A landmark file cannot be read or has the wrong content."""
+
+
+class LandmarkCheckError(LandmarkFileError):
+    """Landmarks (read from a file or detected) that cannot describe a face in their image:
+    too small or on a line, largely outside the image, or mirrored left/right. A subclass of
+    LandmarkFileError, so callers that report bad landmark files report these too."""
 
 
 def scheme_for_count(n: int) -> str:
@@ -126,60 +138,330 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(null)
 
 
-class LandmarkDetector:
-    """MediaPipe face mesh (478 points with irises), kept alive across images.
+@dataclass(frozen=True)
+class FaceBox:
+    """A face found by MediaPipe's full-range face detector: its box in input-image pixels
+    (pixel-corner convention, see the module docstring) and the detector's score in [0, 1]."""
+    x: float
+    y: float
+    width: float
+    height: float
+    score: float
 
-    Creating a FaceMesh loads its graph, so make one detector and call `detect` for every image.
-    Use as a context manager or call `close()` to free it. MediaPipe's native log lines are
-    silenced while it loads and runs.
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.width / 2.0, self.y + self.height / 2.0
+
+    def iou(self, other: "FaceBox") -> float:
+        """Intersection over union of the two boxes."""
+        ix = max(0.0, min(self.x + self.width, other.x + other.width) - max(self.x, other.x))
+        iy = max(0.0, min(self.y + self.height, other.y + other.height) - max(self.y, other.y))
+        inter = ix * iy
+        union = self.width * self.height + other.width * other.height - inter
+        return inter / union if union > 0 else 0.0
+
+
+# Full-frame face detection (see LandmarkDetector). MediaPipe's full-range detector sees a 192 px
+# letterbox of what it is given and finds faces down to about 1/18 of that window's longer side
+# (measured with the shared photos downscaled into a 1024 px noise canvas: 40-58 px). So the whole
+# image is searched first, then square tiles of _TILE_MIN_PX * 2^k px (k = 2, 1, 0, coarse to
+# fine; overlapping by half so that every face up to half a tile lies wholly inside one), which
+# brings the limit down to about _TILE_MIN_PX / 18 px in photos of any size.
+_TILE_MIN_PX = 512
+_DETECT_INPUT_PX = 256   # detection windows are shrunk (antialiased) to at most this long side
+_CROP_MARGIN = 2.0       # FaceMesh crop side / detector box side
+_CROP_MIN_PX, _CROP_MAX_PX = 256, 1024  # FaceMesh crops are resampled into this range of sides
+_SAME_FACE_IOU = 0.3     # boxes from overlapping tiles that overlap more than this are one face
+
+
+def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of `tile` px every `stride` px, the last one flush with the end."""
+    if tile >= length:
+        return [0]
+    return list(range(0, length - tile, stride)) + [length - tile]
+
+
+def detection_windows(width: int, height: int) -> list[list[tuple[int, int, int, int]]]:
+    """Search levels for the full-frame detector, coarse to fine: each a list of windows
+    (x, y, w, h) in pixels. Level 0 is the whole image; then square tiles of 512, 1024, 2048...
+    px (each at most 2/3 of the image's longer side), from the largest, overlapping by half."""
+    levels = [[(0, 0, width, height)]]
+    sides = []
+    side = _TILE_MIN_PX
+    while side * 1.5 <= max(width, height):
+        sides.append(side)
+        side *= 2
+    for side in reversed(sides):
+        tw, th = min(side, width), min(side, height)
+        levels.append([(x, y, tw, th) for y in _tile_starts(height, th, side // 2)
+                       for x in _tile_starts(width, tw, side // 2)])
+    return levels
+
+
+def _resampled(image: Image.Image, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """The part `box` (x0, y0, x1, y1 in px, inside the image) of `image` resampled to `size`
+    (w, h) with Pillow's antialiased bilinear filter, as a contiguous (h, w, 3) uint8 array.
+    Output pixel j's centre samples box x0 + (j + 0.5) * (x1 - x0) / w: the pixel-corner convention."""
+    return np.ascontiguousarray(np.asarray(image.resize(size, Image.BILINEAR, box=box)))
+
+
+def square_crop(image: Image.Image, x0: float, y0: float, side: float, out: int) -> np.ndarray:
+    """The square [x0, x0 + side) x [y0, y0 + side) of `image` (px, may extend past the image:
+    black there) resampled to (out, out, 3) uint8. A point at crop pixel (u, v) (pixel-corner
+    convention) is at (x0 + u * side / out, y0 + v * side / out) in the image."""
+    s = out / side
+    w, h = image.size
+    canvas = np.zeros((out, out, 3), np.uint8)
+    i0, i1 = max(0, math.ceil(-x0 * s - 1e-9)), min(out, math.floor((w - x0) * s + 1e-9))
+    j0, j1 = max(0, math.ceil(-y0 * s - 1e-9)), min(out, math.floor((h - y0) * s + 1e-9))
+    if i1 > i0 and j1 > j0:
+        box = (min(max(x0 + i0 / s, 0.0), w), min(max(y0 + j0 / s, 0.0), h),
+               min(max(x0 + i1 / s, 0.0), w), min(max(y0 + j1 / s, 0.0), h))
+        canvas[j0:j1, i0:i1] = _resampled(image, box, (i1 - i0, j1 - j0))
+    return canvas
+
+
+class LandmarkDetector:
+    """MediaPipe face detection + face mesh (478 points with irises), kept alive across images.
+
+    `detect` finds faces first with MediaPipe's full-range face detector, over the whole frame
+    and then over overlapping tiles (`detection_windows`), so faces down to about 30 px wide are
+    found in photos of any size; then it runs the face mesh on a square crop around each of the
+    largest faces (twice the detector's box, resampled to 256-1024 px) and maps its points back
+    to image pixels. Where the detector finds nothing the face mesh runs on the whole image, as
+    `detect_whole_image` does. Creating the graphs costs time, so make one detector and call
+    `detect` for every image; use it as a context manager or call `close()` to free it.
+    MediaPipe's native log lines are silenced while it loads and runs.
     """
 
     def __init__(self, max_num_faces: int = 4, min_detection_confidence: float = 0.5) -> None:
+        self.max_num_faces = max_num_faces
         with _native_stderr_silenced():
             import mediapipe as mp
 
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True, refine_landmarks=True, max_num_faces=max_num_faces,
                 min_detection_confidence=min_detection_confidence)
-            # The graph's calculators open (and log) in worker threads after the constructor
-            # returns; a first image waits for all of them, so their lines land here.
-            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+            self._detector = mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=min_detection_confidence)
+            # The graphs' calculators open (and log) in worker threads after the constructors
+            # return; a first image waits for all of them, so their lines land here.
+            blank = np.zeros((64, 64, 3), np.uint8)
+            self._mesh.process(blank)
+            self._detector.process(blank)
+
+    def find_faces(self, image: Any, gamma: float = 2.2) -> list[FaceBox]:
+        """Faces found by the full-range detector, largest first, at the coarsest search level
+        (`detection_windows`) that finds any; [] when none is found at any level."""
+        rgb = _to_display_uint8(image, gamma)
+        pil = Image.fromarray(rgb)
+        with _native_stderr_silenced():
+            for level in detection_windows(pil.width, pil.height):
+                faces = self._detect_in(pil, level)
+                if faces:
+                    return faces
+        return []
+
+    def _detect_in(self, pil: Image.Image, windows: list[tuple[int, int, int, int]]) -> list[FaceBox]:
+        """Detector boxes over `windows` (x, y, w, h), in image px, one per face (non-maximum
+        suppression across overlapping windows), largest first."""
+        found: list[FaceBox] = []
+        for x, y, w, h in windows:
+            k = min(1.0, _DETECT_INPUT_PX / max(w, h))
+            size = (max(1, round(w * k)), max(1, round(h * k)))
+            result = self._detector.process(_resampled(pil, (x, y, x + w, y + h), size))
+            for d in result.detections or []:
+                b = d.location_data.relative_bounding_box
+                found.append(FaceBox(x + b.xmin * w, y + b.ymin * h, b.width * w, b.height * h,
+                                     float(d.score[0])))
+        kept: list[FaceBox] = []
+        for box in sorted(found, key=lambda b: -b.score):
+            if all(box.iou(k) <= _SAME_FACE_IOU for k in kept):
+                kept.append(box)
+        return sorted(kept, key=lambda b: -b.width * b.height)
+
+    def landmarks_in_box(self, image: Any, box: FaceBox, gamma: float = 2.2) -> np.ndarray | None:
+        """Face-mesh landmarks (478, 2) in image px of the face in `box`, or None when the mesh
+        finds no face near the centre of the crop around it."""
+        rgb = _to_display_uint8(image, gamma)
+        with _native_stderr_silenced():
+            return self._mesh_in_box(Image.fromarray(rgb), box)
+
+    def _mesh_in_box(self, pil: Image.Image, box: FaceBox) -> np.ndarray | None:
+        side = _CROP_MARGIN * max(box.width, box.height)
+        out = int(np.clip(round(side), _CROP_MIN_PX, _CROP_MAX_PX))
+        cx, cy = box.centre
+        x0, y0 = cx - side / 2.0, cy - side / 2.0
+        result = self._mesh.process(square_crop(pil, x0, y0, side, out))
+        faces = [np.array([[p.x, p.y] for p in f.landmark]) for f in result.multi_face_landmarks or []]
+        if not faces:
+            return None
+        # The face this box was made for is the one centred in the crop (normalised coordinates);
+        # a neighbour's face cut by the crop's edge is not it.
+        offsets = [np.abs((f.min(axis=0) + f.max(axis=0)) / 2.0 - 0.5).max() for f in faces]
+        best = int(np.argmin(offsets))
+        if offsets[best] > 0.25:
+            return None
+        return faces[best] * side + (x0, y0)
 
     def detect(self, image: Any, gamma: float = 2.2, name: str = "the image") -> np.ndarray:
         """Landmarks (478, 2) in pixels of the largest face (by landmark bounding-box area).
 
         `image` is (H, W, 3): uint8 display RGB, or linear float RGB in [0, 1] (numpy or torch),
-        encoded with 1/`gamma` before detection. Raises NoFaceError when no face is found.
+        encoded with 1/`gamma` before detection. Of the faces the full-range detector finds
+        (`find_faces`), the `max_num_faces` largest get a face mesh; where none does, the face
+        mesh runs on the whole image. Raises NoFaceError when no face is found.
         """
         rgb = _to_display_uint8(image, gamma)
-        h, w = rgb.shape[:2]
+        pil = Image.fromarray(rgb)
         with _native_stderr_silenced():
-            result = self._mesh.process(rgb)
-        faces = result.multi_face_landmarks or []
-        if not faces:
-            raise NoFaceError(f"No face was found in {name}; use a photo where the face is "
-                              "visible and at least about 100 px wide, or give a landmark file.")
-        candidates = [np.array([[p.x * w, p.y * h] for p in f.landmark]) for f in faces]
-        areas = [np.prod(c.max(axis=0) - c.min(axis=0)) for c in candidates]
-        return candidates[int(np.argmax(areas))]
+            for level in detection_windows(pil.width, pil.height):
+                boxes = self._detect_in(pil, level)[:self.max_num_faces]
+                candidates = [lm for lm in (self._mesh_in_box(pil, b) for b in boxes) if lm is not None]
+                if candidates:
+                    return _largest(candidates)
+            candidates = self._mesh_whole(rgb)
+        if not candidates:
+            raise NoFaceError(_no_face_message(name))
+        return _largest(candidates)
+
+    def detect_whole_image(self, image: Any, gamma: float = 2.2, name: str = "the image") -> np.ndarray:
+        """Landmarks (478, 2) of the largest face that the face mesh finds in the whole image,
+        without the face detector (its own detector sees a 128 px letterbox of the image, so
+        only faces larger than about a sixth of the frame are found); the fallback of `detect`."""
+        rgb = _to_display_uint8(image, gamma)
+        with _native_stderr_silenced():
+            candidates = self._mesh_whole(rgb)
+        if not candidates:
+            raise NoFaceError(_no_face_message(name))
+        return _largest(candidates)
+
+    def _mesh_whole(self, rgb: np.ndarray) -> list[np.ndarray]:
+        h, w = rgb.shape[:2]
+        result = self._mesh.process(rgb)
+        return [np.array([[p.x * w, p.y * h] for p in f.landmark])
+                for f in result.multi_face_landmarks or []]
 
     def detect_many(self, images: Iterable[Any], gamma: float = 2.2,
                     names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """`detect` for each image in turn with the same FaceMesh; names appear in errors."""
+        """`detect` for each image in turn with the same graphs; names appear in errors."""
         images = list(images)
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         return [self.detect(img, gamma, name) for img, name in zip(images, names)]
 
     def close(self) -> None:
-        """Release MediaPipe's graph."""
+        """Release MediaPipe's graphs."""
         with _native_stderr_silenced():
             self._mesh.close()
+            self._detector.close()
 
     def __enter__(self) -> "LandmarkDetector":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _largest(candidates: list[np.ndarray]) -> np.ndarray:
+    """The landmark set with the largest bounding-box area."""
+    areas = [np.prod(c.max(axis=0) - c.min(axis=0)) for c in candidates]
+    return candidates[int(np.argmax(areas))]
+
+
+def _no_face_message(name: str) -> str:
+    return (f"No face was found in {name}; use a photo where the face is visible and at least "
+            f"about {MIN_FACE_PX} px wide, or give a landmark file.")
+
+
+# Sanity limits of check_landmarks.
+MIN_LANDMARK_SPAN_PX = 16.0   # the points' bounding box must be at least this wide and high
+MIN_LANDMARK_SPREAD = 0.05    # minor / major principal spread below this: the points lie on a line
+MAX_OUTSIDE_FRACTION = 0.25   # at most this fraction of the points may lie outside the image
+MIRROR_LIMIT = -0.3           # handedness (sine of the angle, see landmark_handedness) below this: mirrored
+# iBUG-68 pairs (subject's right, subject's left): outer and inner eye corners, outer and inner
+# brow ends, nostril wings, mouth corners. The subject's right side is on the image's left in a
+# photo of a face seen from the front (iBUG and MediaPipe alike, see MEDIAPIPE_TO_IBUG68).
+_IBUG_LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = (
+    (36, 45), (39, 42), (17, 26), (21, 22), (31, 35), (48, 54))
+_IBUG_EYES, _IBUG_MOUTH = tuple(range(36, 48)), tuple(range(48, 60))
+
+
+def landmark_handedness(points: np.ndarray, scheme: str) -> float:
+    """sin of the angle from the subject's right-to-left vector r to the eyes-to-mouth vector d
+    in the image, i.e. cross(r, d) / (|r| |d|) with x right and y down: about +1 for a face
+    seen from the front (any in-plane rotation), about -1 for mirrored landmarks (the subject's
+    right-side points on the image's right), near 0 when undetermined (a profile, r ~ 0).
+    r is the mean of `_IBUG_LEFT_RIGHT_PAIRS`' differences, d mouth centre minus eyes centre;
+    MediaPipe points are first mapped to iBUG-68 (`mediapipe_to_ibug68`)."""
+    pts = np.asarray(points, dtype=np.float64)
+    if scheme == "mediapipe478":
+        pts = mediapipe_to_ibug68(pts)
+    elif scheme != "ibug68":
+        raise ValueError(f"unknown landmark scheme {scheme!r}; use one of {', '.join(SCHEMES)}.")
+    right, left = (np.array(i) for i in zip(*_IBUG_LEFT_RIGHT_PAIRS))
+    r = (pts[left] - pts[right]).mean(axis=0)
+    d = pts[list(_IBUG_MOUTH)].mean(axis=0) - pts[list(_IBUG_EYES)].mean(axis=0)
+    norm = float(np.linalg.norm(r) * np.linalg.norm(d))
+    return float(r[0] * d[1] - r[1] * d[0]) / norm if norm > 0 else 0.0
+
+
+def check_landmarks(points: Any, scheme: str | None, image_size: tuple[int, int],
+                    name: str = "the landmarks") -> np.ndarray:
+    """Refuse landmarks that cannot describe a face in an image of `image_size` (height, width).
+
+    `points` (N, 2) are pixels of that image (x right, y down); `scheme` 'mediapipe478' or
+    'ibug68' (None: from N). Raises LandmarkCheckError, with `name` (the file or photo) in one
+    sentence that says what is wrong and what to check, when the points
+    - are not (N, 2) finite numbers of a known scheme;
+    - span less than MIN_LANDMARK_SPAN_PX in x or y (e.g. all equal, or normalised 0-1 values),
+      or lie on one line (minor principal spread < MIN_LANDMARK_SPREAD of the major);
+    - lie outside the image for more than MAX_OUTSIDE_FRACTION of them;
+    - are mirrored left/right (`landmark_handedness` < MIRROR_LIMIT: the subject's right-side
+      points lie on the image's right, which a fit can only explain as a head seen from behind).
+    Returns the points as a float64 (N, 2) array.
+    """
+    try:
+        pts = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LandmarkCheckError(f"{name}: the landmarks are not numbers; give x y pixel "
+                                 "coordinates per point.") from None
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise LandmarkCheckError(f"{name}: the landmarks have shape {pts.shape}; they must be "
+                                 "N x 2 (x y per point).")
+    if not np.isfinite(pts).all():
+        raise LandmarkCheckError(f"{name}: some landmarks are not finite numbers; every point "
+                                 "needs numeric x and y.")
+    try:
+        expected = scheme_for_count(len(pts))
+    except LandmarkFileError as e:
+        raise LandmarkCheckError(f"{name}: {e}") from None
+    if scheme is not None and scheme != expected:
+        raise LandmarkCheckError(f"{name}: {len(pts)} landmarks are {expected!r}, not {scheme!r}.")
+    height, width = image_size
+    span = pts.max(axis=0) - pts.min(axis=0)
+    if span.min() < MIN_LANDMARK_SPAN_PX:
+        raise LandmarkCheckError(
+            f"{name}: the landmarks span only {span[0]:.1f} x {span[1]:.1f} px, too small for a "
+            f"face (at least {MIN_LANDMARK_SPAN_PX:.0f} px each way); check that they are pixel "
+            "coordinates of this image, not normalised 0-1 values or all the same point.")
+    spread = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)
+    if spread[1] < MIN_LANDMARK_SPREAD * spread[0]:
+        raise LandmarkCheckError(
+            f"{name}: the landmarks lie on one line, so they cannot describe a face; check that "
+            "the file holds x and y of each point (not one coordinate twice).")
+    outside = ((pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)).sum()
+    if outside > MAX_OUTSIDE_FRACTION * len(pts):
+        raise LandmarkCheckError(
+            f"{name}: {outside} of {len(pts)} landmarks ({100.0 * outside / len(pts):.0f}%) lie "
+            f"outside the {width}x{height} image (at most {100 * MAX_OUTSIDE_FRACTION:.0f}% may); "
+            "check that they belong to this image at its full size, with x before y.")
+    if landmark_handedness(pts, expected) < MIRROR_LIMIT:
+        raise LandmarkCheckError(
+            f"{name}: the landmarks are mirrored left/right (the subject's right eye, brow and "
+            "mouth corner lie on the image's right of the left ones, which a fit would take for "
+            "a head seen from behind); they were probably made for a mirrored copy of this photo "
+            "or list the sides swapped.")
+    return pts
 
 
 def _points_array(values: Any, path: Path) -> np.ndarray:

@@ -11,9 +11,15 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, QhullError
 
-from mfface.landmarks import MEDIAPIPE_FACE_OVAL
+from mfface.landmarks import MEDIAPIPE_FACE_OVAL, LandmarkCheckError
+
+
+class SkinMaskError(LandmarkCheckError):
+    """Landmarks from which no skin mask can be drawn: not finite, or a face outline that lies
+    on a line or at one point. A LandmarkCheckError (a ValueError), so it is reported as bad
+    landmarks; `mfface.landmarks.check_landmarks` refuses such landmarks earlier."""
 
 # iBUG-68 (0-based): jaw 0-16, brows 17-26, eyes 36-41 / 42-47, inner mouth 60-67.
 _IBUG_REGIONS = {
@@ -60,9 +66,23 @@ def _mediapipe_regions() -> dict[str, list]:
     }
 
 
-def _hull(points: np.ndarray) -> list[tuple[float, float]]:
-    hull = ConvexHull(points)
+def _hull(points: np.ndarray) -> list[tuple[float, float]] | None:
+    """Convex hull of (M, 2) points as a polygon, or None when they lie on a line or at one
+    point (Qhull cannot build a 2D hull of them)."""
+    try:
+        hull = ConvexHull(points)
+    except QhullError:
+        return None
     return [tuple(map(float, points[i])) for i in hull.vertices]
+
+
+def _segment(points: np.ndarray) -> list[tuple[float, float]]:
+    """The two extreme points of (M, 2) points along their main direction: the line that
+    degenerate (collinear) points span, e.g. a closed eye's or a closed mouth's contour."""
+    centred = points - points.mean(axis=0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    t = centred @ direction
+    return [tuple(map(float, points[int(np.argmin(t))])), tuple(map(float, points[int(np.argmax(t))]))]
 
 
 def _area(polygon: list[tuple[float, float]]) -> float:
@@ -75,7 +95,9 @@ def skin_mask(landmarks: np.ndarray, height: int, width: int, erode_px: float = 
 
     `landmarks` (N, 2) are pixel coordinates (x right, y down) in this image, N = 478/468
     (MediaPipe) or 68 (iBUG). The outline and holes are convex hulls of each region's points; the
-    mask is eroded by `erode_px` so that the boundary's mixed pixels are not counted.
+    mask is eroded by `erode_px` so that the boundary's mixed pixels are not counted. Raises
+    SkinMaskError (a ValueError) for another point count, non-finite points, or an outline on a
+    line or at a point.
     """
     n = len(landmarks)
     if n in (468, 478):
@@ -83,14 +105,27 @@ def skin_mask(landmarks: np.ndarray, height: int, width: int, erode_px: float = 
     elif n == 68:
         regions = _IBUG_REGIONS
     else:
-        raise ValueError(f"cannot draw a skin mask from {n} landmarks; use 478 (MediaPipe) or 68 (iBUG)")
+        raise SkinMaskError(f"cannot draw a skin mask from {n} landmarks; use 478 (MediaPipe) or 68 (iBUG)")
     pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
+        raise SkinMaskError(f"cannot draw a skin mask from landmarks of shape {pts.shape} that are "
+                            "not all finite (x, y) pairs.")
+    face = _hull(pts[regions["face"]])
+    if face is None:
+        raise SkinMaskError("cannot draw a skin mask: the face-outline landmarks lie on a line or at "
+                            "one point, so they do not describe a face; check the landmarks.")
     image = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(image)
-    draw.polygon(_hull(pts[regions["face"]]), fill=255)
-    mouth = min((_hull(pts[loop]) for loop in regions["mouth"]), key=_area)
-    for polygon in [_hull(pts[hole]) for hole in regions["holes"]] + [mouth]:
-        draw.polygon(polygon, fill=0)
+    draw.polygon(face, fill=255)
+    # A hole whose points lie on a line (a closed eye or mouth, as hand-placed iBUG files mark
+    # them) is cut out as that line; of the mouth loops the smaller is the hole.
+    mouths = [_hull(pts[loop]) or _segment(pts[loop]) for loop in regions["mouth"]]
+    holes = [_hull(pts[hole]) or _segment(pts[hole]) for hole in regions["holes"]]
+    for polygon in holes + [min(mouths, key=_area)]:
+        if len(polygon) > 2:
+            draw.polygon(polygon, fill=0)
+        else:
+            draw.line(polygon, fill=0, width=1)
     size = 2 * int(round(erode_px)) + 1
     if size > 1:
         image = image.filter(ImageFilter.MinFilter(size))

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from conftest import data_file
-from mfface.landmarks import (MEDIAPIPE_TO_IBUG68, LandmarkDetector, LandmarkFileError, NoFaceError,
-                              mediapipe_to_ibug68, read_landmarks, write_landmarks_json)
+from mfface.landmarks import (MEDIAPIPE_TO_IBUG68, MIN_FACE_PX, LandmarkCheckError, LandmarkDetector,
+                              LandmarkFileError, NoFaceError, check_landmarks, detection_windows,
+                              landmark_handedness, mediapipe_to_ibug68, read_landmarks, square_crop,
+                              write_landmarks_json)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,7 @@ def test_linear_float_input_matches_uint8(detector):
 
 
 def test_largest_of_two_faces(detector):
-    # MediaPipe's face detector sees a 128-px letterbox of the whole image, so both faces must be
-    # fairly large: a 256-px face crop next to a 160-px copy of itself, the small one first.
+    # A 256-px face crop next to a 160-px copy of itself, the small one first.
     crop = _rgb("images/astronaut.png")[0:256, 96:352]
     small = np.asarray(Image.fromarray(crop).resize((160, 160), Image.BILINEAR))
     canvas = np.zeros((256, 416, 3), np.uint8)
@@ -58,7 +59,7 @@ def test_largest_of_two_faces(detector):
 
 
 def test_blank_image_raises_no_face(detector):
-    with pytest.raises(NoFaceError, match="No face was found in blank.png"):
+    with pytest.raises(NoFaceError, match=f"No face was found in blank.png.*about {MIN_FACE_PX} px wide"):
         detector.detect(np.full((128, 128, 3), 127, np.uint8), name="blank.png")
     assert issubclass(NoFaceError, ValueError)
 
@@ -159,3 +160,159 @@ def test_detection_writes_nothing_to_stderr():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(478, 2)"
     assert done.stderr == "after\n"  # our own stderr still works afterwards
+
+
+# --- Faces small in the frame: full-frame face detector first, face mesh on a crop --------------
+
+def _noise_canvas(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Textured noise (smooth 16-px blobs), a background with edges everywhere, like a scene."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR)).copy()
+
+
+def _paste(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> np.ndarray:
+    canvas[y:y + image.shape[0], x:x + image.shape[1]] = image
+    return canvas
+
+
+def test_small_face_in_a_large_frame_is_found(detector):
+    """The astronaut's ~90 px face in a 1600 px wide scene: the face mesh alone (its detector
+    sees a 128 px letterbox) finds nothing; the full-frame detector finds it (in tiles)."""
+    img = _rgb("images/astronaut.png")
+    canvas = _paste(_noise_canvas(1200, 1600), img, 544, 229)
+    with pytest.raises(NoFaceError):
+        detector.detect_whole_image(canvas)
+    lm = detector.detect(canvas)
+    expected = detector.detect(img) + (544, 229)
+    assert np.linalg.norm(lm - expected, axis=1).mean() < 1.5
+
+
+def test_landmarks_map_back_to_image_pixels(detector):
+    """The same face at a known offset in a larger image gives the same landmarks, shifted
+    (the crop around the face is placed and resampled differently; measured ~0.3 px)."""
+    img = _rgb("images/astronaut.png")
+    ref = detector.detect(img)
+    canvas = _paste(_noise_canvas(640, 900, seed=3), img, 301, 67)
+    err = np.linalg.norm(detector.detect(canvas) - (ref + (301, 67)), axis=1)
+    assert err.mean() < 1.0 and np.median(err) < 1.0
+
+
+def test_two_small_faces_side_by_side_largest_chosen(detector):
+    """Two scaled copies of the astronaut photo (faces ~27 and ~33 px wide), the larger on the
+    right: the face mesh alone finds neither; both are detected and the larger is fitted."""
+    img = Image.fromarray(_rgb("images/astronaut.png"))
+    small, large = (np.asarray(img.resize((s, s), Image.BILINEAR)) for s in (150, 183))
+    canvas = _paste(_paste(np.zeros((183, 333, 3), np.uint8), small, 0, 0), large, 150, 0)
+    with pytest.raises(NoFaceError):
+        detector.detect_whole_image(canvas)
+    faces = detector.find_faces(canvas)
+    assert len(faces) == 2 and faces[0].centre[0] > 150 > faces[1].centre[0]
+    lm = detector.detect(canvas)
+    assert lm[:, 0].min() > 150
+    expected = detector.detect(_rgb("images/astronaut.png")) * (183 / 512) + (150, 0)
+    assert np.linalg.norm(lm - expected, axis=1).mean() < 1.5
+
+
+def test_detection_windows_cover_the_image_with_half_overlap():
+    levels = detection_windows(4000, 3000)
+    assert levels[0] == [(0, 0, 4000, 3000)]
+    assert [lv[0][2] for lv in levels[1:]] == [2048, 1024, 512]
+    assert [len(lv) for lv in levels] == [1, 6, 35, 165]
+    for level in levels[1:]:
+        side = level[0][2]
+        xs = sorted({x for x, _, _, _ in level})
+        assert xs[0] == 0 and xs[-1] + side == 4000 and max(np.diff(xs)) <= side // 2
+    assert detection_windows(600, 400) == [[(0, 0, 600, 400)]]  # small photos: the whole frame only
+    assert detection_windows(400, 900)[1][0] == (0, 0, 400, 512)  # tiles no wider than the image
+
+
+def test_square_crop_pixel_convention():
+    """Crop pixel (u, v) (pixel corners) is image point (x0 + u * side / out, y0 + v * side / out);
+    the part outside the image is black."""
+    xs = np.arange(200, dtype=np.float64)
+    ramp = np.stack([np.broadcast_to(xs, (100, 200))] * 3, axis=-1).astype(np.uint8)  # value = x
+    crop = square_crop(Image.fromarray(ramp), x0=-20.0, y0=10.0, side=80.0, out=160)
+    assert crop.shape == (160, 160, 3)
+    assert (crop[:, :39] == 0).all()  # image x < 0
+    u = np.arange(60, 150)
+    centres = -20.0 + (u + 0.5) * 80.0 / 160  # image x of crop pixel centres, samples of x - 0.5
+    np.testing.assert_allclose(crop[50, u, 0], np.round(centres - 0.5), atol=1.0)
+
+
+# --- Sanity checks of landmarks ------------------------------------------------------------------
+
+def _takeo_pts() -> np.ndarray:
+    return read_landmarks(data_file("images/takeo.pts"))[0]
+
+
+TAKEO_SIZE = (225, 150)  # (height, width)
+
+
+def test_good_landmarks_pass(detector):
+    pts = _takeo_pts()
+    np.testing.assert_array_equal(check_landmarks(pts, "ibug68", TAKEO_SIZE, "takeo.pts"), pts)
+    img = _rgb("images/astronaut.png")
+    lm = detector.detect(img)
+    check_landmarks(lm, "mediapipe478", img.shape[:2], "astronaut.png")
+    check_landmarks(lm[:468], None, img.shape[:2])
+    # a mirrored photo has correctly handed landmarks of its own; an upside-down one too
+    check_landmarks(detector.detect(img[:, ::-1]), "mediapipe478", img.shape[:2])
+    upside_down = np.array(TAKEO_SIZE[::-1]) - pts
+    check_landmarks(upside_down, "ibug68", TAKEO_SIZE)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("normalised", r"span only 0\.\d x 0\.\d px, too small for a face .*not normalised 0-1 values"),
+    ("all equal", r"span only 0\.0 x 0\.0 px"),
+    ("collinear", "lie on one line"),
+    ("outside", r"of 68 landmarks \(\d+%\) lie outside the 150x225 image"),
+    ("mirrored", "mirrored left/right"),
+    ("count", "67 landmarks match no known scheme"),
+    ("scheme", "are 'ibug68', not 'mediapipe478'"),
+    ("nan", "not finite"),
+])
+def test_bad_landmarks_refused(case, message):
+    pts = _takeo_pts()
+    scheme = "ibug68"
+    if case == "normalised":
+        pts = pts / (150, 225)
+    elif case == "all equal":
+        pts = np.full_like(pts, 40.0)
+    elif case == "collinear":
+        t = np.linspace(0, 1, 68)
+        pts = np.stack([20 + 100 * t, 30 + 150 * t], axis=1)
+    elif case == "outside":
+        pts = pts + (80, 0)  # about half the face beyond the right edge
+    elif case == "mirrored":
+        pts = np.stack([150 - pts[:, 0], pts[:, 1]], axis=1)  # x' = W - x, indices unchanged
+    elif case == "count":
+        pts = pts[:67]
+    elif case == "scheme":
+        scheme = "mediapipe478"
+    elif case == "nan":
+        pts = pts.copy()
+        pts[3, 1] = np.nan
+    with pytest.raises(LandmarkCheckError, match=f"^takeo.pts: .*{message}"):
+        check_landmarks(pts, scheme, TAKEO_SIZE, "takeo.pts")
+
+
+def test_mirrored_mediapipe_landmarks_refused(detector):
+    img = _rgb("images/astronaut.png")
+    lm = detector.detect(img)
+    mirrored = np.stack([512 - lm[:, 0], lm[:, 1]], axis=1)
+    assert landmark_handedness(lm, "mediapipe478") > 0.9
+    assert landmark_handedness(mirrored, "mediapipe478") < -0.9
+    with pytest.raises(LandmarkCheckError, match="mirrored left/right"):
+        check_landmarks(mirrored, "mediapipe478", (512, 512), "astronaut.json")
+
+
+def test_a_few_points_outside_are_allowed():
+    """A face cut by the frame keeps its landmarks beyond the edge: up to a quarter may be."""
+    pts = _takeo_pts() - (50, 0)  # the jaw's image-left end leaves the image
+    assert (pts[:, 0] < 0).sum() == 7
+    check_landmarks(pts, "ibug68", TAKEO_SIZE)
+
+
+def test_check_errors_are_landmark_file_errors():
+    assert issubclass(LandmarkCheckError, LandmarkFileError) and issubclass(LandmarkCheckError, ValueError)
