@@ -1,8 +1,10 @@
 """`mfface fit`: reconstruct faces from one photo, a folder of photos, or several photos of one person."""
 from __future__ import annotations
 
-import shutil
+import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mfface.cli.errors import UserError
-from mfface.config import FitConfig, config_options, overrides_from_kwargs
+from mfface.atomic import write_text
+from mfface.config import FitConfig, config_options, overrides_from_kwargs, to_toml
 
 _CONSOLE = Console(stderr=True)
-CHECKPOINTS = ".checkpoints"  # OUT/.checkpoints/<name>/stageN.npz while a fit runs
 
 
 def collect_images(inputs: tuple[Path, ...]) -> list[Path]:
@@ -42,15 +44,26 @@ def collect_images(inputs: tuple[Path, ...]) -> list[Path]:
 
 
 def check_writable(folder: Path) -> None:
-    """Raise UserError unless results can be written into `folder` (created when missing)."""
+    """Raise UserError unless results can be written into `folder`. A folder created only to
+    probe it is removed again, so that a run that fails later leaves no empty output folder."""
+    created = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for parent in reversed([folder, *folder.parents]):
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
         probe = folder / ".mfface-write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write results to {folder} ({e.strerror or e}); choose another "
                         "output folder with -o.") from None
+    finally:
+        for path in reversed(created):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def build_config(config_file: Path | None, device: str | None, kwargs: dict) -> FitConfig:
@@ -68,13 +81,29 @@ def build_config(config_file: Path | None, device: str | None, kwargs: dict) -> 
 
 @dataclass
 class Outcome:
-    """One fitted group of photos (or the reason it failed)."""
+    """One fitted group of photos (or why it failed, or why it was skipped)."""
     names: list[str]
     folders: list[Path]
     seconds: float = 0.0
     rms_px: list[float] | None = None
     losses: dict | None = None
     error: str | None = None
+    skipped: str | None = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a fit; `run_dir` keeps the config and the checkpoints of finished stages."""
+
+    def __init__(self, resume_command: list[str], run_dir: Path) -> None:
+        super().__init__("interrupted")
+        self.resume_command, self.run_dir = resume_command, run_dir
+
+    def message(self) -> str:
+        stages = sorted(self.run_dir.glob("stage*.npz"))
+        if not stages:
+            return "Interrupted before any stage finished; nothing was written."
+        command = " ".join(shlex.quote(a) for a in [*self.resume_command, "--checkpoint", str(stages[-1])])
+        return f"Interrupted; the finished stages are kept in {self.run_dir}. Resume with: {command}"
 
 
 class StageProgress:
@@ -85,37 +114,87 @@ class StageProgress:
 
     def __call__(self, stage: str, i: int, n: int, losses: dict[str, float]) -> None:
         if stage not in self.tasks:
+            self.progress.start()  # on the first step only, so a run that fails earlier prints no bar
             self.tasks[stage] = self.progress.add_task(f"{self.label} {stage}", total=n, loss="")
         shown = f"loss {losses['total']:.4g}  photo {losses.get('photo', float('nan')):.4g}"
         self.progress.update(self.tasks[stage], completed=i + 1, loss=shown)
 
 
-def _fit_group(reconstructor, paths: list[Path], config: FitConfig, detector, landmark_file: Path | None,
-               shared: bool, resume: Path | None, skip: tuple[int, ...], output: Path,
-               progress: Progress) -> Outcome:
+@dataclass
+class FitJob:
+    """What every group of one `mfface fit` shares."""
+    reconstructor: object
+    config: FitConfig
+    detector: object
+    landmark_file: Path | None
+    shared: bool
+    resume: Path | None
+    skip: tuple[int, ...]
+    output: Path
+    overwrite: bool
+    progress: Progress
+    model_name: str | None
+
+
+def _prepared(job: FitJob, paths: list[Path]) -> list:
     from mfface.fitting.pipeline import prepare_image, prepare_photo
+
+    prepared = [prepare_image(p, job.config, job.detector, job.landmark_file) for p in paths]
+    if job.shared and len({im.target.shape[0] for im in prepared}) > 1:
+        # Photos fitted together share one crop size: re-crop (landmarks are already known).
+        size = min(im.target.shape[0] for im in prepared)
+        prepared = [prepare_photo(im.photo, im.landmarks, im.scheme, job.config, im.name, im.path, size)
+                    for im in prepared]
+    return prepared
+
+
+def _resume_command(job: FitJob, paths: list[Path], run_dir: Path) -> list[str]:
+    """The `mfface fit` command line (without --checkpoint) that resumes this group's run."""
+    command = ["mfface", "fit", *map(str, paths), "-o", str(job.output),
+               "--config", str(run_dir / "config.toml")]
+    if job.shared:
+        command.append("--shared-identity")
+    if job.model_name:
+        command += ["--model", job.model_name]
+    if job.landmark_file is not None:
+        command += ["--landmarks", str(job.landmark_file)]
+    return command
+
+
+def _fit_group(job: FitJob, paths: list[Path]) -> Outcome:
+    """Fit one group under the lock of its result names, in a checkpoint folder of its own."""
+    from mfface.memory import check_disk, check_memory
+    from mfface.outputs import ResultLock, check_target, finish_run_dir, new_run_dir, recover
     from mfface.results import write_results
 
     started = time.perf_counter()
-    prepared = [prepare_image(p, config, detector, landmark_file) for p in paths]
-    if shared and len({im.target.shape[0] for im in prepared}) > 1:
-        # Photos fitted together share one crop size: re-crop (landmarks are already known).
-        size = min(im.target.shape[0] for im in prepared)
-        prepared = [prepare_photo(im.photo, im.landmarks, im.scheme, config, im.name, im.path, size)
-                    for im in prepared]
-    label = prepared[0].name if len(prepared) == 1 else f"{len(prepared)} photos"
-    checkpoints = output / CHECKPOINTS / "+".join(im.name for im in prepared)
-    result = reconstructor.fit(prepared, shared_identity=shared, skip_stages=skip, resume=resume,
-                               checkpoint_dir=checkpoints, on_step=StageProgress(progress, label))
-    folders = write_results(result, output, checkpoints)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    try:
-        (output / CHECKPOINTS).rmdir()
-    except OSError:
-        pass  # other fits still keep theirs
+    prepared = _prepared(job, paths)
+    names = [im.name for im in prepared]
+    group = "+".join(names)
+    with ResultLock(job.output, names):
+        for note in recover(job.output, names, group):
+            job.progress.console.print(f"[yellow]{note}")
+        for name in names:
+            check_target(job.output / name, job.overwrite)
+        check_memory(job.config, len(prepared))
+        check_disk(job.output, job.config, len(prepared))
+        run_dir = new_run_dir(job.output, group)
+        write_text(run_dir / "config.toml", to_toml(job.config))
+        try:
+            label = names[0] if len(names) == 1 else f"{len(names)} photos"
+            result = job.reconstructor.fit(prepared, shared_identity=job.shared, skip_stages=job.skip,
+                                           resume=job.resume, checkpoint_dir=run_dir,
+                                           on_step=StageProgress(job.progress, label))
+            folders = write_results(result, job.output, run_dir, job.overwrite)
+        except KeyboardInterrupt:
+            raise Interrupted(_resume_command(job, paths, run_dir), run_dir) from None
+        except BaseException:
+            if not any(run_dir.glob("stage*.npz")):
+                finish_run_dir(run_dir)
+            raise
+        finish_run_dir(run_dir)
     losses = {stage: rep.last("photo") for stage, rep in result.reports.items()}
-    return Outcome([im.name for im in prepared], folders, time.perf_counter() - started,
-                   result.stage1_rms_px, losses)
+    return Outcome(names, folders, time.perf_counter() - started, result.stage1_rms_px, losses)
 
 
 def _summary(outcomes: list[Outcome]) -> Table:
@@ -123,8 +202,9 @@ def _summary(outcomes: list[Outcome]) -> Table:
     for column in ("photo", "landmark rms (px)", "photometric loss", "time (s)", "result"):
         table.add_column(column)
     for o in outcomes:
-        if o.error:
-            table.add_row(", ".join(o.names), "-", "-", "-", f"[red]failed: {o.error}")
+        if o.error or o.skipped:
+            shown = f"[red]failed: {o.error}" if o.error else f"[yellow]skipped: {o.skipped}"
+            table.add_row(", ".join(o.names), "-", "-", "-", shown)
             continue
         for i, (name, folder) in enumerate(zip(o.names, o.folders)):
             rms = f"{o.rms_px[i]:.2f}" if o.rms_px else "-"
@@ -133,10 +213,38 @@ def _summary(outcomes: list[Outcome]) -> Table:
     return table
 
 
+def _plan(groups: list[list[Path]], output: Path, overwrite: bool) -> tuple[list[list[Path]], list[Outcome]]:
+    """Check every result path before anything is fitted: (groups to fit, groups skipped).
+
+    Something that is not an mfface result at a result path stops the whole command (it is the
+    user's, and -o probably points at the wrong place); an earlier result without --overwrite
+    stops a single fit and is skipped, with a note, in a batch."""
+    from mfface.outputs import OutputError, existing_result
+
+    todo, skipped = [], []
+    for group in groups:
+        try:
+            earlier = [p.stem for p in group if existing_result(output / p.stem)]
+        except OutputError as e:
+            raise UserError(str(e)) from None
+        if earlier and not overwrite:
+            reason = (f"{output / earlier[0]} holds an earlier result; pass --overwrite to replace it, "
+                      f"or choose another output folder with -o.")
+            if len(groups) == 1:
+                raise UserError(reason)
+            skipped.append(Outcome([p.stem for p in group], [], skipped=reason))
+        else:
+            todo.append(group)
+    return todo, skipped
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the results (one sub-folder per photo).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace earlier results of the same photos in OUTPUT (only mfface's own result "
+                   "folders, never other files).")
 @click.option("--shared-identity", is_flag=True,
               help="The photos show one person: share identity and reflectance, fit pose, expression "
                    "and light per photo.")
@@ -152,17 +260,33 @@ def _summary(outcomes: list[Outcome]) -> Table:
 @click.option("--checkpoint", "resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Resume from a stageN.npz checkpoint of an earlier run of the same photo(s).")
 @config_options
-def fit(inputs: tuple[Path, ...], output: Path, shared_identity: bool, config_file: Path | None,
-        model_name: str | None, device: str | None, landmark_file: Path | None, skip: tuple[int, ...],
-        resume: Path | None, **kwargs) -> None:
+def fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity: bool,
+        config_file: Path | None, model_name: str | None, device: str | None, landmark_file: Path | None,
+        skip: tuple[int, ...], resume: Path | None, **kwargs) -> None:
     """Reconstruct the face in each photo (files or folders) into OUTPUT/<photo name>/."""
+    try:
+        _fit(inputs, output, overwrite, shared_identity, config_file, model_name, device, landmark_file,
+             skip, resume, kwargs)
+    except Interrupted as e:
+        click.echo(e.message(), err=True)
+        raise click.exceptions.Exit(130) from None
+    except KeyboardInterrupt:
+        click.echo("Interrupted; nothing was written.", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity: bool,
+         config_file: Path | None, model_name: str | None, device: str | None,
+         landmark_file: Path | None, skip: tuple[int, ...], resume: Path | None, kwargs: dict) -> None:
     from mfface.backend import BackendError, select_variant, torch_device
     from mfface.fitting.pipeline import FitInputError, Reconstructor
     from mfface.fitting.state import CheckpointError
     from mfface.images import ImageReadError
     from mfface.landmarks import LandmarkDetector, LandmarkFileError, NoFaceError
+    from mfface.memory import ResourceError
     from mfface.morphable.format import ModelFormatError
     from mfface.morphable.store import ModelNotInstalledError, ModelStore
+    from mfface.outputs import OutputError
 
     config = build_config(config_file, device, kwargs)
     paths = collect_images(inputs)
@@ -172,30 +296,58 @@ def fit(inputs: tuple[Path, ...], output: Path, shared_identity: bool, config_fi
         raise UserError("--checkpoint resumes one fit; give the one photo (or, with --shared-identity, "
                         "the same photos) it was written for.")
     check_writable(output)
+    groups, outcomes = _plan([paths] if shared_identity else [[p] for p in paths], output, overwrite)
     try:
         select_variant(None if config.render.device == "auto" else config.render.device)
         model = ModelStore().load(model_name)
-    except (BackendError, ModelNotInstalledError, ModelFormatError) as e:
+    except (BackendError, ModelNotInstalledError, ModelFormatError, ValueError) as e:
         raise UserError(str(e)) from None
-    reconstructor = Reconstructor(model, config, torch_device())
-    groups = [paths] if shared_identity else [[p] for p in paths]
-    user_errors = (ImageReadError, NoFaceError, LandmarkFileError, CheckpointError, FitInputError)
-    outcomes = []
+    user_errors = (ImageReadError, NoFaceError, LandmarkFileError, CheckpointError, FitInputError,
+                   OutputError, ResourceError)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[loss]}"), TimeElapsedColumn())
-    with LandmarkDetector(max_num_faces=config.input.max_faces) as detector, \
-            Progress(*columns, console=_CONSOLE, transient=False) as progress:
+    progress = Progress(*columns, console=_CONSOLE, transient=False)
+    with LandmarkDetector(max_num_faces=config.input.max_faces) as detector, _stopped(progress):
+        job = FitJob(Reconstructor(model, config, torch_device()), config, detector, landmark_file,
+                     shared_identity, resume, skip, output, overwrite, progress, model_name)
         for group in groups:
             try:
-                outcomes.append(_fit_group(reconstructor, group, config, detector, landmark_file,
-                                           shared_identity, resume, skip, output, progress))
+                outcomes.append(_fit_group(job, group))
+            except OSError as e:
+                raise UserError(_os_error_message(e, output)) from None
             except user_errors as e:
-                if len(groups) == 1:
+                if len(groups) == 1 and not outcomes:
                     raise UserError(str(e)) from None
                 progress.console.print(f"[red]skipped {group[0]}: {e}")
                 outcomes.append(Outcome([p.stem for p in group], [], error=str(e)))
     _CONSOLE.print(_summary(outcomes))
+    for o in outcomes:
+        if o.skipped:
+            _CONSOLE.print(f"[yellow]{', '.join(o.names)}: {o.skipped}")
     failed = [o for o in outcomes if o.error]
     if failed:
         raise UserError(f"{len(failed)} of {len(outcomes)} photos could not be fitted (see above); the "
                         "others were written to " + str(output))
+
+
+@contextmanager
+def _stopped(progress: Progress) -> Iterator[Progress]:
+    """Stop `progress` on the way out (it starts itself at a fit's first step)."""
+    try:
+        yield progress
+    finally:
+        progress.stop()
+
+
+def _os_error_message(error: OSError, output: Path) -> str:
+    """One sentence for a file-system failure while fitting or writing (full disk, permissions)."""
+    import errno
+    import shutil
+
+    where = error.filename or output
+    if error.errno == errno.ENOSPC:
+        free = shutil.disk_usage(output if output.exists() else output.parent).free
+        return (f"the disk is full: writing {where} failed with {free / 2**20:.0f} MB free; nothing "
+                f"half-written was left. Free some space or choose another output folder with -o.")
+    return (f"could not write {where} ({error.strerror or error}); nothing half-written was left. "
+            f"Check the output folder's permissions and space.")

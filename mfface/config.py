@@ -15,6 +15,7 @@ dashes), generated from the tree by `config_options`, so no option is written tw
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -31,49 +32,53 @@ class ConfigError(ValueError):
     """A configuration file or override the user must fix; the message says what and where."""
 
 
-def _f(default: Any, help: str, minimum: float | None = None) -> Any:
-    """A config field: its default, a one-line help text and an optional inclusive minimum."""
-    return field(default=default, metadata={"help": help, "min": minimum})
+def _f(default: Any, help: str, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A config field: its default, a one-line help text and optional inclusive bounds.
+
+    Maxima on sizes are sanity limits (a typo such as 100000 is refused at once); whether a
+    size that passes them fits in this machine's memory is checked before a fit starts
+    (`mfface.memory`)."""
+    return field(default=default, metadata={"help": help, "min": minimum, "max": maximum})
 
 
 @dataclass
 class InputConfig:
     """Reading the photos."""
-    max_resolution: int = _f(256, "Down-scale images so that the longer side is at most this many px.", 16)
-    gamma: float = _f(2.2, "Gamma that linearises the input images (pixel ** gamma).", 0.1)
-    max_faces: int = _f(4, "Faces MediaPipe looks for per image; the largest one is fitted.", 1)
+    max_resolution: int = _f(256, "Down-scale images so that the longer side is at most this many px.", 16, 4096)
+    gamma: float = _f(2.2, "Gamma that linearises the input images (pixel ** gamma).", 0.1, 10.0)
+    max_faces: int = _f(4, "Faces MediaPipe looks for per image; the largest one is fitted.", 1, 64)
 
 
 @dataclass
 class RenderConfig:
     """The differentiable renderer."""
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "Where to render and optimise: auto, cpu or cuda.")
-    max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only (NextFace's one bounce).", 1)
+    max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only (NextFace's one bounce).", 1, 16)
     integrator: Literal["prb", "prb_projective", "direct_projective"] = _f(
         "prb", "Differentiable integrator: prb (shading gradients, fastest) or a projective one that "
         "adds silhouette gradients (measured ~150x slower per iteration on a 2-core CPU).")
-    texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16)
-    roughness_init: float = _f(0.4, "Initial surface roughness.", 0.0)
-    final_spp: int = _f(256, "Samples per pixel of the final renders written with the results.", 1)
+    texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16, 8192)
+    roughness_init: float = _f(0.4, "Initial surface roughness.", 0.0, 1.0)
+    final_spp: int = _f(256, "Samples per pixel of the final renders written with the results.", 1, 16384)
 
 
 @dataclass
 class LightConfig:
     """Spherical-harmonics environment light."""
-    sh_bands: int = _f(9, "Spherical-harmonics bands (bands**2 coefficients per channel).", 1)
-    envmap_height: int = _f(64, "Height of the lat-long envmap the SH light is baked into (width = 2x).", 4)
+    sh_bands: int = _f(9, "Spherical-harmonics bands (bands**2 coefficients per channel).", 1, 32)
+    envmap_height: int = _f(64, "Height of the lat-long envmap the SH light is baked into (width = 2x).", 4, 4096)
 
 
 @dataclass
 class Stage1Config:
     """Stage 1: pose, expression and focal from 2D landmarks (no rendering)."""
-    iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0)
+    iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0, 1_000_000)
     lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0)
     expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (NextFace: 0.1).", 0.0)
     identity_prior: float = _f(0.1, "Weight of the identity prior when identity is fitted.", 0.0)
     fit_identity: bool = _f(True, "Also fit identity coefficients from the landmarks (measured: less "
                             "expression leakage, bench/RESULTS.md).")
-    identity_components: int = _f(40, "Leading identity components fitted in stage 1.", 0)
+    identity_components: int = _f(40, "Leading identity components fitted in stage 1.", 0, 10000)
     fit_focal: bool = _f(True, "Estimate the focal length (else keep `focal`, or the PnP one).")
     focal: float = _f(0.0, "Known focal length in px; 0 = unknown (searched by PnP).", 0.0)
     robust_scale: float = _f(4.0, "Landmark loss: px where the loss turns from squared to linear (Huber); "
@@ -85,8 +90,8 @@ class Stage1Config:
 class Stage2Config:
     """Stage 2: photometric fit of the statistical model, pose and light."""
     iterations: int = _f(200, "Photometric iterations (NextFace: 400; measured trade-off in "
-                         "bench/RESULTS.md).", 0)
-    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1)
+                         "bench/RESULTS.md).", 0, 1_000_000)
+    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(1.0, "Weight of the landmark loss (px^2; NextFace: 0.001, which leaves the "
                                 "landmarks ~1e4 times weaker than the photometric term).", 0.0)
@@ -105,17 +110,17 @@ class Stage2Config:
     geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
                              "(NextFace: 100 of 400).", 0)
     albedo_resolution: int = _f(64, "Side of the stage-2 albedo texture (free texture for models without "
-                                "an albedo model; bake size of a statistical one).", 4)
+                                "an albedo model; bake size of a statistical one).", 4, 8192)
     albedo_smoothness: float = _f(1.0, "Free albedo texture: weight of its total variation.", 0.0)
     albedo_symmetry: float = _f(1.0, "Free albedo texture: weight of L1 between mirror points.", 0.0)
-    specular_init: float = _f(0.04, "Specular albedo (Schlick F0) in stage 2, and stage 3's start.", 0.0)
+    specular_init: float = _f(0.04, "Specular albedo (Schlick F0) in stage 2, and stage 3's start.", 0.0, 1.0)
 
 
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(60, "Per-texel iterations (NextFace: 100).", 0)
-    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1)
+    iterations: int = _f(60, "Per-texel iterations (NextFace: 100).", 0, 1_000_000)
+    spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
@@ -136,7 +141,7 @@ class Stage3Config:
     roughness_consistency: float = _f(0.0, "Roughness map: closeness to the stage-2 map.", 0.0)
     roughness_smoothness: float = _f(0.002, "Roughness map: smoothness.", 0.0)
     roughness_range: float = _f(0.0, "Roughness map: penalty outside [roughness_min, 1].", 0.0)
-    roughness_min: float = _f(0.05, "Smallest roughness a texel may take (GGX is unstable near 0).", 0.0)
+    roughness_min: float = _f(0.05, "Smallest roughness a texel may take (GGX is unstable near 0).", 0.0, 1.0)
 
 
 @dataclass
@@ -183,9 +188,13 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any) -> Any:
         ok = isinstance(value, str)
     if not ok:
         raise ConfigError(f"{key} must be {_type_name(tp)}, not {type(value).__name__} {value!r}.")
-    minimum = meta.get("min")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, not {value!r}.")
+    minimum, maximum = meta.get("min"), meta.get("max")
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key} must be at least {minimum}, not {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}, not {value!r}.")
     return value
 
 

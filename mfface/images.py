@@ -20,6 +20,9 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from mfface.atomic import atomic_path
 
 SUPPORTED = "PNG, JPEG, PPM, TIFF or WebP"
+# Pillow's decoders for exactly those formats: content is sniffed only among them, so a file named
+# .png that holds, say, EPS is refused instead of being handed to Ghostscript.
+PIL_FORMATS = ("PNG", "JPEG", "PPM", "TIFF", "WEBP")
 # File name endings of the formats above, for picking the photos out of a folder.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".pnm", ".tif", ".tiff", ".webp")
 # EXIF orientation tag value -> the same transform as Pillow's ImageOps.exif_transpose, on (H, W, C).
@@ -80,13 +83,14 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        what = ("is a folder, not an image file" if path.is_dir() else
+                "is not a regular file (a device, pipe or socket)" if path.exists() else "does not exist")
         raise ImageReadError(f"{path} {what}; give the path of a {SUPPORTED} image.")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageReadError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so broken images would "
                              "load silently; unset it before reading photos.")
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PIL_FORMATS) as img:
             img.load()
             orientation = img.getexif().get(0x0112, 1)
             pixels = _decode(img, path)
@@ -95,7 +99,10 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     except UnidentifiedImageError:
         raise ImageReadError(f"{path} is not an image file that can be read; give a {SUPPORTED} "
                              f"image.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{path} is too large to read safely (more than "
+                             f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); shrink it first.") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path} could not be read ({e}); the file may be damaged or "
                              f"truncated, so re-export or re-download it.") from None
     if orientation in _ORIENT:

@@ -26,8 +26,9 @@ from mfface.atomic import atomic_path
 from mfface.camera import head_rotation, to_camera
 from mfface.config import ConfigError, FitConfig, load_config
 from mfface.figures import to_display
-from mfface.fitting.state import CheckpointError, FaceState, load_checkpoint
+from mfface.fitting.state import Checkpoint, CheckpointError, FaceState, check_state, load_checkpoint
 from mfface.morphable.model import MorphableModel
+from mfface.outputs import RESULT_FORMAT
 from mfface.scenes.light_presets import UnknownPresetError, exposure, preset_names, preset_sh
 from mfface.sh import bands_of
 
@@ -108,7 +109,7 @@ def _read_params(folder: Path) -> dict:
         raise ReplayError(f"{path} is not valid JSON ({e}); the result folder is damaged, run "
                           f"`mfface fit` again.") from None
     try:
-        ok = (params["format"] == "mfface-fit" and isinstance(params["model"]["name"], str)
+        ok = (params["format"] == RESULT_FORMAT and isinstance(params["model"]["name"], str)
               and int(params["image"]["crop_size_px"]) > 0 and len(params["pose"]["euler_rad"]) == 3
               and len(params["pose"]["translation_mm"]) == 3)
     except (KeyError, TypeError, ValueError):
@@ -140,13 +141,25 @@ def _own_item(state: FaceState, params: dict) -> FaceState:
     return state.item(int(distance.argmin()))
 
 
-def _check_model(model: MorphableModel, params: dict, state: FaceState, folder: Path) -> None:
+def _check_model(model: MorphableModel, params: dict, checkpoint: Checkpoint, folder: Path) -> None:
+    """Raise ReplayError unless the checkpoint was fitted with this very model (fingerprint, when
+    recorded) and its state has the shapes the model needs."""
     expected = params["model"].get("n_vertices")
-    if (expected is not None and int(expected) != model.n_vertices) \
-            or state.identity.shape[1] > model.n_identity or state.expression.shape[1] > model.n_expression:
+    owner = checkpoint.owner
+    if (expected is not None and int(expected) != model.n_vertices) or \
+            (owner is not None and owner.model_fingerprint != model.fingerprint()):
         raise ReplayError(f"{folder} was fitted with a different {model.name!r} model than the one "
                           f"installed ({model.n_vertices} vertices); reinstall the model the fit used "
                           f"with `mfface models install {model.name}`.")
+    digest = params["image"].get("digest")
+    if owner is not None and digest is not None and digest not in owner.photos:
+        raise ReplayError(f"the checkpoint in {folder} belongs to a fit of another photo than "
+                          f"{params['image'].get('name')!r}; the result folder is damaged, run "
+                          f"`mfface fit` again.")
+    try:
+        check_state(checkpoint.state, model, f"the checkpoint in {folder}")
+    except CheckpointError as e:
+        raise ReplayError(str(e)) from None
 
 
 def load_fitted_face(folder: str | Path, store_root: str | Path | None = None,
@@ -165,10 +178,9 @@ def load_fitted_face(folder: str | Path, store_root: str | Path | None = None,
     except ConfigError as e:
         raise ReplayError(f"{e} The result folder {folder} is damaged; run `mfface fit` again.") from None
     try:
-        state, _ = load_checkpoint(latest_checkpoint(folder), device)
+        checkpoint = load_checkpoint(latest_checkpoint(folder), device)
     except CheckpointError as e:
         raise ReplayError(str(e)) from None
-    state = _own_item(state, params)
     name = params["model"]["name"]
     models = {} if models is None else models
     if name not in models:
@@ -176,7 +188,8 @@ def load_fitted_face(folder: str | Path, store_root: str | Path | None = None,
             models[name] = ModelStore(store_root).load(name)
         except (ModelNotInstalledError, ModelFormatError, ValueError) as e:
             raise ReplayError(f"Cannot replay {folder}: {e}") from None
-    _check_model(models[name], params, state, folder)
+    _check_model(models[name], params, checkpoint, folder)
+    state = _own_item(checkpoint.state, params)
     return FittedFace(folder, models[name], state, config, int(params["image"]["crop_size_px"]))
 
 

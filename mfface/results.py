@@ -32,6 +32,7 @@ from mfface.fitting.pipeline import FitResult
 from mfface.fitting.state import FaceState, save_checkpoint
 from mfface.images import write_png
 from mfface.morphable.export import write_glb, write_obj
+from mfface.outputs import RESULT_FORMAT, check_target
 from mfface.scenes.exr import write_exr
 
 CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z, +x image right, "
@@ -56,12 +57,12 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
     principal = (np.array([side / 2.0, side / 2.0]) if state.principal is None
                  else state.principal[0].detach().cpu().double().numpy())
     return {
-        "format": "mfface-fit", "version": 1,
-        "image": {"name": image.name, "path": str(image.path),
+        "format": RESULT_FORMAT, "version": 1,
+        "image": {"name": image.name, "path": str(image.path), "digest": image.digest,
                   "size_px": [int(image.photo.shape[1]), int(image.photo.shape[0])],
                   "crop_box_px": {"x0": image.box.x0, "y0": image.box.y0, "size": image.box.size},
                   "crop_size_px": int(image.target.shape[0]), "crop_scale": crop_scale},
-        "model": {"name": model.name, "n_vertices": model.n_vertices,
+        "model": {"name": model.name, "fingerprint": model.fingerprint(), "n_vertices": model.n_vertices,
                   "identity_components": model.n_identity, "expression_names": model.expression_names},
         "camera": {"convention": CAMERA_CONVENTION,
                    "focal_px_crop": float(state.focal[0]),
@@ -89,8 +90,24 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
     }
 
 
-def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path | None = None) -> list[Path]:
-    """Write one result folder per photo under `out_dir`; returns the folders."""
+def strict_json(value: object) -> object:
+    """`value` with every non-finite float replaced by None, so that `json.dumps(allow_nan=False)`
+    writes strict JSON (NaN and Infinity are not JSON; strict parsers reject them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path | None = None,
+                  overwrite: bool = False) -> list[Path]:
+    """Write one result folder per photo under `out_dir`; returns the folders.
+
+    An earlier result at a folder's path is replaced only with `overwrite`, and never anything
+    else (`mfface.outputs.check_target`); each folder is written atomically."""
     out_dir = Path(out_dir)
     cfg = result.config
     gamma = cfg.input.gamma
@@ -115,6 +132,7 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
         env = envmap.cpu().numpy()
         valid = result.targets.landmark_index.cpu().numpy() >= 0
         folder = out_dir / image.name
+        check_target(folder, overwrite)
         with atomic_dir(folder) as tmp:
             write_obj(tmp / "mesh.obj", model_vertices, model.triangles, model.uvs, maps)
             write_glb(tmp / "mesh.glb", model_vertices * 1e-3, model.triangles, model.uvs, maps)
@@ -135,12 +153,15 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
             curves = {f"{stage} {name}": values for stage, rep in result.reports.items()
                       for name, values in rep.losses.items()}
             loss_curves_png(tmp / "losses.png", curves, title=image.name)
-            (tmp / "params.json").write_text(json.dumps(_params(result, b, state, l1), indent=1))
+            (tmp / "params.json").write_text(json.dumps(strict_json(_params(result, b, state, l1)),
+                                                        indent=1, allow_nan=False))
             (tmp / "config.toml").write_text(to_toml(cfg))
-            if checkpoint_src is not None and checkpoint_src.is_dir():
-                shutil.copytree(checkpoint_src, tmp / "checkpoints")
+            if checkpoint_src is not None and any(checkpoint_src.glob("stage*.npz")):
+                (tmp / "checkpoints").mkdir()
+                for stage_file in sorted(checkpoint_src.glob("stage*.npz")):
+                    shutil.copy2(stage_file, tmp / "checkpoints" / stage_file.name)
             else:  # the final state at least, so that the folder can be replayed and resumed
                 save_checkpoint(tmp / "checkpoints" / f"stage{max(result.last_stage, 1)}.npz",
-                                result.state, max(result.last_stage, 1))
+                                result.state, max(result.last_stage, 1), result.owner)
         folders.append(folder)
     return folders

@@ -11,6 +11,7 @@ Conventions
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,6 +72,7 @@ class MorphableModel:
     provenance: str = ""
     license: str = ""
     _torch_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_vertices(self) -> int:
@@ -87,6 +89,26 @@ class MorphableModel:
     @property
     def has_albedo(self) -> bool:
         return self.diffuse_albedo is not None
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 digits) of the geometry that fitted parameters refer to: mean shape,
+        bases, standard deviations, triangles, UVs and albedo arrays, as float32/int32 bytes.
+
+        Checkpoints and network weights record it, so that parameters fitted with one model are
+        never applied to another (or to another version of the same one). Computed once."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            arrays = [self.mean_shape, self.identity_basis, self.identity_std, self.expression_basis,
+                      self.expression_std, self.uvs]
+            for albedo in (self.diffuse_albedo, self.specular_albedo):
+                if albedo is not None:
+                    arrays += [albedo.mean, albedo.basis, albedo.std]
+            for array in arrays:
+                digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+                digest.update(str(array.shape).encode())
+            digest.update(np.ascontiguousarray(self.triangles, dtype=np.int32).tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def torch_buffers(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Mean and std-scaled bases as float32 tensors on `device`, made once per device.

@@ -79,8 +79,8 @@ def test_checkpoint_resume_reproduces_the_fit(fitted: Path, tmp_path: Path) -> N
     result = run(str(data_file("images/astronaut.png")), "-o", str(tmp_path), *TINY,
                  "--checkpoint", str(folder / "checkpoints" / "stage2.npz"))
     assert result.exit_code == 0, result.output
-    first, stage = load_checkpoint(folder / "checkpoints" / "stage3.npz")
-    again, _ = load_checkpoint(tmp_path / "astronaut" / "checkpoints" / "stage3.npz")
+    first, stage, _ = load_checkpoint(folder / "checkpoints" / "stage3.npz")
+    again, _, _ = load_checkpoint(tmp_path / "astronaut" / "checkpoints" / "stage3.npz")
     assert stage == 3
     for name in ("diffuse", "specular", "roughness", "sh", "euler", "expression"):
         np.testing.assert_allclose(getattr(again, name).numpy(), getattr(first, name).numpy(),

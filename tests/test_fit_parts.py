@@ -10,7 +10,8 @@ import torch
 from conftest import data_file
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.face_render import FaceRender, photometric_loss
-from mfface.fitting.state import CheckpointError, FaceState, load_checkpoint, save_checkpoint
+from mfface.fitting.state import (CheckpointError, CheckpointOwner, FaceState, load_checkpoint,
+                                  save_checkpoint)
 from mfface.masks import skin_mask
 from mfface.texture_priors import (MirrorSampler, consistency_loss, range_loss, sample_texture,
                                    smoothness_loss, symmetry_loss)
@@ -103,13 +104,16 @@ def _state(batch: int = 2) -> FaceState:
                      roughness=torch.rand(1, 4, 4, 1, generator=g))
 
 
+OWNER = CheckpointOwner("ict", "0123456789abcdef", ("aaaa", "bbbb"))
+
+
 def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
     state = _state()
-    save_checkpoint(tmp_path / "stage2.npz", state, 2)
-    loaded, stage = load_checkpoint(tmp_path / "stage2.npz")
-    assert stage == 2 and loaded.albedo is None and loaded.principal is None
+    save_checkpoint(tmp_path / "stage2.npz", state, 2, OWNER)
+    loaded, stage, owner = load_checkpoint(tmp_path / "stage2.npz")
+    assert stage == 2 and loaded.albedo is None and loaded.principal is None and owner == OWNER
     with_principal = dataclasses.replace(state, principal=torch.tensor([[10.0, 20.0], [30.0, 40.0]]))
-    save_checkpoint(tmp_path / "stage1.npz", with_principal, 1)
+    save_checkpoint(tmp_path / "stage1.npz", with_principal, 1, OWNER)
     assert torch.equal(load_checkpoint(tmp_path / "stage1.npz")[0].item(1).principal, torch.tensor([[30.0, 40.0]]))
     for name in ("identity", "expression", "sh", "diffuse", "roughness"):
         assert torch.equal(getattr(loaded, name), getattr(state, name))
@@ -117,7 +121,7 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="not a readable mfface checkpoint"):
+    with pytest.raises(CheckpointError, match="damaged or not an mfface checkpoint"):
         load_checkpoint(tmp_path / "junk.npz")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(CheckpointError, match="not an mfface checkpoint"):

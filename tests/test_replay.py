@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mfface.camera import to_camera
 from mfface.cli.main import cli
 from mfface.config import FitConfig, to_toml
-from mfface.fitting.state import FaceState, save_checkpoint
+from mfface.fitting.state import CheckpointOwner, FaceState, save_checkpoint
 from mfface.replay import (ReplayError, ReplaySettings, head_centre, load_fitted_face,
                            render_turntable, replay_light, turned_vertices, yaw_offsets)
 from mfface.scenes.light_presets import exposure, irradiance, preset_names, preset_sh
@@ -53,8 +53,10 @@ def _state(model, batch: int = 1) -> FaceState:
                      specular=torch.full((1, 16, 16, 3), 0.04), roughness=torch.full((1, 16, 16, 1), 0.4))
 
 
-def _result_folder(folder: Path, model_name: str, n_vertices: int, state: FaceState, item: int = 0) -> Path:
-    """A result folder as `write_results` lays it out (the parts replay reads)."""
+def _result_folder(folder: Path, model_name: str, n_vertices: int, state: FaceState, item: int = 0,
+                   fingerprint: str = "") -> Path:
+    """A result folder as `write_results` lays it out (the parts replay reads); `fingerprint` is
+    the model's that the checkpoints record."""
     (folder / "checkpoints").mkdir(parents=True)
     params = {"format": "mfface-fit", "version": 1,
               "image": {"name": folder.name, "crop_size_px": CROP},
@@ -63,14 +65,16 @@ def _result_folder(folder: Path, model_name: str, n_vertices: int, state: FaceSt
                        "translation_mm": state.translation[item].tolist()}}
     (folder / "params.json").write_text(json.dumps(params))
     (folder / "config.toml").write_text(to_toml(FitConfig()))
-    save_checkpoint(folder / "checkpoints" / "stage2.npz", state, 2)
-    save_checkpoint(folder / "checkpoints" / "stage3.npz", state, 3)
+    owner = CheckpointOwner(model_name, fingerprint, ("photo",))
+    save_checkpoint(folder / "checkpoints" / "stage2.npz", state, 2, owner)
+    save_checkpoint(folder / "checkpoints" / "stage3.npz", state, 3, owner)
     return folder
 
 
 @pytest.fixture
 def result(tmp_path, ict, installed_ict) -> Path:
-    return _result_folder(tmp_path / "photo", installed_ict, ict.n_vertices, _state(ict))
+    return _result_folder(tmp_path / "photo", installed_ict, ict.n_vertices, _state(ict),
+                          fingerprint=ict.fingerprint())
 
 
 def _invoke(*args: str):
@@ -169,7 +173,8 @@ def test_replay_writes_gif_and_mp4_with_the_frames_turning(variant, result):
 def test_replay_of_a_folder_of_results_odd_size_and_preset(variant, tmp_path, ict, installed_ict):
     state = _state(ict, batch=2)
     for item, name in enumerate(("a", "b")):
-        _result_folder(tmp_path / "fits" / name, installed_ict, ict.n_vertices, state, item)
+        _result_folder(tmp_path / "fits" / name, installed_ict, ict.n_vertices, state, item,
+                       fingerprint=ict.fingerprint())
     run = _invoke(tmp_path / "fits", "--frames", 3, "--spp", 1, "--size", 25, "--light", "sunset")
     assert run.exit_code == 0, run.output
     for name in ("a", "b"):
@@ -180,7 +185,8 @@ def test_replay_of_a_folder_of_results_odd_size_and_preset(variant, tmp_path, ic
 
 def test_each_folder_replays_its_own_photo_of_a_shared_checkpoint(tmp_path, ict, installed_ict):
     state = _state(ict, batch=2)
-    folder = _result_folder(tmp_path / "second", installed_ict, ict.n_vertices, state, item=1)
+    folder = _result_folder(tmp_path / "second", installed_ict, ict.n_vertices, state, item=1,
+                            fingerprint=ict.fingerprint())
     face = load_fitted_face(folder)
     assert face.state.batch == 1
     assert torch.equal(face.state.euler, state.euler[1:2])
@@ -211,7 +217,7 @@ def test_corrupt_params_json(result):
 
 def test_corrupt_or_missing_checkpoint(result):
     (result / "checkpoints" / "stage3.npz").write_bytes(b"garbage")
-    _fails(_invoke(result), "stage3.npz is not a readable mfface checkpoint")
+    _fails(_invoke(result), "stage3.npz is damaged or not an mfface checkpoint")
     shutil.rmtree(result / "checkpoints")
     _fails(_invoke(result), "has no checkpoints/stageN.npz")
 
@@ -227,7 +233,8 @@ def test_model_not_installed(tmp_path, ict):
 
 
 def test_model_that_differs_from_the_fitted_one(tmp_path, ict, installed_ict):
-    folder = _result_folder(tmp_path / "r", installed_ict, ict.n_vertices + 1, _state(ict))
+    folder = _result_folder(tmp_path / "r", installed_ict, ict.n_vertices + 1, _state(ict),
+                            fingerprint=ict.fingerprint())
     _fails(_invoke(folder), "different 'ict' model", "mfface models install ict")
 
 

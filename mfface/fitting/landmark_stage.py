@@ -17,6 +17,7 @@ import torch
 
 from mfface.camera import principal_point, project, solve_pnp, to_camera
 from mfface.config import Stage1Config
+from mfface.fitting.errors import check_finite
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
 from mfface.priors import landmark_loss, landmark_weights, statistical_prior
@@ -146,7 +147,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / max(config.iterations, 1))))
     losses = []
-    for _ in range(config.iterations):
+    for it in range(config.iterations):
         optimizer.zero_grad()
         loss, _, _ = evaluate()
         loss.backward()
@@ -154,6 +155,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         model.clamp_expression_(exp_param)
         schedule.step()
         losses.append(float(loss.detach()))
+        check_finite("stage 1", it, losses[-1])
 
     with torch.no_grad():
         loss, uv, translation = evaluate()

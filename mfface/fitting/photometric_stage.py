@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mfface.config import FitConfig
+from mfface.fitting.errors import check_finite
 from mfface.fitting.face_render import FaceRender, photometric_loss
 from mfface.fitting.state import FaceState
 from mfface.fitting.targets import FitTargets
@@ -184,6 +185,7 @@ def fit_photometric(render: FaceRender, targets: FitTargets, state: FaceState, c
                 albedo.parameter.clamp_(0.0, 1.0)
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(total.detach())
+        check_finite("stage 2", it, values["total"])
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)

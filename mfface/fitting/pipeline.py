@@ -8,6 +8,8 @@ pose, expression, focal and light), saving a checkpoint after each stage so a fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 
 from mfface.config import FitConfig, Stage1Config
+from mfface.fitting.errors import FitDivergedError, FitInputError
 from mfface.fitting.face_render import FaceRender
 from mfface.fitting.landmark_stage import fit_landmarks
 from mfface.fitting.photometric_stage import StageReport, fit_photometric, initial_state
-from mfface.fitting.state import FaceState, load_checkpoint, save_checkpoint
+from mfface.fitting.state import (CheckpointOwner, FaceState, check_owner, check_state, load_checkpoint,
+                                  save_checkpoint)
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_stage import fit_texels
 from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
@@ -34,8 +38,6 @@ STAGES = (1, 2, 3)
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
-class FitInputError(ValueError):
-    """Photos, landmarks or a checkpoint that cannot be fitted as given; the message says why."""
 
 
 @dataclass
@@ -45,7 +47,8 @@ class PreparedImage:
     `skin` (S, S), `crop_landmarks` (N, 2), and `principal` (2,) the crop pixel where the photo's
     centre lands: the photo's principal point, as a camera of unknown intrinsics is assumed to
     have it (a crop does not move the optical axis; assuming the crop's own centre instead would
-    tilt the fitted head of an off-centre face)."""
+    tilt the fitted head of an off-centre face). `digest` identifies the photo's pixels
+    (`photo_digest`), so that a checkpoint records which photo it belongs to."""
     name: str
     path: Path
     photo: torch.Tensor
@@ -57,6 +60,7 @@ class PreparedImage:
     skin: torch.Tensor
     crop_landmarks: np.ndarray
     principal: np.ndarray
+    digest: str = ""
 
 
 def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetector | None = None,
@@ -95,7 +99,14 @@ def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, confi
     return PreparedImage(name=name, path=path or Path(name), photo=photo, landmarks=np.asarray(landmarks),
                          scheme=scheme, box=box, to_crop=to_crop,
                          target=linearize(target, config.input.gamma), skin=skin,
-                         crop_landmarks=crop_landmarks, principal=principal)
+                         crop_landmarks=crop_landmarks, principal=principal, digest=photo_digest(photo))
+
+
+def photo_digest(photo: torch.Tensor) -> str:
+    """SHA-256 (hex, 16 digits) of a photo's pixels (H, W, 3): the same picture gives the same
+    digest whatever its file name, so a checkpoint can say which photo it belongs to."""
+    pixels = np.ascontiguousarray(photo.detach().cpu().numpy(), dtype=np.float32)
+    return hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()[:16]
 
 
 def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray:
@@ -120,6 +131,7 @@ class FitResult:
     seconds: dict[str, float] = field(default_factory=dict)
     stage1_rms_px: list[float] = field(default_factory=list)
     last_stage: int = 0  # the last stage whose result `state` holds (a resumed checkpoint's counts)
+    owner: CheckpointOwner | None = None  # what the fit's checkpoints belong to
 
 
 class Reconstructor:
@@ -157,6 +169,34 @@ class Reconstructor:
             landmark_index=index, landmark_weights=weights,
             principal=torch.from_numpy(np.stack([im.principal for im in images])).float().to(self.device))
 
+    def owner(self, images: list[PreparedImage]) -> CheckpointOwner:
+        """What this fit's checkpoints belong to: the model and the photos' digests, in order."""
+        return CheckpointOwner(self.model.name, self.model.fingerprint(),
+                               tuple(im.digest for im in images))
+
+    def _resumed(self, path: str | Path, owner: CheckpointOwner, targets: FitTargets,
+                 shared_identity: bool) -> tuple[FaceState, int]:
+        """The checkpoint at `path`, checked against this fit (model, photos, shapes, config)."""
+        checkpoint = load_checkpoint(path, self.device)
+        check_owner(checkpoint, owner, f"checkpoint {path}")
+        state = checkpoint.state
+        check_state(state, self.model, f"checkpoint {path}")
+        bands = self.config.light.sh_bands
+        texture = self.config.render.texture_size
+        if state.batch != targets.batch or (state.identity.shape[0] == 1) != (shared_identity or targets.batch == 1):
+            raise FitInputError(f"checkpoint {path} holds a fit of {state.batch} photo(s) "
+                                f"{'with' if state.identity.shape[0] == 1 else 'without'} a shared "
+                                f"identity; resume with the same photos and --shared-identity setting.")
+        if state.sh.shape[1] != bands ** 2:
+            raise FitInputError(f"checkpoint {path} has {math.isqrt(state.sh.shape[1])} SH bands but the "
+                                f"config asks for {bands}; resume with --light-sh-bands "
+                                f"{math.isqrt(state.sh.shape[1])}.")
+        if checkpoint.stage >= 2 and state.diffuse.shape[1] != texture:
+            raise FitInputError(f"checkpoint {path} has {state.diffuse.shape[1]} px textures but the "
+                                f"config asks for {texture}; resume with --render-texture-size "
+                                f"{state.diffuse.shape[1]}.")
+        return state, checkpoint.stage
+
     def fit(self, images: list[PreparedImage], shared_identity: bool = False,
             skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
             checkpoint_dir: str | Path | None = None,
@@ -169,23 +209,24 @@ class Reconstructor:
         targets = self.targets(images)
         render = self.render_for(targets.size)
         result = FitResult(self.model, cfg, images, state=None, render=render, targets=targets)  # type: ignore[arg-type]
+        owner = result.owner = self.owner(images)
         done = 0
         state: FaceState | None = None
         if resume is not None:
-            state, done = load_checkpoint(resume, self.device)
+            state, done = self._resumed(resume, owner, targets, shared_identity)
             result.last_stage = done
-            if state.batch != targets.batch:
-                raise FitInputError(f"checkpoint {resume} holds {state.batch} images but {targets.batch} "
-                                 f"are being fitted; resume with the same photos.")
 
         def step(stage: str) -> Callable[[int, int, dict[str, float]], None] | None:
             return None if on_step is None else (lambda i, n, losses: on_step(stage, i, n, losses))
 
         def finish(stage: int, new_state: FaceState, started: float) -> FaceState:
             result.seconds[f"stage{stage}"] = time.perf_counter() - started
+            if not new_state.finite():
+                raise FitDivergedError(f"the fit diverged in stage {stage} (NaN or infinite values); "
+                                       f"lower that stage's learning rates or raise its priors.")
             result.last_stage = stage
             if checkpoint_dir is not None:
-                save_checkpoint(Path(checkpoint_dir) / f"stage{stage}.npz", new_state, stage)
+                save_checkpoint(Path(checkpoint_dir) / f"stage{stage}.npz", new_state, stage, owner)
             return new_state
 
         if done < 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from mfface.config import FitConfig
+from mfface.fitting.errors import check_finite
 from mfface.fitting.face_render import FaceRender, photometric_loss
 from mfface.fitting.photometric_stage import StageReport, StepCallback
 from mfface.fitting.state import FaceState
@@ -68,6 +69,7 @@ def fit_texels(render: FaceRender, targets: FitTargets, state: FaceState, config
                 texture.clamp_(*bounds[name])
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(total.detach())
+        check_finite("stage 3", it, values["total"])
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)
