@@ -314,7 +314,7 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
             try:
                 outcomes.append(_fit_group(job, group))
             except OSError as e:
-                raise UserError(_os_error_message(e, output)) from None
+                raise UserError(_os_error_message(e, output, config)) from None
             except user_errors as e:
                 if len(groups) == 1 and not outcomes:
                     raise UserError(str(e)) from None
@@ -339,15 +339,19 @@ def _stopped(progress: Progress) -> Iterator[Progress]:
         progress.stop()
 
 
-def _os_error_message(error: OSError, output: Path) -> str:
+def _os_error_message(error: OSError, output: Path, config: FitConfig) -> str:
     """One sentence for a file-system failure while fitting or writing (full disk, permissions)."""
     import errno
     import shutil
 
-    where = error.filename or output
-    if error.errno == errno.ENOSPC:
-        free = shutil.disk_usage(output if output.exists() else output.parent).free
-        return (f"the disk is full: writing {where} failed with {free / 2**20:.0f} MB free; nothing "
+    from mfface.memory import estimate_result_bytes
+
+    where = f"{output} (at {Path(error.filename).name})" if error.filename else str(output)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        existing = next(p for p in (output, *output.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        return (f"the disk is full: writing the results into {where} failed with {free / 2**20:.0f} MB "
+                f"free, and a result needs about {estimate_result_bytes(config) / 2**20:.0f} MB; nothing "
                 f"half-written was left. Free some space or choose another output folder with -o.")
-    return (f"could not write {where} ({error.strerror or error}); nothing half-written was left. "
-            f"Check the output folder's permissions and space.")
+    return (f"could not write the results into {where} ({error.strerror or error}); nothing "
+            f"half-written was left. Check the output folder's permissions.")

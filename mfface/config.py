@@ -73,7 +73,7 @@ class LightConfig:
 class Stage1Config:
     """Stage 1: pose, expression and focal from 2D landmarks (no rendering)."""
     iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0, 1_000_000)
-    lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0)
+    lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0, 10.0)
     expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (NextFace: 0.1).", 0.0)
     identity_prior: float = _f(0.1, "Weight of the identity prior when identity is fitted.", 0.0)
     fit_identity: bool = _f(True, "Also fit identity coefficients from the landmarks (measured: less "
@@ -100,13 +100,13 @@ class Stage2Config:
     albedo_prior: float = _f(0.001, "Weight of the statistical albedo prior, mean of c^2.", 0.0)
     sh_energy: float = _f(1e-4, "Weight of the SH energy, mean of the squared SH coefficients.", 0.0)
     sh_lr: float = _f(0.01, "Learning rate of the SH coefficients of band 1 (see sh_band_decay; "
-                      "NextFace: 0.005 for all bands).", 0.0)
+                      "NextFace: 0.005 for all bands).", 0.0, 10.0)
     sh_band_decay: float = _f(2.0, "SH step size per band l scales as ((1 + l) / 2) ** -decay, so the "
                               "low bands converge fast and the noisy high bands do not ring; 0 = one "
                               "learning rate for all bands. Measured in bench/RESULTS.md.", 0.0)
-    albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0)
-    geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0)
-    pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0)
+    albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0, 10.0)
+    geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0, 10.0)
+    pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0, 10.0)
     geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
                              "(NextFace: 100 of 400).", 0)
     albedo_resolution: int = _f(64, "Side of the stage-2 albedo texture (free texture for models without "
@@ -124,11 +124,11 @@ class Stage3Config:
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
-    diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0)
+    diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0, 10.0)
     specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "
-                            "Schlick F0 ~0.04: measured, 0.02 made stage 3 worse than stage 2).", 0.0)
+                            "Schlick F0 ~0.04: measured, 0.02 made stage 3 worse than stage 2).", 0.0, 10.0)
     roughness_lr: float = _f(0.005, "Learning rate of the roughness map (NextFace: 0.02; measured, see "
-                             "bench/RESULTS.md).", 0.0)
+                             "bench/RESULTS.md).", 0.0, 10.0)
     diffuse_symmetry: float = _f(50.0, "Diffuse map: L1 to its horizontal flip.", 0.0)
     diffuse_consistency: float = _f(100.0, "Diffuse map: closeness to the stage-2 map's chromaticity.", 0.0)
     diffuse_smoothness: float = _f(0.001, "Diffuse map: smoothness.", 0.0)

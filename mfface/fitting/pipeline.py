@@ -28,7 +28,7 @@ from mfface.fitting.state import (CheckpointOwner, FaceState, check_owner, check
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_stage import fit_texels
 from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
-from mfface.landmarks import LandmarkDetector, read_landmarks, scheme_for_count
+from mfface.landmarks import LandmarkDetector, check_landmarks, read_landmarks, scheme_for_count
 from mfface.masks import skin_mask
 from mfface.morphable.model import MorphableModel
 from mfface.priors import landmark_weights
@@ -74,12 +74,15 @@ def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetecto
     photo = read_image(path)
     if landmark_file is not None:
         landmarks, scheme = read_landmarks(landmark_file)
+        where = f"{landmark_file} (for {path})"
     else:
         if detector is None:
             raise ValueError("prepare_image needs a LandmarkDetector or a landmark file.")
         display = np.round(photo.numpy() * 255.0).astype(np.uint8)
         landmarks = detector.detect(display, name=str(path))
         scheme = scheme_for_count(len(landmarks))
+        where = f"the landmarks detected in {path}"
+    landmarks = check_landmarks(landmarks, scheme, (photo.shape[0], photo.shape[1]), where)
     return prepare_photo(photo, landmarks, scheme, config, path.stem, path, size)
 
 
