@@ -36,26 +36,35 @@ def models() -> None:
 
 @models.command("list")
 def list_models() -> None:
-    """List installed models (the default is marked with *)."""
+    """List the built-in and installed models (the default is marked with *)."""
+    from mfface.morphable.builtin import BUILTIN_NAME
+
     store = _store()
     infos = store.list()
-    if not infos:
-        _CONSOLE.print(f"No models installed in {store.root}; install one with "
-                       f"`mfface models install ict`.")
-        return
-    table = Table(title=f"models in {store.root}")
-    for column in ("", "name", "vertices", "identity", "expression", "albedo", "size"):
+    table = Table(title=f"face models (installed in {store.root})")
+    for column in ("", "name", "source", "vertices", "identity", "expression", "albedo", "size"):
         table.add_column(column)
     for info in infos:
         h = info.header
+        mark = "*" if info.is_default else ""
+        source = "built in" if info.builtin else "installed"
         if info.error:
-            table.add_row("*" if info.is_default else "", info.name, "[red]unreadable[/red]",
-                          "", "", "", f"{info.size_bytes / 1e6:.1f} MB")
+            table.add_row(mark, info.name, source, "[red]unusable[/red]", "", "", "",
+                          f"{info.size_bytes / 1e6:.1f} MB")
             continue
-        table.add_row("*" if info.is_default else "", info.name, str(h["n_vertices"]),
-                      str(h["n_identity"]), str(h["n_expression"]),
-                      h["albedo"]["diffuse"] or "none", f"{info.size_bytes / 1e6:.1f} MB")
+        table.add_row(mark, info.name, source, str(h["n_vertices"]), str(h["n_identity"]),
+                      str(h["n_expression"]), h["albedo"]["diffuse"] or "none",
+                      f"{info.size_bytes / 1e6:.1f} MB")
     _CONSOLE.print(table)
+    for info in infos:
+        if info.error:
+            _CONSOLE.print(f"[red]{info.name}: {info.error}[/red]", soft_wrap=True)
+    problem = store.default_problem()
+    if problem:
+        _CONSOLE.print(f"[red]No default model: {problem}[/red]", soft_wrap=True)
+    elif not any(not info.builtin for info in infos):
+        _CONSOLE.print(f"No models installed in {store.root}; the built-in {BUILTIN_NAME} is used. "
+                       f"`mfface models install ict` installs the full ICT model.", soft_wrap=True)
 
 
 @models.command()
@@ -71,6 +80,9 @@ def list_models() -> None:
 def install(name: str, source: str | None, region: str | None, canonical_mesh: Path | None,
             sha256: str | None) -> None:
     """Import model NAME (ict, bfm2017, bfm2009) into the model store."""
+    from mfface.morphable.store import split_name
+
+    _user_errors(split_name, name, region)  # a bad name fails before anything is printed
     _CONSOLE.print(f"Installing {name} (importing takes a few seconds)...")
     info = _user_errors(_store().install, name, source=source, region=region,
                         canonical_mesh=canonical_mesh, sha256=sha256, progress=True)
@@ -87,9 +99,11 @@ def info(name: str) -> None:
     entry = _user_errors(_store().info, name)
     h = entry.header
     table = Table(show_header=False, box=None)
+    notes = [note for note, on in (("built in", entry.builtin), ("default", entry.is_default)) if on]
     rows = [
-        ("name", entry.name + (" (default)" if entry.is_default else "")),
-        ("file", f"{entry.path} ({entry.size_bytes / 1e6:.1f} MB)"),
+        ("name", entry.name + (f" ({', '.join(notes)})" if notes else "")),
+        ("file", f"{entry.path} ({entry.size_bytes / 1e6:.1f} MB"
+                 + (f", {h.get('storage')}" if h.get("storage") else "") + ")"),
         ("vertices / triangles", f"{h['n_vertices']} / {h['n_triangles']}"),
         ("identity / expression", f"{h['n_identity']} / {h['n_expression']}"),
         ("albedo", f"diffuse {h['albedo']['diffuse'] or 'none'}, specular "
@@ -108,14 +122,16 @@ def info(name: str) -> None:
 @models.command()
 @click.argument("name")
 def remove(name: str) -> None:
-    """Delete installed model NAME."""
-    _user_errors(_store().remove, name)
-    _CONSOLE.print(f"Removed {name}.")
+    """Delete installed model NAME (the built-in model cannot be removed)."""
+    store = _store()
+    _user_errors(store.remove, name)
+    after = store.default_name()
+    _CONSOLE.print(f"Removed {name}." + (f" The default model is {after}." if after else ""))
 
 
 @models.command()
 @click.argument("name")
 def default(name: str) -> None:
-    """Make installed model NAME the default."""
+    """Make model NAME (installed, or the built-in one) the default."""
     _user_errors(_store().set_default, name)
     _CONSOLE.print(f"Default model: {name}.")

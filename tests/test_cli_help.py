@@ -35,8 +35,10 @@ def test_doctor_reports_variant_versions_and_model(installed_ict) -> None:
     assert "ict" in result.output
 
 
-def test_doctor_says_how_to_install_a_model_when_none_is(tmp_path, monkeypatch) -> None:
+def test_doctor_names_the_built_in_model_when_none_is_installed(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MFFACE_HOME", str(tmp_path))
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output
-    assert "none (install one with `mfface models install ict`)" in " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert "ict-lite (built in" in output and "no model installed" in output
+    assert "`mfface models install ict` installs the full ICT model" in output

@@ -15,8 +15,10 @@ from conftest import data_file
 from mfface.morphable.format import (ModelFormatError, ModelSourceError, load_model_file,
                                      read_header, save_model)
 from mfface.morphable.model import AlbedoModel, MorphableModel
-from mfface.morphable.store import (DownloadError, ModelNotInstalledError, ModelStore,
-                                    default_root, download, split_name)
+from mfface.morphable.builtin import BUILTIN_NAME, N_IDENTITY
+from mfface.morphable.store import (BuiltinModelError, DownloadError, ModelNameError,
+                                    ModelNotInstalledError, ModelStore, default_root, download,
+                                    split_name)
 
 
 def tiny_model(name: str = "tiny", albedo: bool = True, v: int = 5) -> MorphableModel:
@@ -63,22 +65,101 @@ def test_damaged_model_files(tmp_path):
 
 def test_store_default_list_remove_load(tmp_path):
     store = ModelStore(tmp_path)
-    assert store.list() == [] and store.default_name() is None
-    with pytest.raises(ModelNotInstalledError, match="mfface models install ict"):
-        store.load()
+    assert [(i.name, i.builtin, i.is_default) for i in store.list()] == [(BUILTIN_NAME, True, True)]
+    assert store.default_name() == BUILTIN_NAME and not store.default_is_set()
+    assert store.load().name == BUILTIN_NAME  # nothing installed: the built-in model
     save_model(tiny_model("ict"), store.path("ict"))
     save_model(tiny_model("ict-narrow"), store.path("ict-narrow"))
     store.set_default("ict-narrow")
-    assert [i.name for i in store.list()] == ["ict", "ict-narrow"]
+    assert [i.name for i in store.list()] == [BUILTIN_NAME, "ict", "ict-narrow"]
     assert store.load().name == "ict-narrow" and store.info("ict-narrow").is_default
     (tmp_path / "broken.mfmodel").write_bytes(b"junk")
     assert [i.name for i in store.list() if i.error] == ["broken"]
     store.remove("ict-narrow")
-    assert store.default_name() is None
+    assert store.default_name() == BUILTIN_NAME and not store.default_is_set()
+    assert store.load().name == BUILTIN_NAME  # the default was removed: back to the built-in one
     with pytest.raises(ModelNotInstalledError, match="mfface models install ict --region narrow"):
         store.info("ict-narrow")
     with pytest.raises(ModelNotInstalledError, match="install it with `mfface models install ict`"):
         store.set_default("frobnicate")
+
+
+BAD_NAMES = ["../x", "../../evil/x", "/etc/passwd", "a/b", "a\\b", "..", ".", "", "ICT", "x.mfmodel",
+             "ict-", "-ict", "a-b-c", "ict\n", "~user"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_every_entry_point_checks_the_name_the_same_way(tmp_path, name):
+    """path, info, remove, set_default, load and install refuse a name that is not a plain store
+    name with one message; nothing outside (or inside) the store is touched."""
+    store = ModelStore(tmp_path / "store")
+    outside = tmp_path / "x.mfmodel"
+    outside.write_bytes(b"keep")
+    messages = set()
+    for call in (store.path, store.info, store.remove, store.set_default, store.load, store.install,
+                 split_name):
+        with pytest.raises(ModelNameError) as caught:
+            call(name)
+        messages.add(str(caught.value))
+    assert len(messages) == 1 and "invalid model name" in messages.pop()
+    assert outside.read_bytes() == b"keep" and not (tmp_path / "store").exists()
+    assert issubclass(ModelNameError, ValueError) and issubclass(ModelNameError, ModelNotInstalledError)
+
+
+def test_builtin_model_rules(tmp_path):
+    store = ModelStore(tmp_path)
+    with pytest.raises(BuiltinModelError, match="needs no install.*mfface models install ict"):
+        store.install(BUILTIN_NAME)
+    with pytest.raises(BuiltinModelError, match="cannot be removed"):
+        store.remove(BUILTIN_NAME)
+    info = store.info(BUILTIN_NAME)
+    assert info.builtin and info.is_default and info.header["n_identity"] == N_IDENTITY
+    # an installed model, then the built-in one chosen explicitly: it stays the default
+    save_model(tiny_model("ict"), store.path("ict"))
+    store.set_default("ict")
+    assert store.load().name == "ict"
+    store.set_default(BUILTIN_NAME)
+    assert store.default_is_set() and store.load().name == BUILTIN_NAME
+    assert [i.name for i in store.list() if i.is_default] == [BUILTIN_NAME]
+    # a store file with the built-in model's name is refused, not loaded instead of it
+    store.path(BUILTIN_NAME).write_bytes(store.path("ict").read_bytes())
+    for call in (store.load, store.info, store.set_default):
+        with pytest.raises(BuiltinModelError, match="has the name of the model built into mfface"):
+            call(BUILTIN_NAME)
+    assert [i.error is not None for i in store.list() if i.name == BUILTIN_NAME] == [False, True]
+    assert store.load("ict").name == "ict"
+
+
+def test_unusable_default_marker_is_named(tmp_path):
+    """Only the marker is wrong: the message says so and lists what is installed."""
+    store = ModelStore(tmp_path)
+    save_model(tiny_model("ict-narrow"), store.path("ict-narrow"))
+    for text, says in (("ict\n", "names 'ict', which is not installed"), ("", "is empty"),
+                       ("../../etc/passwd", "not a model name")):
+        (tmp_path / "default").write_text(text)
+        assert store.default_name() is None and not store.default_is_set()
+        with pytest.raises(ModelNotInstalledError) as caught:
+            store.load()
+        message = str(caught.value)
+        assert says in message and str(tmp_path / "default") in message
+        assert "installed: ict-narrow; built in: ict-lite" in message
+        assert "mfface models default NAME" in message and "no face model is installed" not in message
+    assert store.load("ict-narrow").name == "ict-narrow"  # a named model still loads
+
+
+def test_install_becomes_default_unless_one_is_set(tmp_path, monkeypatch):
+    def fake_import(source: Path, **options) -> MorphableModel:
+        return tiny_model("whatever", v=70)
+
+    monkeypatch.setitem(sys.modules, "mfface.morphable.basel2009",
+                        types.SimpleNamespace(import_bfm2009=fake_import))
+    store = ModelStore(tmp_path / "store")
+    assert store.install("bfm2009", source=tmp_path).is_default  # only the built-in one before
+    store.set_default(BUILTIN_NAME)
+    monkeypatch.setitem(sys.modules, "mfface.morphable.basel2017",
+                        types.SimpleNamespace(import_bfm2017=fake_import))
+    assert not store.install("bfm2017", source=tmp_path).is_default
+    assert store.default_name() == BUILTIN_NAME
 
 
 def test_root_follows_environment(monkeypatch, tmp_path):
@@ -172,8 +253,10 @@ def test_download_checks_sha256_and_length(tmp_path, loopback):
         download(f"{url}/hello.bin", tmp_path / "b", sha256="00" * 32)
     with pytest.raises(DownloadError, match="stopped after 10 of 1000 bytes"):
         download(f"{url}/short", tmp_path / "c")
-    with pytest.raises(DownloadError, match="could not download"):
+    with pytest.raises(DownloadError, match="could not download .*missing.bin .HTTP error 404"):
         download(f"{url}/missing.bin", tmp_path / "d")
+    with pytest.raises(DownloadError, match="could not save the download of .*hello.bin"):
+        download(f"{url}/hello.bin", tmp_path / "no_such_folder" / "e")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
@@ -190,3 +273,20 @@ def test_basel_models_take_no_region() -> None:
 
     with pytest.raises(ValueError, match="no selectable regions"):
         split_name("bfm2017", "narrow")
+
+
+def test_failed_download_names_the_url_not_the_temporary_file(tmp_path, loopback):
+    """A download that is not an ICT archive: the importer's message names the address."""
+    url, _ = loopback
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(ModelSourceError) as caught:
+        store.install("ict", source=f"{url}/hello.bin")
+    message = str(caught.value)
+    assert f"the file downloaded from {url}/hello.bin is damaged" in message
+    assert ".install-" not in message and str(tmp_path) not in message
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_unsupported_address_scheme(tmp_path):
+    with pytest.raises(ModelSourceError, match="mfface downloads http://, https:// and file://"):
+        ModelStore(tmp_path / "store").install("ict", source="ftp://example.com/ICT-FaceKit.zip")
