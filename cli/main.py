@@ -7,6 +7,7 @@ from mfface import __version__
 from mfface.cli.doctor import doctor
 from mfface.cli.fit import fit
 from mfface.cli.models import models
+from mfface.cli.prepare import prepare
 from mfface.cli.replay import replay
 
 
@@ -19,4 +20,5 @@ def cli() -> None:
 cli.add_command(doctor)
 cli.add_command(fit)
 cli.add_command(models)
+cli.add_command(prepare)
 cli.add_command(replay)
