@@ -37,21 +37,22 @@ import dataclasses
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-# Before torch is imported: its OpenMP threads must not spin and steal Dr.Jit's cores (see mfface/__init__).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# mfface sets torch's OpenMP wait policy on import (its spinning threads steal Dr.Jit's cores), so
+# it is imported before numpy and torch.
+import mfface  # noqa: F401,E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
-from mfface.fitting.state import FaceState, load_checkpoint
 from mfface.metrics import align_points, aligned_distances, psnr, ssim
-from mfface.texture_priors import resize_texture, sample_texture
+from mfface.forward import ForwardModel, RenderSettings
+from mfface.state import FaceState
+from mfface.textures import resize_texture, sample_texture
 
 GAMMA = 2.2
 EVAL_SEED = 4_000_000
@@ -60,12 +61,13 @@ QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations":
 
 def image_metrics(result: FitResult, state: FaceState, image: PreparedImage, spp: int) -> dict[str, float]:
     """PSNR, SSIM (display-referred, inside the skin mask) and the fitted coverage of the mask."""
-    render = result.render
     size = (result.config.render.texture_size,) * 2
     state = dataclasses.replace(state.item(0), **{name: resize_texture(getattr(state, name), size)
                                                   for name in ("diffuse", "specular", "roughness")})
+    settings = RenderSettings.from_config(result.config, result.targets.size, spp, EVAL_SEED)
     with torch.no_grad():   # textures at one size, so that the scene is not rebuilt per stage
-        rgb, coverage = render.render(state, render.vertices(state), state.diffuse, spp, EVAL_SEED)
+        out = result.forward(state, settings)
+    rgb, coverage = out.image, out.coverage
     shown = rgb[0].clamp(0, 1) ** (1 / GAMMA)
     photo = image.target.clamp(0, 1) ** (1 / GAMMA)
     mask = image.skin > 0.5
@@ -79,7 +81,8 @@ def landmark_error(result: FitResult, state: FaceState, reference: np.ndarray) -
     index = result.targets.landmark_index
     valid = (index >= 0).cpu().numpy()
     with torch.no_grad():
-        points = result.render.landmarks(state, result.render.vertices(state), index.clamp_min(0))
+        points = result.forward.landmarks(state, result.forward.vertices(state), index.clamp_min(0),
+                                          result.targets.size)
     return float(np.median(np.linalg.norm(points[0].cpu().numpy()[valid] - reference[valid], axis=1)))
 
 
@@ -92,30 +95,23 @@ def albedo_error(model, fitted: torch.Tensor, true: torch.Tensor, region: np.nda
     return {"albedo_mae": mae, "albedo_rel": mae / float(t.mean()), "albedo_scale": scale.tolist()}
 
 
-def staged_states(checkpoints: Path) -> dict[int, FaceState]:
-    return {s: load_checkpoint(checkpoints / f"stage{s}.npz")[0] for s in (1, 2, 3)
-            if (checkpoints / f"stage{s}.npz").is_file()}
-
-
 def fit_one(recon: Reconstructor, image: PreparedImage) -> tuple[FitResult, dict[int, FaceState], float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        result = recon.fit([image], checkpoint_dir=tmp)
-        seconds = time.perf_counter() - started
-        return result, staged_states(Path(tmp)), seconds
+    """Fit one image; (result, the state after each stage, seconds)."""
+    started = time.perf_counter()
+    result = recon.fit([image])
+    return result, result.stages, time.perf_counter() - started
 
 
 def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: int, eval_spp: int,
                   noise_px: float, first_seed: int) -> list[dict]:
-    from mfface.fitting.face_render import FaceRender
     from mfface.synthetic import random_face
 
     region = model.regions["skin"]
     recon = Reconstructor(model, config)
-    maker = FaceRender(model, size, config)
+    maker = ForwardModel(model)
     rows = []
     for seed in range(first_seed, first_seed + faces):
-        face = random_face(model, size, seed, spp=photo_spp, landmark_noise_px=noise_px, render=maker)
+        face = random_face(model, size, seed, spp=photo_spp, landmark_noise_px=noise_px, forward=maker)
         image = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, f"synthetic{seed}")
         result, states, seconds = fit_one(recon, image)
         truth = face.vertices.numpy()[region]

@@ -19,13 +19,12 @@ import resource
 import statistics
 import time
 
-import numpy as np
-
-# torch's OpenMP threads spin after each parallel region by default and take CPU from Dr.Jit's
-# kernels (measured: +0.13 CPU-s per fwd+bwd on 2 cores); libgomp reads this when torch loads.
-# Run with OMP_WAIT_POLICY=ACTIVE to see the default behaviour.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402 - after the OpenMP setting above
+# mfface sets torch's OpenMP wait policy to PASSIVE on import (its threads spin after each parallel
+# region by default and take CPU from Dr.Jit's kernels: +0.13 CPU-s per fwd+bwd on 2 cores), so it
+# is imported before numpy and torch. Run with OMP_WAIT_POLICY=ACTIVE to see the default behaviour.
+import mfface  # noqa: F401,E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402 - after mfface's OpenMP setting
 
 
 def ellipsoid(n_lat: int = 120, n_lon: int = 232, radii: tuple[float, float, float] = (75.0, 100.0, 85.0)

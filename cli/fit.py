@@ -280,7 +280,7 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
          landmark_file: Path | None, skip: tuple[int, ...], resume: Path | None, kwargs: dict) -> None:
     from mfface.backend import BackendError, select_variant, torch_device
     from mfface.fitting.pipeline import FitInputError, Reconstructor
-    from mfface.fitting.state import CheckpointError
+    from mfface.checkpoints import CheckpointError
     from mfface.images import ImageReadError
     from mfface.landmarks import LandmarkDetector, LandmarkFileError, NoFaceError
     from mfface.memory import ResourceError

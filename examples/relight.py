@@ -15,7 +15,7 @@ import torch
 
 from mfface.backend import select_variant, torch_device
 from mfface.figures import labelled_strip, to_display
-from mfface.fitting.face_render import FaceRender
+from mfface.forward import ForwardModel, RenderSettings
 from mfface.images import write_png
 from mfface.replay import load_fitted_face, replay_light
 from mfface.scenes.light_presets import preset_names
@@ -30,14 +30,14 @@ def main() -> None:
 
     select_variant()
     face = load_fitted_face(args.result, device=torch_device())
-    render = FaceRender(face.model, face.crop_size, face.config, torch_device())
+    forward = ForwardModel(face.model, torch_device())
+    settings = RenderSettings.from_config(face.config, face.crop_size, args.spp)
     gamma = face.config.input.gamma
     panels = []
     with torch.no_grad():
-        vertices = render.vertices(face.state)
         for light in ("fitted", *preset_names()):
             state = dataclasses.replace(face.state, sh=replay_light(face.state, light))
-            image, _ = render.render(state, vertices, state.diffuse, args.spp, seed=0)
+            image = forward(state, settings).image
             panels.append((light, to_display(image[0].cpu().numpy(), gamma)))
     write_png(args.out_png, labelled_strip(panels, face.crop_size), gamma=None)
     print(f"wrote {args.out_png}: {', '.join(name for name, _ in panels)}")

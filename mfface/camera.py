@@ -58,7 +58,12 @@ def euler_from_matrix(rotation: torch.Tensor) -> torch.Tensor:
     """
     _check_last("rotation", rotation, (3, 3))
     r0 = torch.as_tensor(R0, dtype=rotation.dtype, device=rotation.device)
-    h = r0 @ rotation  # R0 is its own inverse
+    return euler_from_head(r0 @ rotation)  # R0 is its own inverse
+
+
+def euler_from_head(h: torch.Tensor) -> torch.Tensor:
+    """Inverse of `head_rotation`: (B, 3, 3) head rotations -> (B, 3) (yaw, pitch, roll) rad."""
+    _check_last("rotation", h, (3, 3))
     pitch = torch.asin((-h[..., 1, 2]).clamp(-1.0, 1.0))
     yaw = torch.atan2(h[..., 0, 2], h[..., 2, 2])
     roll = torch.atan2(h[..., 1, 0], h[..., 1, 1])

@@ -1,6 +1,6 @@
 """Every setting of `mfface fit` in one dataclass tree, readable from TOML and settable from the CLI.
 
-`FitConfig` has one section per part of the pipeline ([input], [render], [light], [stage1],
+`FitConfig` has one section per part of the pipeline ([input], [render], [light], [landmarks], [stage1],
 [stage2], [stage3]); each field has a documented default (NextFace's where it has one: its
 `config.py`/`optimizer.py`, see DESIGN.md) and a help text in its metadata. A TOML file sets any
 subset:
@@ -70,6 +70,14 @@ class LightConfig:
 
 
 @dataclass
+class LandmarkConfig:
+    """The landmark loss, the same in every stage that uses it (and in training)."""
+    robust_scale: float = _f(4.0, "Px where the landmark loss turns from squared to linear (Huber); "
+                             "0 = plain mean squared error.", 0.0, 1000.0)
+    contour_weight: float = _f(0.3, "Weight of face-outline landmarks, which slide with head pose.", 0.0, 1.0)
+
+
+@dataclass
 class Stage1Config:
     """Stage 1: pose, expression and focal from 2D landmarks (no rendering)."""
     iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0, 1_000_000)
@@ -81,9 +89,6 @@ class Stage1Config:
     identity_components: int = _f(40, "Leading identity components fitted in stage 1.", 0, 10000)
     fit_focal: bool = _f(True, "Estimate the focal length (else keep `focal`, or the PnP one).")
     focal: float = _f(0.0, "Known focal length in px; 0 = unknown (searched by PnP).", 0.0)
-    robust_scale: float = _f(4.0, "Landmark loss: px where the loss turns from squared to linear (Huber); "
-                             "0 = plain mean squared error.", 0.0)
-    contour_weight: float = _f(0.3, "Weight of jaw-contour landmarks, which slide with head pose.", 0.0)
 
 
 @dataclass
@@ -122,7 +127,6 @@ class Stage3Config:
     iterations: int = _f(60, "Per-texel iterations (NextFace: 100).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
-    landmark_weight: float = _f(0.001, "Weight of the landmark loss (px^2).", 0.0)
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
     diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0, 10.0)
     specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "
@@ -150,6 +154,7 @@ class FitConfig:
     input: InputConfig = field(default_factory=InputConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     light: LightConfig = field(default_factory=LightConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
@@ -221,6 +226,13 @@ def apply_overrides(config: FitConfig, overrides: dict[str, Any]) -> FitConfig:
     return FitConfig(**sections)
 
 
+# Keys of earlier versions, so that their files (a result's config.toml) still load: moved keys
+# are read at their new place, retired ones (which had no effect) are dropped.
+MOVED_KEYS = {"stage1.robust_scale": "landmarks.robust_scale",
+              "stage1.contour_weight": "landmarks.contour_weight"}
+RETIRED_KEYS = frozenset({"stage3.landmark_weight"})
+
+
 def config_from_dict(data: dict[str, Any], source: str = "the config") -> FitConfig:
     """FitConfig from {section: {key: value}} (a parsed TOML file); missing keys keep defaults."""
     overrides = {}
@@ -230,7 +242,10 @@ def config_from_dict(data: dict[str, Any], source: str = "the config") -> FitCon
                               f"{', '.join(_sections())}.")
         if not isinstance(table, dict):
             raise ConfigError(f"{section} in {source} must be a [{section}] table, not a value.")
-        overrides.update({f"{section}.{k}": v for k, v in table.items()})
+        for key, value in table.items():
+            dotted = f"{section}.{key}"
+            if dotted not in RETIRED_KEYS:
+                overrides[MOVED_KEYS.get(dotted, dotted)] = value
     return apply_overrides(FitConfig(), overrides)
 
 

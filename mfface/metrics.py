@@ -17,6 +17,21 @@ import torch
 import torch.nn.functional as F
 
 
+def similarity_transform(src: np.ndarray, dst: np.ndarray,
+                         scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares s, R (a rotation, never a reflection) and t with dst ~ s R src + t (Umeyama
+    1991) for point sets (N, D); s = 1 when not `scale` (rigid)."""
+    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.ones(len(sigma))
+    d[-1] = np.sign(np.linalg.det(u @ vt)) or 1.0
+    rotation = (u * d) @ vt
+    s = float((sigma * d).sum() / (a ** 2).sum(1).mean()) if scale else 1.0
+    return s, rotation, mu_d - s * rotation @ mu_s
+
+
 def align_points(fitted: np.ndarray, true: np.ndarray, scale: bool = False) -> tuple[np.ndarray, float]:
     """`fitted` (N, 3) mapped onto `true` (N, 3) by the least-squares rigid (or similarity) transform.
 
@@ -27,12 +42,8 @@ def align_points(fitted: np.ndarray, true: np.ndarray, scale: bool = False) -> t
     if fitted.shape != true.shape or fitted.ndim != 2 or fitted.shape[1] != 3 or len(fitted) < 3:
         raise ValueError(f"align_points needs two (N, 3) point sets with N >= 3, got {fitted.shape} "
                          f"and {true.shape}.")
-    a, b = fitted - fitted.mean(0), true - true.mean(0)
-    u, s, vt = np.linalg.svd(a.T @ b)
-    sign = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rotation = (u * sign) @ vt
-    k = float((s * sign).sum() / (a * a).sum()) if scale else 1.0
-    return k * a @ rotation + true.mean(0), k
+    k, rotation, translation = similarity_transform(fitted, true, scale)
+    return k * fitted @ rotation.T + translation, k
 
 
 def aligned_distances(fitted: np.ndarray, true: np.ndarray, scale: bool = False) -> np.ndarray:

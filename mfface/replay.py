@@ -26,11 +26,13 @@ from mfface.atomic import atomic_path
 from mfface.camera import head_rotation, to_camera
 from mfface.config import ConfigError, FitConfig, load_config
 from mfface.figures import to_display
-from mfface.fitting.state import Checkpoint, CheckpointError, FaceState, check_state, load_checkpoint
+from mfface.checkpoints import Checkpoint, CheckpointError, check_state, load_checkpoint
+from mfface.forward import ForwardModel, RenderSettings
 from mfface.morphable.model import MorphableModel
 from mfface.outputs import RESULT_FORMAT
 from mfface.scenes.light_presets import UnknownPresetError, exposure, preset_names, preset_sh
 from mfface.sh import bands_of
+from mfface.state import FaceState
 
 FITTED = "fitted"
 GIF_NAME = "turntable.gif"
@@ -236,12 +238,11 @@ def render_turntable(face: FittedFace, settings: ReplaySettings,
     Calls `on_frame(k + 1, N)` after frame k. Needs the Mitsuba variant selected
     (`mfface.backend.select_variant`).
     """
-    from mfface.fitting.face_render import FaceRender
-
     settings.check()
     size = settings.size or face.crop_size
     state = face.state
-    render = FaceRender(face.model, size, face.config, state.focal.device)
+    forward = ForwardModel(face.model, state.focal.device)
+    render_settings = RenderSettings.from_config(face.config, size, settings.spp, settings.seed)
     zoom = size / face.crop_size
     shown = dataclasses.replace(state, focal=state.focal * zoom, sh=replay_light(state, settings.light),
                                 principal=None if state.principal is None else state.principal * zoom)
@@ -250,7 +251,7 @@ def render_turntable(face: FittedFace, settings: ReplaySettings,
         model_vertices = face.model.vertices(state.identity, state.expression)
         for k, yaw in enumerate(yaw_offsets(settings.frames, settings.yaw_range).tolist()):
             vertices = turned_vertices(model_vertices, state, yaw)
-            rgb, _ = render.render(shown, vertices, state.diffuse, settings.spp, settings.seed)
+            rgb, _ = forward.render(shown, render_settings, vertices)
             frames.append(to_display(rgb[0].cpu().numpy(), face.config.input.gamma))
             if on_frame is not None:
                 on_frame(k + 1, settings.frames)

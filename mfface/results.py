@@ -28,11 +28,14 @@ from mfface.atomic import atomic_dir
 from mfface.camera import rotation_matrix
 from mfface.config import to_toml
 from mfface.figures import draw_landmarks, labelled_strip, loss_curves_png, overlay, to_display
+from mfface.checkpoints import save_checkpoint
 from mfface.fitting.pipeline import FitResult
-from mfface.fitting.state import FaceState, save_checkpoint
+from mfface.forward import RenderSettings
 from mfface.images import write_png
 from mfface.morphable.export import write_glb, write_obj
+from mfface.objectives import photometric_loss
 from mfface.outputs import RESULT_FORMAT, check_target
+from mfface.state import FaceState
 from mfface.scenes.exr import write_exr
 
 CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z, +x image right, "
@@ -111,23 +114,21 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
     out_dir = Path(out_dir)
     cfg = result.config
     gamma = cfg.input.gamma
-    render = result.render
+    forward = result.forward
     model = result.model
+    settings = RenderSettings.from_config(cfg, result.targets.size, cfg.render.final_spp, FINAL_SEED)
     folders = []
     for b, image in enumerate(result.images):
         state = result.state.item(b)
         with torch.no_grad():
-            vertices = render.vertices(state)
-            rgb, coverage = render.render(state, vertices, state.diffuse, cfg.render.final_spp,
-                                          FINAL_SEED)
-            fitted_lm = render.landmarks(state, vertices, result.targets.landmark_index.clamp_min(0))
+            out = forward(state, settings, result.targets.landmark_index.clamp_min(0))
             model_vertices = model.vertices(state.identity, state.expression)[0]
-            envmap = render.envmap(state.sh)[0]
-        rgb, coverage = rgb[0].cpu().numpy(), coverage[0].cpu().numpy()
+            envmap = forward.envmap(state.sh, cfg.light.envmap_height)[0]
+            l1 = float(photometric_loss(out.image, out.coverage, image.target[None].to(out.image.device),
+                                        image.skin[None].to(out.image.device)))
+        rgb, coverage = out.image[0].cpu().numpy(), out.coverage[0].cpu().numpy()
+        fitted_lm = out.landmarks
         target = image.target.numpy()
-        skin = image.skin.numpy()
-        weight = (coverage * skin)[..., None]
-        l1 = float((weight * np.abs(rgb - target)).sum() / max(3.0 * weight.sum(), 1.0))
         maps = {n: getattr(state, n)[0].cpu().numpy() for n in ("diffuse", "specular", "roughness")}
         env = envmap.cpu().numpy()
         valid = result.targets.landmark_index.cpu().numpy() >= 0

@@ -211,16 +211,6 @@ def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     return torch.einsum("hwn,hw,...hwc->...nc", basis, omega, envmap)
 
 
-def sh_energy(coeffs: torch.Tensor) -> torch.Tensor:
-    """Mean squared SH coefficient (scalar): NextFace's light regulariser (weight 1e-4 there).
-
-    By Parseval, sum(c**2) is the integral of the squared radiance over the sphere, so this
-    penalises light energy, mostly the ringing high bands that explain albedo detail wrongly.
-    """
-    _check_coeffs(coeffs)
-    return coeffs.pow(2).mean()
-
-
 def initial_coefficients(bands: int = 9, ambient: float = 1.0, batch: int | None = None,
                          dtype: torch.dtype = torch.float32,
                          device: torch.device | str | None = None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 `random_face(model, size, seed)` draws (with a seeded torch.Generator, so a seed always gives the
 same face) an identity, a sparse expression, a head pose, a focal length and distance, a smooth
 skin-like diffuse texture, constant specular and roughness and a spherical-harmonics light, and
-renders them with the fitting's own forward model (`mfface.fitting.face_render.FaceRender`) over a
+renders them with the fitting's own forward model (`mfface.forward.ForwardModel`) over a
 grey gradient background. The photo is gamma-encoded (2.2) like a file read from disk, so
 `mfface.fitting.pipeline.prepare_photo(face.photo, face.landmarks, 'mediapipe478', config, name)`
 linearises it back to the rendered radiance.
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mfface.camera import project, to_camera
+from mfface.camera import to_camera
 from mfface.config import FitConfig
-from mfface.fitting.face_render import FaceRender
-from mfface.fitting.state import FaceState
+from mfface.forward import ForwardModel, RenderSettings
 from mfface.morphable.model import MorphableModel
 from mfface.sh import envmap_directions, envmap_to_sh
+from mfface.state import FaceState
 
 GAMMA = 2.2
 RIGHT_IRIS = range(468, 473)
@@ -154,7 +154,7 @@ def random_face(model: MorphableModel, size: int, seed: int, *, spp: int = 64,
                 max_roll_deg: float = 8.0, fill: tuple[float, float] = (0.6, 0.7),
                 focal_range: tuple[float, float] = (1.2, 3.0), landmark_noise_px: float = 0.0,
                 texture_size: int | None = None, device: torch.device | str = "cpu",
-                render: FaceRender | None = None) -> SyntheticFace:
+                forward: ForwardModel | None = None) -> SyntheticFace:
     """Render a random face of `model` into a `size` x `size` photo; deterministic per `seed`.
 
     identity ~ N(0, identity_scale^2) on the first `identity_components` components; 1-3
@@ -163,8 +163,8 @@ def random_face(model: MorphableModel, size: int, seed: int, *, spp: int = 64,
     shifted up to 5% of the image from its centre; specular U(0.03, 0.06) and roughness U(0.3, 0.5)
     uniform over the face; light from `random_light`; textures `texture_size` (default: the
     model's) square. Rendered at `spp` samples with direct light (FitConfig's render settings).
-    `landmark_noise_px` adds N(0, noise^2) to each landmark coordinate. `render` (a FaceRender for
-    this model and size) reuses an existing Mitsuba scene instead of building one per call.
+    `landmark_noise_px` adds N(0, noise^2) to each landmark coordinate. `forward` (a ForwardModel
+    of this model) reuses its Mitsuba scenes instead of building one per call.
     """
     if size < 16:
         raise ValueError(f"size={size} px is too small for a face; use at least 16.")
@@ -195,15 +195,14 @@ def random_face(model: MorphableModel, size: int, seed: int, *, spp: int = 64,
     state = FaceState(identity=identity, expression=expression, euler=euler, translation=translation,
                       focal=torch.tensor([focal]), sh=sh, diffuse=diffuse, specular=specular,
                       roughness=roughness).to(device)
-    if render is None:
-        render = FaceRender(model, size, config, device)
-    elif render.size != size or render.model is not model:
-        raise ValueError(f"the FaceRender passed is for {render.size} px images of model "
-                         f"{render.model.name!r}; pass one made for this model and size={size}.")
+    if forward is None:
+        forward = ForwardModel(model, device)
+    elif forward.model is not model:
+        raise ValueError(f"the ForwardModel passed is for model {forward.model.name!r}; pass one "
+                         f"made for {model.name!r}.")
     with torch.no_grad():
-        cam = render.vertices(state)
-        image, coverage = render.render(state, cam, state.diffuse, spp, seed)
-        points = project(cam[:, index.clamp_min(0).to(device)], state.focal, size, size)[0].cpu()
+        out = forward(state, RenderSettings.from_config(config, size, spp, seed), index.clamp_min(0).to(device))
+        image, coverage, points = out.image, out.coverage, out.landmarks[0].cpu()
     points = _fill_uncovered(points, index)
     linear = image[0].cpu() + (1.0 - coverage[0].cpu())[..., None] * background(g, size)
     photo = linear.clamp(0.0, 1.0) ** (1.0 / GAMMA)

@@ -1,10 +1,11 @@
-"""Texture-space regularisers of the photometric stages: symmetry, smoothness, consistency, range.
+"""Texture maps as torch tensors: lookup at UVs, resampling, and mirror points on the surface.
 
 Textures are (B, H, W, C) tensors, row 0 at the top; UVs follow the model convention (v = 0 at the
-texture bottom). Symmetry is measured on the surface, not by flipping the texture image: points
-drawn on random triangles are compared with the same barycentric point on the mirror triangle
-(`MorphableModel.symmetry` maps each vertex to its partner). This holds for any UV layout, also
-ones that are not mirror-symmetric in u, which NextFace's horizontal flip assumes.
+texture bottom). Mirror points serve the symmetry prior (`mfface.objectives.symmetry_loss`), which
+is measured on the surface, not by flipping the texture image: points drawn on random triangles
+are compared with the same barycentric point on the mirror triangle (`MorphableModel.symmetry`
+maps each vertex to its partner). This holds for any UV layout, also ones that are not
+mirror-symmetric in u, which NextFace's horizontal flip assumes.
 """
 from __future__ import annotations
 
@@ -50,35 +51,6 @@ class MirrorSampler:
         r[flip] = 1.0 - r[flip]
         bary = torch.stack([1.0 - r[:, 0] - r[:, 1], r[:, 0], r[:, 1]], dim=1)[:, :, None]
         return (bary * self.corner_uv[faces]).sum(1), (bary * self.mirror_uv[faces]).sum(1)
-
-
-def symmetry_loss(texture: torch.Tensor, uv: torch.Tensor, mirror_uv: torch.Tensor) -> torch.Tensor:
-    """Mean L1 difference between the texture at points and at their mirror points."""
-    return (sample_texture(texture, uv) - sample_texture(texture, mirror_uv)).abs().mean()
-
-
-def smoothness_loss(texture: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring texels (anisotropic total variation)."""
-    dx = (texture[:, :, 1:] - texture[:, :, :-1]).abs().mean()
-    dy = (texture[:, 1:] - texture[:, :-1]).abs().mean()
-    return dx + dy
-
-
-def range_loss(texture: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Mean squared distance of texels outside [low, high] to the interval (0 inside it)."""
-    return (F.relu(low - texture) ** 2 + F.relu(texture - high) ** 2).mean()
-
-
-def chromaticity(texture: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """RGB divided by its channel sum: colour without brightness."""
-    return texture / (texture.sum(dim=-1, keepdim=True) + eps)
-
-
-def consistency_loss(texture: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean L1 difference of chromaticity to a reference texture (stage 3 vs. stage 2's albedo)."""
-    if reference.shape[1:3] != texture.shape[1:3]:
-        reference = resize_texture(reference, texture.shape[1:3])
-    return (chromaticity(texture) - chromaticity(reference)).abs().mean()
 
 
 def resize_texture(texture: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mfface.landmarks import MEDIAPIPE_FACE_OVAL, MEDIAPIPE_TO_IBUG68
+from mfface.metrics import similarity_transform
 from mfface.morphable.model import MorphableModel
 
 N_MEDIAPIPE = 478
@@ -55,17 +56,6 @@ def read_canonical_mesh(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} has {len(rows)} vertices, not MediaPipe's {N_CANONICAL}; pass "
                          f"mediapipe's canonical_face_model.obj.")
     return vertices * 10.0
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares scale s, rotation R (no reflection) and t with dst ~ s R src + t (Umeyama)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, sigma, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    rotation = u @ d @ vt
-    scale = float(np.trace(np.diag(sigma) @ d) / (a ** 2).sum(1).mean())
-    return scale, rotation, mu_d - scale * rotation @ mu_s
 
 
 def contour_subset(indices: np.ndarray, positions: Iterable[int]) -> np.ndarray:

@@ -92,7 +92,7 @@ class FaceRenderer:
         params[fs.ENVMAP] = envmap
         cam = dr.detach(camera.array)
         f, cx, cy = (dr.gather(mi.Float, cam, i) for i in range(3))
-        params[fs.X_FOV] = dr.rad2deg(2.0 * dr.atan(self.width / (2.0 * f)))
+        params[fs.X_FOV] = fs.focal_to_x_fov(f, self.width)
         params[fs.PRINCIPAL_X] = (0.5 * self.width - cx) / self.width
         params[fs.PRINCIPAL_Y] = (0.5 * self.height - cy) / self.height
         params.update()

@@ -23,6 +23,7 @@ A scene is built once per `SceneSpec` and then changed only through `mi.traverse
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import drjit as dr
@@ -72,9 +73,12 @@ def check_spec(spec: SceneSpec) -> None:
         raise ValueError(f"max_depth={spec.max_depth} renders no light; use 2 (direct light) or more.")
 
 
-def focal_to_x_fov(focal: float, width: int) -> float:
-    """Horizontal field of view in degrees of a pinhole with `focal` pixels over `width` pixels."""
-    return float(np.degrees(2.0 * np.arctan(width / (2.0 * focal))))
+def focal_to_x_fov(focal, width: int):
+    """Horizontal field of view in degrees, 2 atan(width / (2 focal)), of a pinhole with `focal`
+    pixels over `width` pixels; `focal` a Python float, or a Dr.Jit Float inside a traced render."""
+    if dr.is_array_v(focal):
+        return dr.rad2deg(2.0 * dr.atan(width / (2.0 * focal)))
+    return math.degrees(2.0 * math.atan(width / (2.0 * focal)))
 
 
 def envmap_with_halo(envmap: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# As mfface/__init__.py does, but before any test module imports torch: torch's spinning OpenMP
-# threads made a 0.6 s stage-1 fit take 17-21 s on a loaded 2-core machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# mfface sets torch's OpenMP wait policy on import, so it must load before any test module imports
+# torch: spinning OpenMP threads made a 0.6 s stage-1 fit take 17-21 s on a loaded 2-core machine.
+import mfface  # noqa: F401,E402
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

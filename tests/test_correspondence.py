@@ -6,9 +6,9 @@ import pytest
 
 from conftest import data_file
 from mfface.landmarks import MEDIAPIPE_TO_IBUG68
+from mfface.metrics import similarity_transform
 from mfface.morphable.correspondence import (MEDIAPIPE_CONTOUR, mediapipe_correspondence,
-                                             mediapipe_from_ibug68, read_canonical_mesh,
-                                             similarity_transform)
+                                             mediapipe_from_ibug68, read_canonical_mesh)
 from mfface.morphable.ict import mediapipe_table
 from mfface.morphable.model import MorphableModel
 

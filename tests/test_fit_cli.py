@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import data_file
 from mfface.cli.main import cli
 from mfface.config import load_config
-from mfface.fitting.state import load_checkpoint
+from mfface.checkpoints import load_checkpoint
 
 # Tiny settings: 48 px crops, 1-2 spp, a handful of iterations; what is checked is the plumbing.
 TINY = ["--input-max-resolution", "48", "--stage1-iterations", "20", "--stage2-iterations", "4",

@@ -1,4 +1,4 @@
-"""Unit tests of the fitting's parts: texture priors, skin mask, photometric loss, checkpoints."""
+"""Unit tests of the fitting's parts: texture lookup, skin mask, integrator setting, checkpoints."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from conftest import data_file
+from mfface.checkpoints import CheckpointError, CheckpointOwner, load_checkpoint, save_checkpoint
 from mfface.config import FitConfig, apply_overrides
-from mfface.fitting.face_render import FaceRender, photometric_loss
-from mfface.fitting.state import (CheckpointError, CheckpointOwner, FaceState, load_checkpoint,
-                                  save_checkpoint)
+from mfface.forward import ForwardModel, RenderSettings
 from mfface.masks import skin_mask
-from mfface.texture_priors import (MirrorSampler, consistency_loss, range_loss, sample_texture,
-                                   smoothness_loss, symmetry_loss)
+from mfface.state import FaceState
+from mfface.textures import sample_texture
 
 
 def test_sample_texture_puts_v0_at_the_bottom_row() -> None:
@@ -24,52 +23,6 @@ def test_sample_texture_puts_v0_at_the_bottom_row() -> None:
     values = sample_texture(texture, torch.tensor([[0.5, 0.99], [0.5, 0.01]]))
     assert torch.allclose(values[0, 0], torch.tensor([1.0, 0.0, 0.0]))
     assert torch.allclose(values[0, 1], torch.tensor([0.0, 1.0, 0.0]))
-
-
-def _mirrored_quad() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two triangles mirrored across u = 0.5; vertex i's partner is its mirror."""
-    uvs = np.array([[0.1, 0.2], [0.4, 0.2], [0.4, 0.8], [0.9, 0.2], [0.6, 0.2], [0.6, 0.8]])
-    return np.array([[0, 1, 2], [3, 5, 4]]), uvs, np.array([3, 4, 5, 0, 1, 2])
-
-
-def test_mirror_pairs_are_mirror_images_and_symmetry_loss_sees_asymmetry() -> None:
-    triangles, uvs, symmetry = _mirrored_quad()
-    sampler = MirrorSampler(triangles, uvs, symmetry)
-    uv, mirror = sampler.sample(500, torch.Generator().manual_seed(1))
-    assert torch.allclose(mirror[:, 0], 1.0 - uv[:, 0], atol=1e-6)
-    assert torch.allclose(mirror[:, 1], uv[:, 1], atol=1e-6)
-    u = torch.linspace(0, 1, 32)
-    symmetric = (u - 0.5).abs().expand(32, 32)[None, :, :, None].expand(1, 32, 32, 3)
-    lopsided = u.expand(32, 32)[None, :, :, None].expand(1, 32, 32, 3)
-    assert symmetry_loss(symmetric, uv, mirror) < 0.01
-    assert symmetry_loss(lopsided, uv, mirror) > 0.1
-
-
-def test_smoothness_range_and_consistency() -> None:
-    flat = torch.full((1, 16, 16, 3), 0.5)
-    noisy = flat + 0.1 * torch.randn(1, 16, 16, 3, generator=torch.Generator().manual_seed(0))
-    assert smoothness_loss(flat) == 0 and smoothness_loss(noisy) > 0.05
-    assert range_loss(flat, 0.0, 1.0) == 0
-    assert range_loss(torch.full((1, 2, 2, 1), 1.5), 0.0, 1.0) == pytest.approx(0.25)
-    # Consistency compares colour, not brightness: a darker copy is consistent, a bluer one is not.
-    assert consistency_loss(0.5 * noisy.clamp(0.01), noisy.clamp(0.01)) < 1e-3
-    bluer = noisy.clone()
-    bluer[..., 2] += 0.3
-    assert consistency_loss(bluer, noisy) > 0.02
-
-
-def test_photometric_loss_is_the_mean_l1_inside_the_mask() -> None:
-    target = torch.zeros(1, 4, 4, 3)
-    image = torch.zeros(1, 4, 4, 3)
-    image[0, :2] = 0.3           # error 0.3 on the top half
-    coverage = torch.ones(1, 4, 4)
-    skin = torch.zeros(1, 4, 4)
-    skin[0, :2] = 1.0
-    assert float(photometric_loss(image, coverage, target, skin)) == pytest.approx(0.3)
-    skin[0] = 1.0                # half the counted pixels are now right
-    assert float(photometric_loss(image, coverage, target, skin)) == pytest.approx(0.15)
-    coverage[0, :2] = 0.0        # the wrong pixels are not rendered: they do not count
-    assert float(photometric_loss(image, coverage, target, skin)) == 0.0
 
 
 def test_skin_mask_covers_the_face_but_not_eyes_or_background() -> None:
@@ -92,7 +45,8 @@ def test_skin_mask_covers_the_face_but_not_eyes_or_background() -> None:
 
 def test_integrator_setting_reaches_the_renderer(ict) -> None:
     config = apply_overrides(FitConfig(), {"render.integrator": "prb_projective"})
-    assert FaceRender(ict, 32, config).renderer.settings["integrator"] == "prb_projective"
+    settings = RenderSettings.from_config(config, 32, 1)
+    assert ForwardModel(ict).renderer(settings).settings["integrator"] == "prb_projective"
 
 
 def _state(batch: int = 2) -> FaceState:

@@ -8,9 +8,9 @@ import torch
 
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.pipeline import Reconstructor, prepare_photo
-from mfface.fitting.state import load_checkpoint
 from mfface.synthetic import random_face
-from mfface.texture_priors import resize_texture
+from mfface.forward import RenderSettings
+from mfface.textures import resize_texture
 
 SIZE = 96
 SETTINGS = {"input.max_resolution": SIZE, "stage2.iterations": 30, "stage2.geometry_start": 10,
@@ -23,9 +23,8 @@ def fit(ict, variant, tmp_path_factory):
     face = random_face(ict, SIZE, seed=3, spp=16, landmark_noise_px=0.5, max_yaw_deg=20.0)
     config = apply_overrides(FitConfig(), SETTINGS)
     prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, "synthetic")
-    checkpoints = tmp_path_factory.mktemp("checkpoints")
-    result = Reconstructor(ict, config).fit([prepared], checkpoint_dir=checkpoints)
-    result.start = load_checkpoint(checkpoints / "stage1.npz")[0]
+    result = Reconstructor(ict, config).fit([prepared])
+    result.start = result.stages[1]
     return face, prepared, result
 
 
@@ -36,7 +35,8 @@ def skin_psnr(result, state, spp: int = 32) -> float:
         state = dataclasses.replace(state, diffuse=diffuse,
                                     specular=resize_texture(state.specular, diffuse.shape[1:3]),
                                     roughness=resize_texture(state.roughness, diffuse.shape[1:3]))
-        image, coverage = result.render.render(state, result.render.vertices(state), state.diffuse, spp, 99)
+        out = result.forward(state, RenderSettings.from_config(result.config, result.targets.size, spp, 99))
+        image, coverage = out.image, out.coverage
     inside = (coverage * result.targets.skin)[0] > 0.99
     mse = ((image[0] - result.targets.images[0])[inside] ** 2).mean()
     return float(10 * torch.log10(1.0 / mse))
@@ -78,7 +78,7 @@ def test_rendered_fit_matches_the_photo(fit) -> None:
     print(f"skin PSNR: start {before:.2f} dB, fit {after:.2f} dB")
     assert after > before + 3.0 and after > 24.0  # measured: 20.1 -> 25.2 dB
     with torch.no_grad():
-        vertices = result.render.vertices(result.state)
-        landmarks = result.render.landmarks(result.state, vertices, result.targets.valid_landmarks()[1])
+        landmarks = result.forward(result.state, RenderSettings(result.targets.size, spp=1),
+                                   result.targets.valid_landmarks()[1]).landmarks
     error = (landmarks[0] - result.targets.valid_landmarks()[0][0]).norm(dim=-1)
     assert float(error.median()) < 1.5  # px, at 96 px with 0.5 px landmark noise

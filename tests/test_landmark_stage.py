@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -73,15 +72,12 @@ def test_recovers_pose_focal_expression():
     model = synthetic_model()
     euler, translation, focal, expression, _ = _truth(2)
     target = render_landmarks(model, euler, translation, focal, expression)
-    start = time.perf_counter()
     result = fit_landmarks(model, target, torch.from_numpy(model.landmarks["mediapipe478"]), WIDTH, HEIGHT,
                            Stage1Config(fit_identity=False))
-    elapsed = time.perf_counter() - start
     _check_pose(result, euler, translation, focal)
     assert (result.expression - expression).abs().mean() < 0.3
     assert result.identity is None
     assert len(result.losses) == Stage1Config().iterations and result.losses[-1] < result.losses[0]
-    assert elapsed < 10.0  # ~0.6 s on an idle 2-core machine; CI machines are shared
 
 
 def test_shared_identity_over_three_images():
@@ -134,22 +130,3 @@ def test_bad_inputs():
         fit_landmarks(model, torch.zeros(478, 2), index, WIDTH, HEIGHT, Stage1Config())
     with pytest.raises(ValueError, match="at least 6 landmarks"):
         fit_landmarks(model, torch.zeros(1, 478, 2), torch.full((478,), -1), WIDTH, HEIGHT, Stage1Config())
-
-
-def test_priors_and_landmark_loss():
-    from mfface.priors import CONTOUR_LANDMARKS, landmark_loss, landmark_weights, statistical_prior
-
-    assert statistical_prior(torch.tensor([[1.0, 3.0]])) == 5.0
-    assert statistical_prior(torch.tensor([[2.0]]), torch.tensor([4.0])) == 1.0
-    target = torch.zeros(1, 2, 2)
-    near = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])
-    far = torch.tensor([[[10.0, 0.0], [0.0, 0.0]]])
-    assert landmark_loss(near, target) == 4.5  # mean of 9 and 0
-    assert landmark_loss(near, target, robust_scale=4.0) == 4.5  # inside the quadratic zone
-    assert landmark_loss(far, target, robust_scale=4.0) == (2 * 4 * 10 - 16) / 2  # linear beyond 4 px
-    weights = landmark_weights("ibug68", 68, 0.25)
-    assert weights[:17].eq(0.25).all() and weights[17:].eq(1.0).all()
-    assert landmark_loss(far, target, torch.tensor([0.0, 1.0])) == 0.0
-    import mediapipe as mp
-    oval = sorted({i for edge in mp.solutions.face_mesh.FACEMESH_FACE_OVAL for i in edge})
-    assert list(CONTOUR_LANDMARKS["mediapipe478"]) == oval

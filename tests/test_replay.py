@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from mfface.camera import to_camera
 from mfface.cli.main import cli
 from mfface.config import FitConfig, to_toml
-from mfface.fitting.state import CheckpointOwner, FaceState, save_checkpoint
+from mfface.checkpoints import CheckpointOwner, save_checkpoint
+from mfface.state import FaceState
 from mfface.replay import (ReplayError, ReplaySettings, head_centre, load_fitted_face,
                            render_turntable, replay_light, turned_vertices, yaw_offsets)
 from mfface.scenes.light_presets import exposure, irradiance, preset_names, preset_sh

@@ -12,24 +12,23 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def render(ict, variant):
-    from mfface.config import FitConfig
-    from mfface.fitting.face_render import FaceRender
+    from mfface.forward import ForwardModel
 
-    return FaceRender(ict, SIZE, FitConfig())
+    return ForwardModel(ict)
 
 
 @pytest.fixture(scope="module")
 def face(ict, render):
     from mfface.synthetic import random_face
 
-    return random_face(ict, SIZE, 3, spp=64, texture_size=64, render=render)
+    return random_face(ict, SIZE, 3, spp=64, texture_size=64, forward=render)
 
 
 def test_same_seed_same_face_other_seed_other_face(ict, render, face):
     from mfface.synthetic import random_face
 
-    again = random_face(ict, SIZE, 3, spp=64, texture_size=64, render=render)
-    other = random_face(ict, SIZE, 4, spp=16, texture_size=64, render=render)
+    again = random_face(ict, SIZE, 3, spp=64, texture_size=64, forward=render)
+    other = random_face(ict, SIZE, 4, spp=16, texture_size=64, forward=render)
     # Same seed, same samples; Dr.Jit's threads add them into the film in a varying order, so the
     # sums agree to float rounding, not bit for bit.
     assert torch.allclose(face.photo, again.photo, atol=1e-5)
@@ -73,7 +72,7 @@ def test_landmarks_land_on_the_rendered_face(ict, face):
 def test_landmark_noise_has_the_requested_size(ict, render):
     from mfface.synthetic import random_face
 
-    noisy = random_face(ict, SIZE, 5, spp=1, texture_size=16, landmark_noise_px=2.0, render=render)
+    noisy = random_face(ict, SIZE, 5, spp=1, texture_size=16, landmark_noise_px=2.0, forward=render)
     diff = noisy.landmarks - noisy.clean_landmarks
     assert 1.6 < diff.std() < 2.4
 
@@ -91,6 +90,7 @@ def _pooled_difference(image: torch.Tensor, target: torch.Tensor, mask: torch.Te
 def test_ground_truth_reproduces_the_photo(ict, render, face):
     """Re-rendering the true state (other seed) gives the photo after the pipeline's linearisation."""
     from mfface.config import FitConfig
+    from mfface.forward import RenderSettings
     from mfface.fitting.pipeline import prepare_photo
 
     prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", FitConfig(), "synthetic")
@@ -100,7 +100,8 @@ def test_ground_truth_reproduces_the_photo(ict, render, face):
 
     def rendered(state):
         with torch.no_grad():
-            image, coverage = render.render(state, render.vertices(state), state.diffuse, 64, 99)
+            out = render(state, RenderSettings.from_config(FitConfig(), SIZE, 64, 99))
+            image, coverage = out.image, out.coverage
         return image[0][crop], coverage[0][crop]
 
     image, coverage = rendered(face.state)
@@ -120,5 +121,6 @@ def test_bad_inputs(ict, render):
         random_face(ict, 8, 0)
     with pytest.raises(ValueError, match="landmark_noise_px"):
         random_face(ict, SIZE, 0, landmark_noise_px=-1.0)
-    with pytest.raises(ValueError, match="pass one made for this model and size=32"):
-        random_face(ict, 32, 0, render=render)
+    other = dataclasses.replace(ict, name="other")
+    with pytest.raises(ValueError, match="is for model 'ict'; pass one made for 'other'"):
+        random_face(other, 32, 0, forward=render)

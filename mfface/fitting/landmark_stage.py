@@ -9,6 +9,7 @@ lateral translation as t_xy / t_z (the image-plane offset, unitless).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,11 +17,15 @@ import numpy as np
 import torch
 
 from mfface.camera import principal_point, project, solve_pnp, to_camera
-from mfface.config import Stage1Config
+from mfface.config import FitConfig, LandmarkConfig, Stage1Config
 from mfface.fitting.errors import check_finite
+from mfface.fitting.targets import FitTargets
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
-from mfface.priors import landmark_loss, landmark_weights, statistical_prior
+from mfface.morphable.uv import texel_map
+from mfface.objectives import landmark_loss, landmark_weights, statistical_prior
+from mfface.sh import initial_coefficients
+from mfface.state import FaceState
 
 
 @dataclass
@@ -65,12 +70,14 @@ def _pnp_init(model_points: np.ndarray, landmarks: np.ndarray, width: int, heigh
 def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index: torch.Tensor,
                   width: int, height: int, config: Stage1Config, init: Stage1Result | None = None,
                   identity: torch.Tensor | None = None, shared_identity: bool = False,
-                  principal: torch.Tensor | None = None) -> Stage1Result:
+                  principal: torch.Tensor | None = None, loss: LandmarkConfig | None = None,
+                  weights: torch.Tensor | None = None) -> Stage1Result:
     """Fit pose, focal and expression (and identity when `config.fit_identity`) to landmarks.
 
     landmarks (B, N, 2) px in the image convention of mfface.camera; landmark_index (N,) model
-    vertex per landmark, -1 = not covered (ignored). The scheme (and so which landmarks are the
-    down-weighted outline, `config.contour_weight`) follows from N. `identity` (B or 1, K) fixes
+    vertex per landmark, -1 = not covered (ignored). `loss` sets the landmark loss (robust scale;
+    default `LandmarkConfig()`); `weights` (N,) per landmark, by default 1 and `loss.contour_weight`
+    for the down-weighted outline of the scheme that N implies. `identity` (B or 1, K) fixes
     the identity (e.g. known from other photos); otherwise it starts at 0 and is fitted only when
     `config.fit_identity` (one vector for all images when `shared_identity`). `init` replaces the
     PnP start (e.g. the previous video frame). principal (B, 2) px is each image's principal
@@ -83,8 +90,11 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     valid = landmark_index >= 0
     target = landmarks[:, valid]
     vertex_index = landmark_index[valid]
-    weights = landmark_weights(scheme_for_count(landmarks.shape[1]), landmarks.shape[1],
-                               config.contour_weight, device)[valid]
+    loss = loss or LandmarkConfig()
+    if weights is None:
+        weights = landmark_weights(scheme_for_count(landmarks.shape[1]), landmarks.shape[1],
+                                   loss.contour_weight, device)
+    weights = weights.to(device)[valid]
 
     fit_identity = config.fit_identity and identity is None and config.identity_components > 0
     k_id = min(config.identity_components, model.n_identity)
@@ -136,11 +146,11 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         tz = log_tz.exp()
         translation = torch.cat([lateral * tz, tz], dim=1)
         uv = project(to_camera(verts, euler, translation), log_focal.exp(), width, height, centre)
-        loss = landmark_loss(uv, target, weights, config.robust_scale)
-        loss = loss + config.expression_prior * statistical_prior(exp_param)
+        total = landmark_loss(uv, target, weights, loss.robust_scale)
+        total = total + config.expression_prior * statistical_prior(exp_param)
         if fit_identity:
-            loss = loss + config.identity_prior * statistical_prior(id_param)
-        return loss, uv, translation
+            total = total + config.identity_prior * statistical_prior(id_param)
+        return total, uv, translation
 
     params = [p for p in (euler, log_tz, lateral, log_focal, exp_param, id_param) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
@@ -149,16 +159,16 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     losses = []
     for it in range(config.iterations):
         optimizer.zero_grad()
-        loss, _, _ = evaluate()
-        loss.backward()
+        total, _, _ = evaluate()
+        total.backward()
         optimizer.step()
         model.clamp_expression_(exp_param)
         schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(total.detach()))
         check_finite("stage 1", it, losses[-1])
 
     with torch.no_grad():
-        loss, uv, translation = evaluate()
+        _, uv, translation = evaluate()
         rms = (uv - target).pow(2).sum(-1).mean(-1).sqrt()
     fitted_identity = None
     if fit_identity:
@@ -168,3 +178,61 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     return Stage1Result(euler=euler.detach().clone(), translation=translation.detach().clone(),
                         focal=log_focal.detach().exp(), expression=exp_param.detach().clone(),
                         identity=fitted_identity, rms=rms, losses=losses)
+
+
+@dataclass
+class Stage1Report:
+    """What stage 1 measured: `rms` per image, the final landmark reprojection error in px, and
+    `losses`, the total loss per iteration."""
+    rms: list[float]
+    losses: list[float]
+
+
+def initial_state(model: MorphableModel, targets: FitTargets, fitted: Stage1Result,
+                  shared_identity: bool, config: FitConfig) -> FaceState:
+    """The full state that stage 1 hands on: its geometry, pose and focal, white ambient light and
+    a skin-coloured albedo (stage 2's start).
+
+    Under constant light of radiance 1 a Lambertian albedo a renders as a, so the median colour of
+    each photo's skin is the albedo start that makes the first render as bright as the photo.
+    Maps are `stage2.albedo_resolution` texels square.
+    """
+    device, batch = targets.images.device, targets.batch
+    rows = 1 if shared_identity else batch
+    identity = torch.zeros(rows, model.n_identity, device=device)
+    if fitted.identity is not None:
+        identity[:, :fitted.identity.shape[1]] = fitted.identity[:rows].to(device)
+    res = config.stage2.albedo_resolution
+    skin_colour = torch.stack([
+        targets.images[b][targets.skin[b] > 0.5].median(dim=0).values
+        if targets.skin[b].sum() > 0 else torch.full((3,), 0.4, device=device)
+        for b in range(batch)])
+    skin_colour = skin_colour.mean(0, keepdim=True).expand(rows, 3) if shared_identity else skin_colour
+    albedo = None
+    if model.diffuse_albedo is not None:
+        albedo = torch.zeros(rows, model.diffuse_albedo.n_components, device=device)
+        mean = torch.as_tensor(model.diffuse_albedo.mean.reshape(-1, 3), dtype=torch.float32, device=device)
+        diffuse = texel_map(model.uvs, model.triangles, res).apply(mean).expand(rows, -1, -1, -1).clone()
+    else:
+        diffuse = skin_colour[:, None, None, :].expand(rows, res, res, 3).clone()
+    return FaceState(
+        identity=identity, expression=fitted.expression.to(device).clone(),
+        euler=fitted.euler.to(device).clone(), translation=fitted.translation.to(device).clone(),
+        focal=fitted.focal.to(device).clone(),
+        sh=initial_coefficients(config.light.sh_bands, 1.0, batch=batch, device=device),
+        diffuse=diffuse, specular=torch.full((rows, res, res, 3), config.stage2.specular_init, device=device),
+        roughness=torch.full((rows, res, res, 1), config.render.roughness_init, device=device),
+        albedo=albedo, principal=targets.principal.clone())
+
+
+def run_landmark_stage(model: MorphableModel, targets: FitTargets, config: FitConfig,
+                       shared_identity: bool, iterations: int | None = None) -> tuple[FaceState, Stage1Report]:
+    """Stage 1 on `targets`: the fitted start state (`initial_state`) and its report.
+
+    `iterations` overrides `stage1.iterations` (0 keeps only the PnP pose, for --skip-stage 1)."""
+    stage = config.stage1 if iterations is None else dataclasses.replace(config.stage1, iterations=iterations)
+    fitted = fit_landmarks(model, targets.landmarks, targets.landmark_index, targets.size, targets.size,
+                           stage, shared_identity=shared_identity, principal=targets.principal,
+                           loss=config.landmarks, weights=targets.landmark_weights)
+    state = initial_state(model, targets, fitted, shared_identity, config)
+    return state, Stage1Report([float(r) for r in fitted.rms], fitted.losses)

@@ -18,21 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mfface.config import FitConfig, Stage1Config
+from mfface.checkpoints import CheckpointOwner, check_owner, check_state, load_checkpoint, save_checkpoint
+from mfface.config import FitConfig
 from mfface.fitting.errors import FitDivergedError, FitInputError
-from mfface.fitting.face_render import FaceRender
-from mfface.fitting.landmark_stage import fit_landmarks
-from mfface.fitting.photometric_stage import StageReport, fit_photometric, initial_state
-from mfface.fitting.state import (CheckpointOwner, FaceState, check_owner, check_state, load_checkpoint,
-                                  save_checkpoint)
+from mfface.fitting.landmark_stage import run_landmark_stage
+from mfface.fitting.photometric_stage import StageReport, fit_photometric
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_stage import fit_texels
+from mfface.forward import ForwardModel
 from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
 from mfface.landmarks import LandmarkDetector, check_landmarks, read_landmarks, scheme_for_count
 from mfface.masks import skin_mask
 from mfface.morphable.model import MorphableModel
-from mfface.priors import landmark_weights
-from mfface.texture_priors import resize_texture
+from mfface.objectives import landmark_weights
+from mfface.state import FaceState
+from mfface.textures import resize_texture
 
 STAGES = (1, 2, 3)
 ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
@@ -123,13 +123,15 @@ def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray
 
 @dataclass
 class FitResult:
-    """The outcome of one fit: the state, the inputs, per-stage losses and times."""
+    """The outcome of one fit: the final state, the state after each stage that ran (`stages`,
+    in memory), the inputs, per-stage losses and times."""
     model: MorphableModel
     config: FitConfig
     images: list[PreparedImage]
     state: FaceState
-    render: FaceRender
+    forward: ForwardModel
     targets: FitTargets
+    stages: dict[int, FaceState] = field(default_factory=dict)
     reports: dict[str, StageReport] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     stage1_rms_px: list[float] = field(default_factory=list)
@@ -138,19 +140,14 @@ class FitResult:
 
 
 class Reconstructor:
-    """Fits a morphable model to photos; one instance serves many fits (scenes are cached by size)."""
+    """Fits a morphable model to photos; one instance serves many fits (its forward model keeps
+    one Mitsuba scene per image size)."""
 
     def __init__(self, model: MorphableModel, config: FitConfig, device: torch.device | str = "cpu") -> None:
         self.model = model
         self.config = config
         self.device = torch.device(device)
-        self._renders: dict[int, FaceRender] = {}
-
-    def render_for(self, size: int) -> FaceRender:
-        """The forward model for `size`-pixel crops, built once per size."""
-        if size not in self._renders:
-            self._renders[size] = FaceRender(self.model, size, self.config, self.device)
-        return self._renders[size]
+        self.forward = ForwardModel(model, self.device)
 
     def targets(self, images: list[PreparedImage]) -> FitTargets:
         sizes = {im.target.shape[0] for im in images}
@@ -163,7 +160,7 @@ class Reconstructor:
                                 "files of the same kind for all of them.")
         count = len(images[0].crop_landmarks)
         index = torch.from_numpy(landmark_index(self.model, images[0].scheme, count)).to(self.device)
-        weights = landmark_weights(scheme_for_count(count), count, self.config.stage1.contour_weight,
+        weights = landmark_weights(scheme_for_count(count), count, self.config.landmarks.contour_weight,
                                    self.device)
         return FitTargets(
             images=torch.stack([im.target for im in images]).to(self.device),
@@ -210,8 +207,7 @@ class Reconstructor:
         """
         cfg = self.config
         targets = self.targets(images)
-        render = self.render_for(targets.size)
-        result = FitResult(self.model, cfg, images, state=None, render=render, targets=targets)  # type: ignore[arg-type]
+        result = FitResult(self.model, cfg, images, state=None, forward=self.forward, targets=targets)  # type: ignore[arg-type]
         owner = result.owner = self.owner(images)
         done = 0
         state: FaceState | None = None
@@ -228,36 +224,29 @@ class Reconstructor:
                 raise FitDivergedError(f"the fit diverged in stage {stage} (NaN or infinite values); "
                                        f"lower that stage's learning rates or raise its priors.")
             result.last_stage = stage
+            result.stages[stage] = new_state
             if checkpoint_dir is not None:
                 save_checkpoint(Path(checkpoint_dir) / f"stage{stage}.npz", new_state, stage, owner)
             return new_state
 
         if done < 1:
             started = time.perf_counter()
-            s1 = cfg.stage1 if 1 not in skip_stages else _no_iterations(cfg.stage1)
-            st1 = fit_landmarks(self.model, targets.landmarks, targets.landmark_index, targets.size,
-                                targets.size, s1, shared_identity=shared_identity,
-                                principal=targets.principal)
-            result.stage1_rms_px = [float(r) for r in st1.rms]
-            state = finish(1, initial_state(render, targets, st1.euler, st1.translation, st1.focal,
-                                            st1.expression, st1.identity, shared_identity, cfg), started)
+            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity,
+                                               iterations=0 if 1 in skip_stages else None)
+            result.stage1_rms_px = report.rms
+            state = finish(1, state, started)
         if done < 2 and 2 not in skip_stages:
             started = time.perf_counter()
-            state, result.reports["stage2"] = fit_photometric(render, targets, state, cfg, step("stage2"))
+            state, result.reports["stage2"] = fit_photometric(self.forward, targets, state, cfg, step("stage2"))
             state = finish(2, state, started)
         elif done < 2:
             state = _upsampled(state, cfg)
         if done < 3 and 3 not in skip_stages:
             started = time.perf_counter()
-            state, result.reports["stage3"] = fit_texels(render, targets, state, cfg, step("stage3"))
+            state, result.reports["stage3"] = fit_texels(self.forward, targets, state, cfg, step("stage3"))
             state = finish(3, state, started)
         result.state = state
         return result
-
-
-def _no_iterations(stage_config: Stage1Config) -> Stage1Config:
-    """A stage-1 config that keeps only the PnP initialisation (for --skip-stage 1)."""
-    return dataclasses.replace(stage_config, iterations=0)
 
 
 def _upsampled(state: FaceState, config: FitConfig) -> FaceState:

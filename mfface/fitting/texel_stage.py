@@ -2,11 +2,13 @@
 
 Starting from stage 2's maps, every texel is free; regularisers keep what the photo cannot
 determine plausible (weights in `Stage3Config`, all scaled by `texture_reg_scale`, as in NextFace):
-  symmetry     L1 between a surface point and its mirror point (`mfface.texture_priors`);
+  symmetry     L1 between a surface point and its mirror point (`mfface.textures.MirrorSampler`);
   consistency  diffuse: L1 of chromaticity to stage 2's diffuse (shading must not leak into colour);
                specular/roughness: L1 to their stage-2 maps;
   smoothness   total variation;
   range        squared distance outside [0, 1] (roughness: [roughness_min, 1]).
+Each is a term of its own in the report ("diffuse_symmetry", ...; `mfface.objectives`). The
+landmarks are not a term: geometry is fixed here, so they could not change anything.
 """
 from __future__ import annotations
 
@@ -14,52 +16,55 @@ import torch
 
 from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
-from mfface.fitting.face_render import FaceRender, photometric_loss
 from mfface.fitting.photometric_stage import StageReport, StepCallback
-from mfface.fitting.state import FaceState
 from mfface.fitting.targets import FitTargets
-from mfface.texture_priors import (MirrorSampler, consistency_loss, range_loss, smoothness_loss,
-                                   symmetry_loss)
+from mfface.forward import ForwardModel, RenderSettings
+from mfface.objectives import (closeness_loss, consistency_loss, photometric_loss, range_loss,
+                               smoothness_loss, symmetry_loss, weighted_terms)
+from mfface.state import FaceState
+from mfface.textures import MirrorSampler
 
 SEED_OFFSET = 2_000_000  # stage 3 renders use seeds SEED_OFFSET + iteration
+MAPS = ("diffuse", "specular", "roughness")
+PRIORS = ("symmetry", "consistency", "smoothness", "range")
+# The weight of each stage-3 term: the Stage3Config field that holds it ("diffuse_symmetry", ...).
+WEIGHTS = {"photo": "photo_weight", **{f"{m}_{p}": f"{m}_{p}" for m in MAPS for p in PRIORS}}
 
 
-def fit_texels(render: FaceRender, targets: FitTargets, state: FaceState, config: FitConfig,
+def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, config: FitConfig,
                on_step: StepCallback | None = None) -> tuple[FaceState, StageReport]:
     """Run stage 3 from stage 2's `state`; returns the state with refined maps and the losses."""
     cfg = config.stage3
-    model = render.model
+    model = forward.model
     state = state.detached()
-    reference = {"diffuse": state.diffuse.clone(), "specular": state.specular.clone(),
-                 "roughness": state.roughness.clone()}
-    maps = {name: getattr(state, name).requires_grad_(True) for name in reference}
+    reference = {name: getattr(state, name).clone() for name in MAPS}
+    maps = {name: getattr(state, name).requires_grad_(True) for name in MAPS}
     lrs = {"diffuse": cfg.diffuse_lr, "specular": cfg.specular_lr, "roughness": cfg.roughness_lr}
     optimiser = torch.optim.Adam([{"params": [maps[n]], "lr": lrs[n]} for n in maps])
-    mirror = (MirrorSampler(model.triangles, model.uvs, model.symmetry, render.device)
+    mirror = (MirrorSampler(model.triangles, model.uvs, model.symmetry, forward.device)
               if model.symmetry is not None else None)
-    generator = torch.Generator(device=render.device).manual_seed(0)
+    generator = torch.Generator(device=forward.device).manual_seed(0)
     bounds = {"diffuse": (0.0, 1.0), "specular": (0.0, 1.0), "roughness": (cfg.roughness_min, 1.0)}
+    settings = RenderSettings.from_config(config, targets.size, cfg.spp)
     with torch.no_grad():
-        vertices = render.vertices(state)
+        vertices = forward.vertices(state)
     report = StageReport()
     for it in range(cfg.iterations):
-        image, coverage = render.render(state, vertices, maps["diffuse"], cfg.spp, SEED_OFFSET + it)
-        terms = {"photo": cfg.photo_weight * photometric_loss(image, coverage, targets.images, targets.skin)}
-        reg = torch.zeros((), device=render.device)
+        image, coverage = forward.render(state, settings.with_seed(SEED_OFFSET + it), vertices)
         uv_pairs = mirror.sample(8192, generator) if mirror is not None else None
+        priors = {}
         for name, texture in maps.items():
-            w = {k: getattr(cfg, f"{name}_{k}") for k in ("symmetry", "consistency", "smoothness", "range")}
-            if uv_pairs is not None and w["symmetry"] > 0:
-                reg = reg + w["symmetry"] * symmetry_loss(texture, *uv_pairs)
-            if w["consistency"] > 0:
-                closeness = (consistency_loss(texture, reference[name]) if name == "diffuse"
-                             else (texture - reference[name]).abs().mean())
-                reg = reg + w["consistency"] * closeness
-            if w["smoothness"] > 0:
-                reg = reg + w["smoothness"] * smoothness_loss(texture)
-            if w["range"] > 0:
-                reg = reg + w["range"] * range_loss(texture, *bounds[name])
-        terms["textures"] = cfg.texture_reg_scale * reg
+            ref, low_high = reference[name], bounds[name]
+            if uv_pairs is not None:
+                priors[f"{name}_symmetry"] = lambda t=texture: symmetry_loss(t, *uv_pairs)
+            priors[f"{name}_consistency"] = (
+                (lambda t=texture, r=ref: consistency_loss(t, r)) if name == "diffuse"
+                else (lambda t=texture, r=ref: closeness_loss(t, r)))
+            priors[f"{name}_smoothness"] = lambda t=texture: smoothness_loss(t)
+            priors[f"{name}_range"] = lambda t=texture, b=low_high: range_loss(t, *b)
+        terms = weighted_terms(cfg, WEIGHTS, {
+            "photo": lambda: photometric_loss(image, coverage, targets.images, targets.skin), **priors})
+        terms = {k: (v if k == "photo" else cfg.texture_reg_scale * v) for k, v in terms.items()}
         total = sum(terms.values())
         optimiser.zero_grad(set_to_none=True)
         total.backward()

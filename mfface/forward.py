@@ -1,0 +1,123 @@
+"""The forward model: a `FaceState` and render settings -> image, coverage, vertices, landmarks.
+
+Everything that renders a face goes through here: the fit's photometric stages, the result writer,
+replay, synthetic faces, and the network's training and prediction. The chain is
+
+    model.vertices(identity, expression)            model space, mm
+ -> to_camera(., euler, translation)                camera space, mm (OpenCV: +z forward)
+ -> project(., focal, principal)                    landmark pixels
+ -> sh_to_envmap(sh)                                lat-long light (light frame)
+ -> FaceRenderer.render(vertices, maps, envmap, camera)   Mitsuba through dr.wrap
+
+and every step is differentiable in torch. `ForwardModel` owns the Mitsuba scenes: one
+`FaceRenderer` per (image size, integrator, max_depth), built on first use and then only updated,
+so a loop that renders at a fixed size never rebuilds a scene or recompiles a kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from mfface.camera import project, to_camera
+from mfface.state import FaceState
+from mfface.morphable.model import MorphableModel
+from mfface.sh import sh_to_envmap
+
+if TYPE_CHECKING:
+    from mfface.config import FitConfig
+    from mfface.scenes.bridge import FaceRenderer
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How one render is made. `size` image side in px (square crops); `spp` samples per pixel;
+    `seed` of the sampler (item b of a batch uses seed + b); `integrator` 'prb' (shading
+    gradients) or 'prb_projective' / 'direct_projective' (plus silhouette gradients);
+    `max_depth` 2 = direct light only; `envmap_height` of the lat-long map the SH light is baked
+    into (width twice that)."""
+    size: int
+    spp: int = 4
+    seed: int = 0
+    integrator: str = "prb"
+    max_depth: int = 2
+    envmap_height: int = 64
+
+    @classmethod
+    def from_config(cls, config: "FitConfig", size: int, spp: int, seed: int = 0) -> "RenderSettings":
+        """Settings of a fit's renders at `size` px with `spp` samples (renderer and light from
+        `config.render` and `config.light`)."""
+        return cls(size=int(size), spp=int(spp), seed=int(seed), integrator=config.render.integrator,
+                   max_depth=config.render.max_depth, envmap_height=config.light.envmap_height)
+
+    def with_seed(self, seed: int) -> "RenderSettings":
+        return dataclasses.replace(self, seed=int(seed))
+
+
+@dataclass
+class Rendered:
+    """One forward pass: image (B, S, S, 3) linear RGB, differentiable; coverage (B, S, S) in
+    [0, 1], not differentiable; vertices (B, V, 3) camera-space mm; landmarks (B, M, 2) px of the
+    requested landmark vertices (None when none were requested)."""
+    image: torch.Tensor
+    coverage: torch.Tensor
+    vertices: torch.Tensor
+    landmarks: torch.Tensor | None
+
+
+class ForwardModel:
+    """The differentiable forward model of one morphable model on one torch device."""
+
+    def __init__(self, model: MorphableModel, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self._renderers: dict[tuple[int, str, int], FaceRenderer] = {}
+
+    def renderer(self, settings: RenderSettings) -> "FaceRenderer":
+        """The Mitsuba scene for `settings`' size, integrator and depth, built once."""
+        key = (settings.size, settings.integrator, settings.max_depth)
+        if key not in self._renderers:
+            from mfface.scenes.bridge import FaceRenderer
+
+            self._renderers[key] = FaceRenderer(self.model.triangles, self.model.uvs, settings.size,
+                                                settings.size, integrator=settings.integrator,
+                                                max_depth=settings.max_depth)
+        return self._renderers[key]
+
+    def vertices(self, state: FaceState) -> torch.Tensor:
+        """Camera-space vertices (B, V, 3) mm of `state` (shared identity broadcast over B)."""
+        model_space = self.model.vertices(state.identity.expand(state.batch, -1), state.expression)
+        return to_camera(model_space, state.euler, state.translation)
+
+    @staticmethod
+    def envmap(sh: torch.Tensor, height: int) -> torch.Tensor:
+        """Lat-long envmap (B, height, 2 height, 3) of SH coefficients (B, n, 3), light frame."""
+        return sh_to_envmap(sh, height, 2 * height)
+
+    @staticmethod
+    def landmarks(state: FaceState, vertices: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+        """Pixel positions (B, M, 2) of camera-space `vertices`' rows `index` (M,) in `state`'s
+        camera, for a `size` x `size` image."""
+        return project(vertices[:, index], state.focal, size, size, state.principal)
+
+    def render(self, state: FaceState, settings: RenderSettings,
+               vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (B, S, S, 3), coverage (B, S, S)) of camera-space `vertices` with `state`'s maps,
+        light and camera (for callers that move the vertices themselves, e.g. a turntable)."""
+        batch = state.batch
+        maps = [m.expand(batch, -1, -1, -1) for m in (state.diffuse, state.specular, state.roughness)]
+        return self.renderer(settings).render(
+            vertices, *maps, self.envmap(state.sh, settings.envmap_height), state.focal,
+            spp=settings.spp, seed=settings.seed, principal=state.principal)
+
+    def __call__(self, state: FaceState, settings: RenderSettings,
+                 landmark_index: torch.Tensor | None = None) -> Rendered:
+        """Render `state` (batch B): image, coverage, camera-space vertices, and the projected
+        landmarks of the model vertices `landmark_index` (M,) when given."""
+        vertices = self.vertices(state)
+        image, coverage = self.render(state, settings, vertices)
+        landmarks = (None if landmark_index is None
+                     else self.landmarks(state, vertices, landmark_index, settings.size))
+        return Rendered(image, coverage, vertices, landmarks)

@@ -1,0 +1,112 @@
+"""The forward model against the renderer called directly, and the flat parameter layout."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from mfface.camera import head_rotation, project, to_camera
+from mfface.forward import ForwardModel, RenderSettings
+from mfface.sh import initial_coefficients, sh_to_envmap
+from mfface.state import FaceState, ParameterLayout, matrix_to_rotation_6d, rotation_6d_to_matrix
+
+SIZE = 48
+
+
+def _state(model, batch: int = 2) -> FaceState:
+    g = torch.Generator().manual_seed(0)
+    sh = initial_coefficients(3, 0.8, batch=batch)
+    sh[:, 1:] = 0.2 * torch.randn(batch, 8, 3, generator=g)
+    return FaceState(identity=0.5 * torch.randn(1, model.n_identity, generator=g),
+                     expression=0.3 * torch.rand(batch, model.n_expression, generator=g),
+                     euler=torch.tensor([[0.2, -0.1, 0.05], [-0.3, 0.1, 0.0]])[:batch],
+                     translation=torch.tensor([[5.0, -8.0, 600.0], [-4.0, 3.0, 700.0]])[:batch],
+                     focal=torch.tensor([120.0, 140.0])[:batch], sh=sh,
+                     diffuse=torch.rand(1, 16, 16, 3, generator=g),
+                     specular=torch.full((1, 16, 16, 3), 0.04), roughness=torch.full((1, 16, 16, 1), 0.4),
+                     principal=torch.tensor([[23.0, 25.0], [24.5, 22.0]])[:batch])
+
+
+def test_forward_model_matches_the_renderer_called_directly(ict, variant):
+    from mfface.scenes.bridge import FaceRenderer
+
+    state = _state(ict)
+    settings = RenderSettings(SIZE, spp=4, seed=7, envmap_height=16)
+    index = torch.as_tensor(ict.landmarks["mediapipe478"]).clamp_min(0)
+    with torch.no_grad():
+        out = ForwardModel(ict)(state, settings, index)
+        vertices = to_camera(ict.vertices(state.identity.expand(2, -1), state.expression), state.euler,
+                             state.translation)
+        image, coverage = FaceRenderer(ict.triangles, ict.uvs, SIZE, SIZE).render(
+            vertices, state.diffuse.expand(2, -1, -1, -1), state.specular.expand(2, -1, -1, -1),
+            state.roughness.expand(2, -1, -1, -1), sh_to_envmap(state.sh, 16, 32), state.focal,
+            spp=4, seed=7, principal=state.principal)
+    assert torch.allclose(out.vertices, vertices)
+    assert torch.allclose(out.image, image, atol=1e-5) and torch.allclose(out.coverage, coverage, atol=1e-5)
+    assert torch.allclose(out.landmarks, project(vertices[:, index], state.focal, SIZE, SIZE, state.principal))
+    assert out.image.shape == (2, SIZE, SIZE, 3) and float(out.coverage.mean()) > 0.05
+
+
+def test_forward_model_keeps_one_scene_per_size_and_integrator(ict, variant):
+    forward = ForwardModel(ict)
+    first = forward.renderer(RenderSettings(32))
+    assert forward.renderer(RenderSettings(32, spp=8, seed=3)) is first
+    assert forward.renderer(RenderSettings(40)) is not first
+    assert forward.renderer(RenderSettings(32, integrator="prb_projective")) is not first
+
+
+def test_forward_model_is_differentiable_in_the_state(ict, variant):
+    state = _state(ict, batch=1)
+    state.sh.requires_grad_(True)
+    state.expression.requires_grad_(True)
+    out = ForwardModel(ict)(state, RenderSettings(32, spp=2), torch.tensor([100, 200]))
+    (out.image.mean() + out.landmarks.mean()).backward()
+    assert state.sh.grad.abs().sum() > 0 and state.expression.grad.abs().sum() > 0
+
+
+def test_rotation_6d_round_trip():
+    euler = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    rotation = head_rotation(euler)
+    assert torch.allclose(rotation_6d_to_matrix(matrix_to_rotation_6d(rotation)), rotation)
+    assert torch.equal(matrix_to_rotation_6d(rotation[1:]), torch.tensor([[1.0, 0, 0, 0, 1, 0]], dtype=torch.float64))
+    # Any 6 numbers give a rotation (Gram-Schmidt), so a network's raw output is always valid.
+    r = rotation_6d_to_matrix(torch.tensor([[2.0, 0.5, -1.0, 0.3, 3.0, 0.2]]))
+    assert torch.allclose(r @ r.transpose(-1, -2), torch.eye(3)[None], atol=1e-6)
+    assert float(torch.linalg.det(r)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_parameter_layout_round_trip(ict):
+    state = _state(ict)
+    layout = ParameterLayout.for_model(ict, sh_bands=3)
+    sizes = layout.sizes()
+    assert layout.size == ict.n_identity + ict.n_expression + 6 + 3 + 1 + 27
+    assert list(sizes) == ["identity", "expression", "rotation", "translation", "log_focal", "sh", "albedo"]
+    vector = layout.to_vector(state)
+    assert vector.shape == (2, layout.size)
+    assert torch.allclose(vector[:, layout.slices()["log_focal"]][:, 0], state.focal.log())
+    back = layout.to_state(vector, state.diffuse, state.specular, state.roughness, state.principal)
+    for name in ("expression", "euler", "translation", "focal", "sh"):
+        assert torch.allclose(getattr(back, name), getattr(state, name), atol=1e-5), name
+    assert torch.allclose(back.identity, state.identity.expand(2, -1))
+    assert back.albedo is None and back.diffuse is state.diffuse
+
+
+def test_parameter_layout_is_differentiable_and_checks_shapes(ict):
+    layout = ParameterLayout.for_model(ict, sh_bands=2)
+    frontal = torch.zeros(1, layout.size)
+    frontal[0, layout.slices()["rotation"]] = torch.tensor([1.0, 0, 0, 0, 1, 0])
+    frontal[0, layout.slices()["translation"]] = torch.tensor([0.0, 0.0, 600.0])
+    frontal[0, layout.slices()["log_focal"]] = math.log(500.0)
+    frontal.requires_grad_(True)
+    maps = (torch.zeros(1, 4, 4, 3), torch.zeros(1, 4, 4, 3), torch.zeros(1, 4, 4, 1))
+    state = layout.to_state(frontal, *maps)
+    assert torch.allclose(state.euler, torch.zeros(1, 3), atol=1e-6)
+    assert float(state.focal.detach()) == pytest.approx(500.0)
+    (state.euler.sum() + state.focal.sum()).backward()
+    assert frontal.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="vector must be"):
+        layout.to_state(torch.zeros(1, layout.size + 1), *maps)
+    with pytest.raises(ValueError, match="sh has 27 values; the layout expects 12"):
+        layout.to_vector(dataclasses.replace(_state(ict, 1)))
