@@ -312,8 +312,13 @@ class ModelStore:
             infos.append(ModelInfo(BUILTIN_NAME, path, path.stat().st_size, False,
                                    error=str(impostor)))
         for name in self._installed_names():
-            path = self.path(name)
+            path = self.root / f"{name}{SUFFIX}"
             info = ModelInfo(name, path, path.stat().st_size, name == default)
+            if not _NAME.fullmatch(name):
+                info.error = (f"{path.name} is not named like a model (lower-case letters, digits, "
+                              f"'_', at most one '-'), so it cannot be used; rename it.")
+                infos.append(info)
+                continue
             try:
                 info.header = read_header(path)
             except ModelFormatError as error:

@@ -290,3 +290,12 @@ def test_failed_download_names_the_url_not_the_temporary_file(tmp_path, loopback
 def test_unsupported_address_scheme(tmp_path):
     with pytest.raises(ModelSourceError, match="mfface downloads http://, https:// and file://"):
         ModelStore(tmp_path / "store").install("ict", source="ftp://example.com/ICT-FaceKit.zip")
+
+
+def test_badly_named_store_file_is_listed_as_unusable(tmp_path):
+    store = ModelStore(tmp_path)
+    save_model(tiny_model("x"), tmp_path / "My Model.mfmodel")
+    listed = {i.name: i for i in store.list()}
+    assert "cannot be used; rename it" in listed["My Model"].error
+    with pytest.raises(ModelNameError):
+        store.load("My Model")
