@@ -1,4 +1,5 @@
-"""The wheel carries the built-in model and the sample photo, and a fit runs from it.
+"""The sdist and the wheel carry the built-in model and the sample photo, and a fit runs from
+the installed wheel.
 
 CI-sized: build the wheel from a copy of the source tree (`pip wheel . --no-deps`, with the
 project venv's setuptools so that no network is needed), check its contents, install it with
@@ -17,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -41,8 +43,8 @@ def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel built from a copy of the tracked sources (the checkout itself stays clean)."""
+def tree(tmp_path_factory) -> Path:
+    """A copy of the package sources (building in the checkout would leave build/ behind)."""
     tree = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         source = REPO / name
@@ -51,12 +53,30 @@ def wheel(tmp_path_factory) -> Path:
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(source, tree / name)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheel(tree, tmp_path_factory) -> Path:
+    """The wheel built from the copied sources."""
     out = tmp_path_factory.mktemp("wheel")
     _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation",
           "--no-index", "-q", "-w", str(out)], cwd=tree)
     wheels = list(out.glob("mfface-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
+
+
+@pytest.mark.slow
+def test_sdist_carries_model_and_photo(tree, tmp_path):
+    _run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+          "build_meta.build_sdist(sys.argv[1])", str(tmp_path)], cwd=tree)
+    (sdist,) = tmp_path.glob("mfface-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for name in (MODEL_FILE, CHECKSUM_FILE, LICENSE_FILE, CREDITS_FILE):
+        assert f"morphable/data/{name}" in names
+    assert {"mfface/data/example_face.jpg", "mfface/data/example_face.txt"} <= names
 
 
 @pytest.mark.slow
