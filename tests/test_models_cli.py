@@ -141,3 +141,19 @@ def test_model_names_stay_inside_the_store(tmp_path, name):
 def test_help(command):
     result = CliRunner().invoke(cli, ["models", command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_unusable_default_marker_is_named_by_list_and_fit(tmp_path):
+    """Only the marker is wrong (names a model that is not there): say that and list the models."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "default").write_text("gone\n")
+    listing = run(tmp_path, "list")
+    text = " ".join(listing.output.split())
+    assert listing.exit_code == 0 and "No default model:" in text and "names 'gone'" in text
+    fitted = CliRunner().invoke(cli, ["fit", str(example_photo_path()), "-o", str(tmp_path / "out")],
+                                env={"MFFACE_HOME": str(tmp_path)})
+    text = " ".join(fitted.output.split())
+    assert fitted.exit_code == 1 and text.count("Error:") == 1, fitted.output
+    assert "the default-model marker" in text and "names 'gone', which is not installed" in text
+    assert "installed: none; built in: ict-lite" in text and "no face model is installed" not in text
