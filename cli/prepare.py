@@ -57,7 +57,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
                    "(1 + 2 x margin)  [default: 0.25]")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes that read photos and detect faces; 0: one per CPU core (divided "
-                   "among the ranks of a distributed run).")
+                   "among the ranks of a distributed run). At most one per 128 photos is started "
+                   "(each takes seconds to start).")
 @click.option("--retry-failed", is_flag=True,
               help="Try again the photos that failed in an earlier run even if they did not change.")
 @click.option("--merge", is_flag=True,
@@ -100,7 +101,7 @@ def _prepare(inputs: tuple[Path, ...], output: Path, size: int | None, margin: f
     target = output_for_rank(output, rank, world)
     settings = PrepareSettings(size=size or DEFAULT_SIZE,
                                margin=DEFAULT_MARGIN if margin is None else margin,
-                               workers=workers or default_workers(world))
+                               workers=workers or default_workers())
     settings.check()
     label = f"rank {rank}/{world} " if world > 1 else ""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

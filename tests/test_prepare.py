@@ -359,6 +359,12 @@ def test_torchrun_shards_and_merge(photos, base, tmp_path):
 
 
 def test_rank_environment():
+    from mfface.learning.prepare import default_workers, worker_count
+
+    assert default_workers({"LOCAL_WORLD_SIZE": "64", "WORLD_SIZE": "128"}) == 1
+    assert default_workers({}) == len(os.sched_getaffinity(0))
+    assert worker_count(PrepareSettings(workers=4), 10) == 1
+    assert worker_count(PrepareSettings(workers=4), 100 * prepare_module.PHOTOS_PER_WORKER) == 4
     assert distributed_rank({}) == (0, 1)
     assert distributed_rank({"RANK": "1", "WORLD_SIZE": "3"}) == (1, 3)
     with pytest.raises(PrepareError):

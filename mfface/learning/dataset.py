@@ -191,7 +191,6 @@ class FaceDataset(Dataset):
                                           for n in info["truth"]}
                 info["boxes"] = f["boxes"][:]
                 info["source_sizes"] = f["source_sizes"][:]
-                info["paths"] = [_decode_str(p) for p in f["paths"][:]]
             finally:
                 f.close()
             infos.append(info)
@@ -212,7 +211,6 @@ class FaceDataset(Dataset):
         self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
         self._boxes = np.concatenate([info["boxes"] for info in infos])
         self._source_sizes = np.concatenate([info["source_sizes"] for info in infos])
-        self.paths = [p for info in infos for p in info["paths"]]
         self._handles: list[Any] | None = None
         self._pid = -1
 
@@ -249,12 +247,13 @@ class FaceDataset(Dataset):
         return k, index - int(self._starts[k])
 
     def raw(self, index: int) -> dict[str, Any]:
-        """The stored arrays of one sample (uint8 image and mask, landmarks, truth), unaugmented."""
+        """The stored values of one sample (uint8 image and mask, landmarks, source path,
+        truth), unaugmented."""
         k, row = self.locate(index)
         f = self._file(k)
         try:
             sample = {"image": f["images"][row], "mask": f["masks"][row],
-                      "landmarks": f["landmarks"][row]}
+                      "landmarks": f["landmarks"][row], "path": _decode_str(f["paths"][row])}
             sample["truth"] = {n.split("/", 1)[1]: f[n][row] for n in self.truth_names}
         except (OSError, KeyError, ValueError) as e:
             raise DatasetError(f"{self.files[k]} is damaged: sample {row} cannot be read ({e}); "
@@ -296,7 +295,7 @@ class FaceDataset(Dataset):
             "mask": mask, "valid": valid,
             "principal_point": torch.from_numpy(principal.astype(np.float32)),
             "affine": torch.from_numpy(affine.astype(np.float32)), "flipped": bool(draw.flip),
-            "index": index, "path": self.paths[index],
+            "index": index, "path": raw["path"],
         }
         if self.truth_names:
             sample["truth"] = {name: torch.as_tensor(np.asarray(value)) for name, value in truth.items()}

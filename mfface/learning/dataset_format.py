@@ -106,6 +106,14 @@ class Column:
     per_chunk: int = 1
     gzip_level: int = 1
 
+    def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"{self.name}: geometry must be one of {GEOMETRIES}, not {self.geometry!r}.")
+        if self.dtype == "str" and self.per_chunk == 1:
+            raise ValueError(f"{self.name}: string columns are stored in blocks (per_chunk > 1).")
+        if self.per_chunk < 1 or not 0 <= self.gzip_level <= 9:
+            raise ValueError(f"{self.name}: per_chunk must be >= 1 and gzip_level 0-9.")
+
     def h5_dtype(self) -> Any:
         import h5py
 

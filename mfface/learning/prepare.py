@@ -118,13 +118,25 @@ def distributed_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
     return rank, world
 
 
-def default_workers(world_size: int = 1) -> int:
-    """One worker per CPU core this process may use, shared among the ranks of the machine."""
+def default_workers(environ: dict[str, str] | None = None) -> int:
+    """One worker per CPU core this process may use, shared among the ranks on this machine
+    (LOCAL_WORLD_SIZE as torchrun sets it, else WORLD_SIZE, else 1)."""
+    env = os.environ if environ is None else environ
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, world_size))
+    try:
+        local = int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cores // max(1, local))
+
+
+def worker_count(settings: PrepareSettings, photos: int) -> int:
+    """Processes used for `photos` photos: settings.workers, but at most one per
+    PHOTOS_PER_WORKER photos (at least 1; 1 means this process)."""
+    return min(settings.workers, max(1, photos // PHOTOS_PER_WORKER))
 
 
 def file_digest(path: Path) -> str:
@@ -247,7 +259,7 @@ def _results(paths: list[Path], settings: PrepareSettings) -> Iterator[PhotoSamp
     instead of 3-5 ms to convert a 0.45-megapixel photo to uint8, bench/prepare.py)."""
     if not paths:
         return
-    workers = min(settings.workers, max(1, len(paths) // PHOTOS_PER_WORKER))
+    workers = worker_count(settings, len(paths))
     if workers == 1:
         import torch
 
@@ -351,7 +363,7 @@ def prepare_dataset(photos: Sequence[Path], output: str | os.PathLike, settings:
                     str(path), "changed", f"{path} changed since it was added to {output.name} "
                     f"(sample {key.row} kept); write a new dataset to include the new version."))
         summary.not_added = writer.report
-        summary.workers = min(settings.workers, max(1, len(todo) // PHOTOS_PER_WORKER))
+        summary.workers = worker_count(settings, len(todo))
         if on_start is not None:
             on_start(len(todo))
         started = time.perf_counter()
@@ -396,5 +408,5 @@ def output_for_rank(output: str | os.PathLike, rank: int, world_size: int) -> Pa
 
 
 __all__ = ["PrepareError", "PrepareSettings", "PrepareSummary", "DatasetError", "collect_photos",
-           "distributed_rank", "default_workers", "prepare_dataset", "process_photo", "share",
+           "distributed_rank", "default_workers", "worker_count", "prepare_dataset", "process_photo", "share",
            "output_for_rank", "DEFAULT_SIZE", "DEFAULT_MARGIN"]
