@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _shared(relative: str) -> Path:
+    """A file of the shared test data (MFFACE_TEST_DATA, else ../shared/data); exits if missing."""
     base = Path(os.environ.get("MFFACE_TEST_DATA", ROOT.parent / "shared" / "data"))
     path = base / relative
     if not path.is_file():
@@ -163,6 +164,7 @@ def end_to_end(paths: list[Path], size: int, workers: int, folder: Path) -> dict
 
 
 def main() -> None:
+    """Make the photos, time the stages and the end-to-end runs, print the JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=120)
     parser.add_argument("--size", type=int, default=224)

@@ -88,6 +88,7 @@ def prepare(inputs: tuple[Path, ...], output: Path, size: int | None, margin: fl
 
 def _prepare(inputs: tuple[Path, ...], output: Path, size: int | None, margin: float | None,
              workers: int, retry_failed: bool) -> None:
+    """Prepare this rank's share of the photos into OUTPUT (or its shard); print the summary."""
     from mfface.learning.prepare import (DEFAULT_MARGIN, DEFAULT_SIZE, PrepareSettings,
                                          collect_photos, default_workers, distributed_rank,
                                          output_for_rank, prepare_dataset, share)
@@ -153,6 +154,7 @@ def _stop(progress: Progress, tasks: dict[str, Any]) -> None:
 
 
 def _summary_table(summary: Any, found_total: int, wall: float) -> Table:
+    """The end-of-run table: counts by outcome, samples in the file, time and images/s."""
     table = Table(title=f"mfface prepare -> {summary.output}")
     table.add_column("")
     table.add_column("", justify="right")
@@ -177,6 +179,7 @@ def _summary_table(summary: Any, found_total: int, wall: float) -> Table:
 
 
 def _merge(inputs: tuple[Path, ...], output: Path, size: int | None, margin: float | None) -> None:
+    """Join dataset files into OUTPUT (merge_datasets), checking --size/--margin when given."""
     from mfface.learning.dataset_format import merge_datasets, read_info
     from mfface.learning.prepare import distributed_rank
 

@@ -84,6 +84,7 @@ class Augmentation:
                    brightness=(0.7, 1.3), contrast=(0.8, 1.2), saturation=(0.8, 1.2))
 
     def check(self) -> None:
+        """Raise ValueError for ranges that are not finite, reversed, or out of bounds."""
         for name in ("scale", "rotation_deg", "shift", "brightness", "contrast", "saturation"):
             low, high = getattr(self, name)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
@@ -267,6 +268,7 @@ class FaceDataset(Dataset):
         return (np.array([width / 2.0 - x0, height / 2.0 - y0]) * self.size / side).astype(np.float32)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """One item (see the module doc for its keys), augmented when `augment` is set."""
         k, row = self.locate(index)
         index = int(self._starts[k]) + row
         raw = self.raw(index)
@@ -302,6 +304,7 @@ class FaceDataset(Dataset):
         return sample
 
     def _augment_truth(self, name: str, value: np.ndarray, affine: np.ndarray, flip: bool) -> np.ndarray:
+        """Move one truth value by the augmentation, as its `geometry` attribute says."""
         geometry = self._geometry.get(f"truth/{name}", "none")
         if geometry in ("points", "landmarks"):
             value = _map_points(np.asarray(value, dtype=np.float64), affine).astype(np.float32)

@@ -115,6 +115,7 @@ class Column:
             raise ValueError(f"{self.name}: per_chunk must be >= 1 and gzip_level 0-9.")
 
     def h5_dtype(self) -> Any:
+        """The h5py dtype of the column (UTF-8 variable-length strings for "str")."""
         import h5py
 
         return h5py.string_dtype("utf-8") if self.dtype == "str" else np.dtype(self.dtype)
@@ -268,14 +269,17 @@ class SampleKey:
 
 
 def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _decode_str(value: Any) -> str:
+    """An h5py string value (bytes or str) as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _attr(f: Any, name: str, default: Any = None) -> Any:
+    """An HDF5 attribute as a plain Python value (str, int, float), or `default`."""
     value = f.attrs.get(name, default)
     if isinstance(value, bytes):
         return value.decode("utf-8")
@@ -457,6 +461,7 @@ class DatasetWriter:
         return self
 
     def _check_existing(self) -> None:
+        """Refuse an existing output this writer must not add to (see the class doc)."""
         if self.path.is_symlink() or not self.path.is_file():
             raise DatasetError(f"{self.path} exists and is not a regular file; choose another output.")
         try:
@@ -490,6 +495,7 @@ class DatasetWriter:
                                "of another run; choose another output.")
 
     def _read_existing(self) -> None:
+        """Read the existing output's sample keys, count and report (and check its truth)."""
         with _open_h5(self.path) as f:
             if self.spec.truth:
                 have = {k: _attr(f["truth"], k) for k in f["truth"].attrs} if "truth" in f else {}
@@ -525,6 +531,7 @@ class DatasetWriter:
                                "output with -o (or free some disk space).") from None
 
     def _create(self, f: Any) -> None:
+        """Write the root attributes and the empty, resizable datasets into new file `f`."""
         from mfface import __version__
 
         stamp = now_utc()
@@ -671,6 +678,7 @@ class DatasetWriter:
             self._file = None
 
     def _finish(self) -> None:
+        """Trim to the complete samples; write report, history, count and update time."""
         from mfface import __version__
 
         self._flush_pending()

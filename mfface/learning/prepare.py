@@ -62,6 +62,7 @@ class PrepareSettings:
     workers: int = 1
 
     def check(self) -> None:
+        """Raise PrepareError for settings out of range."""
         if not 32 <= self.size <= 2048:
             raise PrepareError(f"--size must be between 32 and 2048 px, got {self.size}.")
         if not (np.isfinite(self.margin) and 0.0 <= self.margin <= 2.0):
@@ -71,6 +72,7 @@ class PrepareSettings:
 
 
 def _visible(path: Path) -> bool:
+    """Not a hidden file (name starting with '.')."""
     return not path.name.startswith(".")
 
 
@@ -248,6 +250,7 @@ def _init_worker(size: int, margin: float) -> None:
 
 
 def _work(path: Path) -> PhotoSample | PhotoFailure:
+    """process_photo in a worker process, with that process's detector."""
     return process_photo(path, _WORKER["size"], _WORKER["margin"], _WORKER["detector"])
 
 
@@ -305,10 +308,12 @@ class PrepareSummary:
 
     @property
     def processed(self) -> int:
+        """Photos read and tried this run (added or failed; `changed` ones are not tried)."""
         return self.added + sum(1 for e in self.not_added if e.kind != "changed")
 
     @property
     def images_per_second(self) -> float:
+        """Steady rate after the first photo (or overall, for fewer than two photos)."""
         steady = self.seconds - self.startup
         if self.processed >= 2 and steady > 0:
             return (self.processed - 1) / steady
