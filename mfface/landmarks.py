@@ -1,9 +1,14 @@
-"""2D face landmarks: MediaPipe face-mesh detection and landmark files.
+"""2D face landmarks: MediaPipe face detection and face mesh, landmark files, sanity checks.
+
+`LandmarkDetector.detect` finds faces with MediaPipe's full-range face detector over the whole
+photo and over overlapping tiles, then runs the face mesh on a square crop around a face and maps
+its points back to the photo's pixels (`square_crop` states the mapping). `check_landmarks`
+refuses landmarks, detected or read from a file, that cannot describe a face in their image.
 
 Coordinates are input-image pixels, (N, 2) float64, x to the right and y down, with the lead's
 camera convention: the top-left corner of pixel (0, 0) is at (0, 0), so pixel i's centre is at
 i + 0.5. MediaPipe returns coordinates normalised by the image size; we multiply them by
-(width, height) and add nothing. Checked on this machine: mirroring an image horizontally and
+(width, height) and add nothing (for a crop: its side, plus its top-left corner in the photo). Checked on this machine: mirroring an image horizontally and
 pairing each of the 468 mesh points with its mirror partner gives x + x_mirrored = 511.97 for the
 512-px astronaut (150-px takeo: 149.77), i.e. x' = W - x, the pixel-corner convention (a
 pixel-centre-at-i convention would give W - 1). Upsampling an image by pixel repetition
@@ -20,6 +25,7 @@ other formats are read as given, in that convention.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -36,9 +42,10 @@ from mfface.atomic import write_text
 SCHEMES = ("mediapipe478", "ibug68")
 PTS_OFFSET = 0.5  # px subtracted from 1-based, centre-at-integer .pts coordinates
 _SCHEME_BY_COUNT = {478: "mediapipe478", 468: "mediapipe478", 68: "ibug68"}
-# Smallest face (px, cheek to cheek) that LandmarkDetector.detect finds in photos of any size
-# (measured: bench/detection.py, bench/RESULTS.md).
-MIN_FACE_PX = 32
+# Smallest face (px, cheek to cheek) that LandmarkDetector.detect finds in photos of any size:
+# the shared photos shrunk into a 4000x3000 scene were all found (32 of 32) down to 44 px, 31 of
+# 32 at 40 px, 25 of 32 at 32 px (bench/detection.py, bench/RESULTS.md).
+MIN_FACE_PX = 44
 
 # MediaPipe face-mesh index(es) for each of the 68 iBUG points (0-based iBUG order); where two are
 # given, the iBUG point is their midpoint. Correspondence after Peizhi Yan's table,
@@ -141,12 +148,15 @@ def _native_stderr_silenced() -> Iterator[None]:
 @dataclass(frozen=True)
 class FaceBox:
     """A face found by MediaPipe's full-range face detector: its box in input-image pixels
-    (pixel-corner convention, see the module docstring) and the detector's score in [0, 1]."""
+    (pixel-corner convention, see the module docstring), the detector's score in [0, 1], and
+    `confirm`, the short-range detector's score for the same face in a crop around it (0: not
+    found there; None: not checked)."""
     x: float
     y: float
     width: float
     height: float
     score: float
+    confirm: float | None = None
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -162,16 +172,24 @@ class FaceBox:
 
 
 # Full-frame face detection (see LandmarkDetector). MediaPipe's full-range detector sees a 192 px
-# letterbox of what it is given and finds faces down to about 1/18 of that window's longer side
-# (measured with the shared photos downscaled into a 1024 px noise canvas: 40-58 px). So the whole
-# image is searched first, then square tiles of _TILE_MIN_PX * 2^k px (k = 2, 1, 0, coarse to
-# fine; overlapping by half so that every face up to half a tile lies wholly inside one), which
-# brings the limit down to about _TILE_MIN_PX / 18 px in photos of any size.
+# letterbox of what it is given and finds faces down to about 1/18-1/25 of that window's longer
+# side (measured with the shared photos shrunk into a 1024 px noise scene: 40-58 px). So the whole
+# image is searched first, then square tiles of _TILE_MIN_PX * 2^k px (coarse to fine, each
+# overlapping its neighbours by a quarter, so that a face up to a quarter of a tile wide, more
+# than the coarser level misses, lies wholly inside one), which brings the limit down to about
+# _TILE_MIN_PX / 18 px in photos of any size.
 _TILE_MIN_PX = 512
-_DETECT_INPUT_PX = 256   # detection windows are shrunk (antialiased) to at most this long side
-_CROP_MARGIN = 2.0       # FaceMesh crop side / detector box side
-_CROP_MIN_PX, _CROP_MAX_PX = 256, 1024  # FaceMesh crops are resampled into this range of sides
+_DETECT_INPUT_PX = 192   # detection windows are shrunk (antialiased) to the detector's input size
+_CROP_MARGIN = 2.0       # face-mesh crop side / detector box side
+_CROP_MIN_PX, _CROP_MAX_PX = 256, 1024  # face-mesh crops are resampled into this range of sides
 _SAME_FACE_IOU = 0.3     # boxes from overlapping tiles that overlap more than this are one face
+# Tiles of textured scenes give the full-range detector false faces (scores 0.6-0.7) in which the
+# face mesh, whose own short-range detector accepts 0.5, then "finds" a face. In a crop where the
+# face fills half the frame the short-range detector scores real faces 0.86-0.95 (the shared
+# photos, shrunk to 36-56 px faces in a 4000 px scene) and those false faces at most 0.69, so
+# faces it confirms at this score are preferred; unconfirmed ones are tried only when no
+# confirmed face is found anywhere.
+_CONFIRM_SCORE = 0.75
 
 
 def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -183,8 +201,9 @@ def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
 
 def detection_windows(width: int, height: int) -> list[list[tuple[int, int, int, int]]]:
     """Search levels for the full-frame detector, coarse to fine: each a list of windows
-    (x, y, w, h) in pixels. Level 0 is the whole image; then square tiles of 512, 1024, 2048...
-    px (each at most 2/3 of the image's longer side), from the largest, overlapping by half."""
+    (x, y, w, h) in pixels. Level 0 is the whole image; then square tiles of ..., 2048, 1024,
+    512 px (each at most 2/3 of the image's longer side, and no larger than the image), every
+    3/4 of a tile side, the last flush with the image's edge."""
     levels = [[(0, 0, width, height)]]
     sides = []
     side = _TILE_MIN_PX
@@ -193,8 +212,9 @@ def detection_windows(width: int, height: int) -> list[list[tuple[int, int, int,
         side *= 2
     for side in reversed(sides):
         tw, th = min(side, width), min(side, height)
-        levels.append([(x, y, tw, th) for y in _tile_starts(height, th, side // 2)
-                       for x in _tile_starts(width, tw, side // 2)])
+        stride = 3 * side // 4
+        levels.append([(x, y, tw, th) for y in _tile_starts(height, th, stride)
+                       for x in _tile_starts(width, tw, stride)])
     return levels
 
 
@@ -221,17 +241,36 @@ def square_crop(image: Image.Image, x0: float, y0: float, side: float, out: int)
     return canvas
 
 
+@dataclass
+class _FaceCrop:
+    """A square crop around a detector box: (out, out, 3) pixels; crop (u, v) in [0, 1]
+    normalised is image (x0 + u * side, y0 + v * side)."""
+    pixels: np.ndarray
+    x0: float
+    y0: float
+    side: float
+
+    @classmethod
+    def around(cls, pil: Image.Image, box: FaceBox) -> "_FaceCrop":
+        side = _CROP_MARGIN * max(box.width, box.height)
+        cx, cy = box.centre
+        x0, y0 = cx - side / 2.0, cy - side / 2.0
+        out = int(np.clip(round(side), _CROP_MIN_PX, _CROP_MAX_PX))
+        return cls(square_crop(pil, x0, y0, side, out), x0, y0, side)
+
+
 class LandmarkDetector:
     """MediaPipe face detection + face mesh (478 points with irises), kept alive across images.
 
     `detect` finds faces first with MediaPipe's full-range face detector, over the whole frame
-    and then over overlapping tiles (`detection_windows`), so faces down to about 30 px wide are
-    found in photos of any size; then it runs the face mesh on a square crop around each of the
-    largest faces (twice the detector's box, resampled to 256-1024 px) and maps its points back
-    to image pixels. Where the detector finds nothing the face mesh runs on the whole image, as
-    `detect_whole_image` does. Creating the graphs costs time, so make one detector and call
-    `detect` for every image; use it as a context manager or call `close()` to free it.
-    MediaPipe's native log lines are silenced while it loads and runs.
+    and then over overlapping tiles (`detection_windows`), so that faces down to about
+    MIN_FACE_PX wide are found in photos of any size; it confirms each with the short-range
+    detector on a square crop around it (twice the box, resampled to 256-1024 px), runs the face
+    mesh on that crop and maps its points back to image pixels. Where no face is found that way
+    the face mesh runs on the whole image (`detect_whole_image`, the face mesh alone). Creating
+    the graphs costs time, so make one detector and call `detect` for every image; use it as a
+    context manager or call `close()` to free it. MediaPipe's native log lines are silenced
+    while it loads and runs.
     """
 
     def __init__(self, max_num_faces: int = 4, min_detection_confidence: float = 0.5) -> None:
@@ -244,27 +283,47 @@ class LandmarkDetector:
                 min_detection_confidence=min_detection_confidence)
             self._detector = mp.solutions.face_detection.FaceDetection(
                 model_selection=1, min_detection_confidence=min_detection_confidence)
+            self._confirmer = mp.solutions.face_detection.FaceDetection(
+                model_selection=0, min_detection_confidence=min_detection_confidence)
             # The graphs' calculators open (and log) in worker threads after the constructors
             # return; a first image waits for all of them, so their lines land here.
             blank = np.zeros((64, 64, 3), np.uint8)
-            self._mesh.process(blank)
-            self._detector.process(blank)
+            for graph in (self._mesh, self._detector, self._confirmer):
+                graph.process(blank)
 
     def find_faces(self, image: Any, gamma: float = 2.2) -> list[FaceBox]:
-        """Faces found by the full-range detector, largest first, at the coarsest search level
-        (`detection_windows`) that finds any; [] when none is found at any level."""
-        rgb = _to_display_uint8(image, gamma)
-        pil = Image.fromarray(rgb)
+        """The faces `detect` tries first, largest first, with their `confirm` scores: those
+        confirmed at the coarsest search level that has any, or else every unconfirmed face
+        found; [] when the detector finds none."""
+        pil = Image.fromarray(_to_display_uint8(image, gamma))
         with _native_stderr_silenced():
-            for level in detection_windows(pil.width, pil.height):
-                faces = self._detect_in(pil, level)
-                if faces:
-                    return faces
+            for boxes, _ in self._candidates(pil):
+                return boxes
         return []
 
+    def _candidates(self, pil: Image.Image) -> Iterator[tuple[list[FaceBox], list[_FaceCrop]]]:
+        """Groups of detected faces (largest first, at most max_num_faces) with their crops, in
+        the order `detect` tries them: the confirmed faces of each search level, coarse to fine,
+        then all unconfirmed ones."""
+        unconfirmed: list[tuple[FaceBox, _FaceCrop]] = []
+        for level in detection_windows(pil.width, pil.height):
+            confirmed: list[tuple[FaceBox, _FaceCrop]] = []
+            for box in self._detect_in(pil, level):
+                crop = _FaceCrop.around(pil, box)
+                box = dataclasses.replace(box, confirm=self._confirm(crop))
+                if box.confirm >= _CONFIRM_SCORE:
+                    confirmed.append((box, crop))
+                elif box.confirm > 0:
+                    unconfirmed.append((box, crop))
+            if confirmed:
+                yield _top(confirmed, self.max_num_faces)
+        if unconfirmed:
+            unconfirmed.sort(key=lambda f: -f[0].width * f[0].height)
+            yield _top(unconfirmed, self.max_num_faces)
+
     def _detect_in(self, pil: Image.Image, windows: list[tuple[int, int, int, int]]) -> list[FaceBox]:
-        """Detector boxes over `windows` (x, y, w, h), in image px, one per face (non-maximum
-        suppression across overlapping windows), largest first."""
+        """Full-range detector boxes over `windows` (x, y, w, h), in image px, one per face
+        (non-maximum suppression across overlapping windows), largest first."""
         found: list[FaceBox] = []
         for x, y, w, h in windows:
             k = min(1.0, _DETECT_INPUT_PX / max(w, h))
@@ -280,61 +339,61 @@ class LandmarkDetector:
                 kept.append(box)
         return sorted(kept, key=lambda b: -b.width * b.height)
 
-    def landmarks_in_box(self, image: Any, box: FaceBox, gamma: float = 2.2) -> np.ndarray | None:
-        """Face-mesh landmarks (478, 2) in image px of the face in `box`, or None when the mesh
-        finds no face near the centre of the crop around it."""
-        rgb = _to_display_uint8(image, gamma)
-        with _native_stderr_silenced():
-            return self._mesh_in_box(Image.fromarray(rgb), box)
+    def _confirm(self, crop: _FaceCrop) -> float:
+        """The short-range detector's best score for a face centred in the crop (0: none)."""
+        best = 0.0
+        for d in self._confirmer.process(crop.pixels).detections or []:
+            b = d.location_data.relative_bounding_box
+            if abs(b.xmin + b.width / 2 - 0.5) < 0.2 and abs(b.ymin + b.height / 2 - 0.5) < 0.2:
+                best = max(best, float(d.score[0]))
+        return best
 
-    def _mesh_in_box(self, pil: Image.Image, box: FaceBox) -> np.ndarray | None:
-        side = _CROP_MARGIN * max(box.width, box.height)
-        out = int(np.clip(round(side), _CROP_MIN_PX, _CROP_MAX_PX))
-        cx, cy = box.centre
-        x0, y0 = cx - side / 2.0, cy - side / 2.0
-        result = self._mesh.process(square_crop(pil, x0, y0, side, out))
+    def _mesh_in(self, crop: _FaceCrop) -> np.ndarray | None:
+        """Face-mesh landmarks (478, 2) in image px of the face centred in the crop, or None."""
+        result = self._mesh.process(crop.pixels)
         faces = [np.array([[p.x, p.y] for p in f.landmark]) for f in result.multi_face_landmarks or []]
         if not faces:
             return None
-        # The face this box was made for is the one centred in the crop (normalised coordinates);
-        # a neighbour's face cut by the crop's edge is not it.
+        # The face this crop was made for is the one centred in it (normalised coordinates); a
+        # neighbour's face cut by the crop's edge is not it.
         offsets = [np.abs((f.min(axis=0) + f.max(axis=0)) / 2.0 - 0.5).max() for f in faces]
         best = int(np.argmin(offsets))
         if offsets[best] > 0.25:
             return None
-        return faces[best] * side + (x0, y0)
+        return faces[best] * crop.side + (crop.x0, crop.y0)
 
     def detect(self, image: Any, gamma: float = 2.2, name: str = "the image") -> np.ndarray:
         """Landmarks (478, 2) in pixels of the largest face (by landmark bounding-box area).
 
         `image` is (H, W, 3): uint8 display RGB, or linear float RGB in [0, 1] (numpy or torch),
-        encoded with 1/`gamma` before detection. Of the faces the full-range detector finds
-        (`find_faces`), the `max_num_faces` largest get a face mesh; where none does, the face
-        mesh runs on the whole image. Raises NoFaceError when no face is found.
+        encoded with 1/`gamma` before detection. Faces come from the full-range detector (see
+        the class docstring), confirmed ones first, coarse search levels first; of the first
+        group in which the face mesh finds any face, the largest is returned. Where none, the
+        face mesh runs on the whole image. Raises NoFaceError when no face is found.
         """
         rgb = _to_display_uint8(image, gamma)
         pil = Image.fromarray(rgb)
         with _native_stderr_silenced():
-            for level in detection_windows(pil.width, pil.height):
-                boxes = self._detect_in(pil, level)[:self.max_num_faces]
-                candidates = [lm for lm in (self._mesh_in_box(pil, b) for b in boxes) if lm is not None]
-                if candidates:
-                    return _largest(candidates)
-            candidates = self._mesh_whole(rgb)
-        if not candidates:
+            for _, crops in self._candidates(pil):
+                found = [lm for lm in map(self._mesh_in, crops) if lm is not None]
+                if found:
+                    return _largest(found)
+            found = self._mesh_whole(rgb)
+        if not found:
             raise NoFaceError(_no_face_message(name))
-        return _largest(candidates)
+        return _largest(found)
 
     def detect_whole_image(self, image: Any, gamma: float = 2.2, name: str = "the image") -> np.ndarray:
         """Landmarks (478, 2) of the largest face that the face mesh finds in the whole image,
-        without the face detector (its own detector sees a 128 px letterbox of the image, so
-        only faces larger than about a sixth of the frame are found); the fallback of `detect`."""
+        without the full-range detector (the face mesh's own detector sees a 128 px letterbox of
+        the image, so only faces larger than about a sixth of the frame are found); the
+        fallback of `detect`, and what `detect` did before it had the detector."""
         rgb = _to_display_uint8(image, gamma)
         with _native_stderr_silenced():
-            candidates = self._mesh_whole(rgb)
-        if not candidates:
+            found = self._mesh_whole(rgb)
+        if not found:
             raise NoFaceError(_no_face_message(name))
-        return _largest(candidates)
+        return _largest(found)
 
     def _mesh_whole(self, rgb: np.ndarray) -> list[np.ndarray]:
         h, w = rgb.shape[:2]
@@ -352,14 +411,20 @@ class LandmarkDetector:
     def close(self) -> None:
         """Release MediaPipe's graphs."""
         with _native_stderr_silenced():
-            self._mesh.close()
-            self._detector.close()
+            for graph in (self._mesh, self._detector, self._confirmer):
+                graph.close()
 
     def __enter__(self) -> "LandmarkDetector":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _top(faces: list[tuple[FaceBox, _FaceCrop]], n: int) -> tuple[list[FaceBox], list[_FaceCrop]]:
+    """The n largest (box, crop) pairs (already largest first) as two lists."""
+    faces = faces[:n]
+    return [b for b, _ in faces], [c for _, c in faces]
 
 
 def _largest(candidates: list[np.ndarray]) -> np.ndarray:
@@ -369,8 +434,10 @@ def _largest(candidates: list[np.ndarray]) -> np.ndarray:
 
 
 def _no_face_message(name: str) -> str:
-    return (f"No face was found in {name}; use a photo where the face is visible and at least "
-            f"about {MIN_FACE_PX} px wide, or give a landmark file.")
+    """NoFaceError's sentence: the real size limit of `LandmarkDetector.detect`."""
+    return (f"No face was found in {name}; faces are found when they are visible and at least "
+            f"about {MIN_FACE_PX} px wide (cheek to cheek), in photos of any size; use such a "
+            "photo, or give a landmark file.")
 
 
 # Sanity limits of check_landmarks.

@@ -214,15 +214,15 @@ def test_two_small_faces_side_by_side_largest_chosen(detector):
     assert np.linalg.norm(lm - expected, axis=1).mean() < 1.5
 
 
-def test_detection_windows_cover_the_image_with_half_overlap():
+def test_detection_windows_cover_the_image_with_overlap():
     levels = detection_windows(4000, 3000)
     assert levels[0] == [(0, 0, 4000, 3000)]
     assert [lv[0][2] for lv in levels[1:]] == [2048, 1024, 512]
-    assert [len(lv) for lv in levels] == [1, 6, 35, 165]
+    assert [len(lv) for lv in levels] == [1, 6, 20, 88]
     for level in levels[1:]:
         side = level[0][2]
         xs = sorted({x for x, _, _, _ in level})
-        assert xs[0] == 0 and xs[-1] + side == 4000 and max(np.diff(xs)) <= side // 2
+        assert xs[0] == 0 and xs[-1] + side == 4000 and max(np.diff(xs)) <= 3 * side // 4
     assert detection_windows(600, 400) == [[(0, 0, 600, 400)]]  # small photos: the whole frame only
     assert detection_windows(400, 900)[1][0] == (0, 0, 400, 512)  # tiles no wider than the image
 
