@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from mfface.images import read_image
-from mfface.landmarks import (LandmarkDetector, NoFaceError, _native_stderr_silenced, mediapipe_to_ibug68,
-                              read_landmarks)
+from mfface.landmarks import (LandmarkDetector, NoFaceError, _native_stderr_silenced,
+                              mediapipe_to_ibug68, read_landmarks)
 
 WIDTHS = (64, 56, 48, 44, 40, 36, 32, 28, 24, 20)
 SCENE = (3000, 4000)  # (height, width)
@@ -72,8 +72,8 @@ def nearest(candidates: list[np.ndarray], lm: np.ndarray) -> np.ndarray:
     return min(candidates, key=lambda c: np.linalg.norm(c.mean(axis=0) - lm.mean(axis=0)))
 
 
-def smallest_face(detector: LandmarkDetector, images: dict[str, np.ndarray], refs: dict[str, np.ndarray],
-                  positions: int) -> dict:
+def smallest_face(detector: LandmarkDetector, images: dict[str, np.ndarray],
+                  refs: dict[str, np.ndarray], positions: int) -> dict:
     rng = np.random.default_rng(0)
     H, W = SCENE
     per_width: dict[int, dict] = {}
@@ -101,8 +101,8 @@ def smallest_face(detector: LandmarkDetector, images: dict[str, np.ndarray], ref
                 found.append(ok)
                 if ok:
                     errors.append(err / width)
-        per_width[width] = {"found": f"{sum(found)}/{len(found)}",
-                            "median_err_pct_of_width": round(100 * statistics.median(errors), 2) if errors else None,
+        median_err = round(100 * statistics.median(errors), 2) if errors else None
+        per_width[width] = {"found": f"{sum(found)}/{len(found)}", "median_err_pct_of_width": median_err,
                             "median_s": round(statistics.median(seconds), 3)}
         print(width, per_width[width], flush=True)
     smallest = None
@@ -178,7 +178,8 @@ def main() -> None:
         "smallest_face_px_4000": small["smallest_width_all_found"],
         "small_faces": small,
         "median_new_vs_old_px": round(statistics.median(p["new_vs_old_px"] for p in photos_), 2),
-        "median_old_shift7_jitter_px": round(statistics.median(p["old_shift7_jitter_px"] for p in photos_), 2),
+        "median_old_shift7_jitter_px": round(statistics.median(p["old_shift7_jitter_px"]
+                                                               for p in photos_), 2),
         "median_added_ms": round(statistics.median(p["new_ms"] - p["old_ms"] for p in photos_), 1),
         "no_face_4000x3000_s": round(statistics.median(empty_s), 3),
         **normal,

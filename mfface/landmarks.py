@@ -8,12 +8,13 @@ refuses landmarks, detected or read from a file, that cannot describe a face in 
 Coordinates are input-image pixels, (N, 2) float64, x to the right and y down, with the lead's
 camera convention: the top-left corner of pixel (0, 0) is at (0, 0), so pixel i's centre is at
 i + 0.5. MediaPipe returns coordinates normalised by the image size; we multiply them by
-(width, height) and add nothing (for a crop: its side, plus its top-left corner in the photo). Checked on this machine: mirroring an image horizontally and
-pairing each of the 468 mesh points with its mirror partner gives x + x_mirrored = 511.97 for the
-512-px astronaut (150-px takeo: 149.77), i.e. x' = W - x, the pixel-corner convention (a
-pixel-centre-at-i convention would give W - 1). Upsampling an image by pixel repetition
-moves the points by +0.5 px per scale step, so MediaPipe is not exactly scale-equivariant; the
-remaining half-pixel question is within its own jitter (0.75 px std of the mirror sum per point).
+(width, height) and add nothing (for a crop: by its side, then add its top-left corner in the
+photo). Checked on this machine: mirroring an image horizontally and pairing each of the 468 mesh
+points with its mirror partner gives x + x_mirrored = 511.97 for the 512-px astronaut (150-px
+takeo: 149.77), i.e. x' = W - x, the pixel-corner convention (a pixel-centre-at-i convention
+would give W - 1). Upsampling an image by pixel repetition moves the points by +0.5 px per scale
+step, so MediaPipe is not exactly scale-equivariant; the remaining half-pixel question is within
+its own jitter (0.75 px std of the mirror sum per point).
 
 Schemes: 'mediapipe478' (MediaPipe's face mesh with irises; 468 points = the same without
 irises) and 'ibug68' (the 68 iBUG / Multi-PIE points, 0-based here).
@@ -218,7 +219,8 @@ def detection_windows(width: int, height: int) -> list[list[tuple[int, int, int,
     return levels
 
 
-def _resampled(image: Image.Image, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+def _resampled(image: Image.Image, box: tuple[float, float, float, float],
+               size: tuple[int, int]) -> np.ndarray:
     """The part `box` (x0, y0, x1, y1 in px, inside the image) of `image` resampled to `size`
     (w, h) with Pillow's antialiased bilinear filter, as a contiguous (h, w, 3) uint8 array.
     Output pixel j's centre samples box x0 + (j + 0.5) * (x1 - x0) / w: the pixel-corner convention."""
