@@ -67,7 +67,7 @@ def test_sample_shapes_types_and_gamma(faces):
     assert np.array_equal(sample["landmarks"].numpy(), raw["landmarks"])
     # the astronaut photo is 512 x 512: its centre in crop pixels from the stored box
     x0, y0, side = h5py.File(faces, "r")["boxes"][0]
-    assert np.allclose(sample["principal_point"].numpy(), (np.array([256.0, 256.0]) - [x0, y0]) * 128 / side)
+    assert np.allclose(sample["principal"].numpy(), (np.array([256.0, 256.0]) - [x0, y0]) * 128 / side)
     assert ds[-1]["index"] == len(PHOTOS) - 1
 
 
@@ -170,7 +170,7 @@ def test_flip_moves_image_mask_and_principal_point_exactly(faces):
     plain, flipped = FaceDataset(faces)[2], FaceDataset(faces, augment=Augmentation(flip=1.0))[2]
     assert torch.allclose(flipped["image"], plain["image"].flip(-1), atol=1e-6)
     assert torch.equal(flipped["mask"], plain["mask"].flip(-1))
-    assert torch.allclose(flipped["principal_point"][0], 128 - plain["principal_point"][0])
+    assert torch.allclose(flipped["principal"][0], 128 - plain["principal"][0])
     expected = mirror_landmarks(plain["landmarks"].numpy(), 128)
     assert np.allclose(flipped["landmarks"].numpy(), expected, atol=1e-4)
 
@@ -235,10 +235,12 @@ def test_mirror_derivation_refuses_other_meshes(tmp_path):
 
 # -- truth (the layout `mfface synth` writes) ---------------------------------------------------
 
-def _synthetic(path: Path, n: int, seed: int = 0, size: int = 64) -> dict:
-    """A small synthetic-style dataset written through DatasetWriter with truth columns."""
+def _synthetic(path: Path, n: int, seed: int = 0, size: int = 64, texture: bool = False) -> dict:
+    """A small synthetic-style dataset written through DatasetWriter with truth columns (the
+    albedo as a texture or as a seed)."""
     rng = np.random.default_rng(seed)
-    truth = truth_columns(n_identity=5, n_expression=3, sh_coefficients=9, n_vertices=10)
+    truth = truth_columns(n_identity=5, n_expression=3, sh_coefficients=9, n_vertices=10,
+                          diffuse_size=8 if texture else None, n_albedo=4 if texture else None)
     spec = DatasetSpec(size=size, source="synthetic", truth=tuple(truth),
                        truth_attrs={"model": "test-model", "model_fingerprint": "abc"})
     values = []
@@ -253,9 +255,10 @@ def _synthetic(path: Path, n: int, seed: int = 0, size: int = 64) -> dict:
             sample["paths"] = f"synth:{seed}:{i}"
             sample["landmarks"] = (rng.random((478, 2)) * size).astype(np.float32)
             sample["truth/landmarks"] = sample["landmarks"] + 0.5
-            sample["truth/principal_point"] = np.array([size / 2, size / 2], np.float32)
+            sample["truth/principal"] = np.array([size / 2, size / 2], np.float32)
             sample["truth/focal"] = np.float32(100.0)
-            sample["truth/albedo_seed"] = np.int64(1000 + i)
+            if not texture:
+                sample["truth/albedo_seed"] = np.int64(1000 + i)
             writer.append(sample)
             values.append(sample)
     return {"values": values, "truth": truth}
@@ -263,14 +266,17 @@ def _synthetic(path: Path, n: int, seed: int = 0, size: int = 64) -> dict:
 
 def test_truth_round_trip_and_augmentation(tmp_path):
     path = tmp_path / "synth.h5"
-    written = _synthetic(path, 3)
+    written = _synthetic(path, 3, texture=True)
     ds = FaceDataset(path)
     sample = ds[1]
     truth = sample["truth"]
     assert set(truth) == {c.name.split("/", 1)[1] for c in written["truth"]}
+    assert {"identity", "expression", "euler", "translation", "focal", "principal", "sh",
+            "landmarks", "diffuse", "albedo", "vertices"} == set(truth)
     for column in written["truth"]:
         name = column.name.split("/", 1)[1]
         assert tuple(truth[name].shape) == column.shape
+        assert truth[name].dtype == getattr(torch, column.dtype)
         assert np.allclose(truth[name].numpy(), written["values"][1][column.name])
     with h5py.File(path, "r") as f:
         assert f["truth"].attrs["model"] == "test-model" and f.attrs["source"] == "synthetic"
@@ -286,7 +292,7 @@ def test_truth_round_trip_and_augmentation(tmp_path):
     plain = written["values"][1]
     assert np.allclose(moved["truth"]["landmarks"].numpy(),
                        mapped(plain["truth/landmarks"].astype(np.float64))[mirror_permutation()], atol=1e-3)
-    assert np.allclose(moved["truth"]["principal_point"].numpy(), mapped(np.array([32.0, 32.0])), atol=1e-4)
+    assert np.allclose(moved["truth"]["principal"].numpy(), mapped(np.array([32.0, 32.0])), atol=1e-4)
     assert np.isclose(float(moved["truth"]["focal"]), 110.0, rtol=1e-5)
     assert np.allclose(moved["truth"]["identity"].numpy(), plain["truth/identity"])  # 3D truth as is
     # truth is included only when every file has it

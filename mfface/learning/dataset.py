@@ -8,8 +8,8 @@ Each item is a dict:
     mask        float32 (S, S)     skin mask, 1 = skin (0 where augmentation left the crop)
     valid       float32 (S, S)     1 where the returned crop shows the stored crop, 0 where
                                    augmentation moved pixels in from outside it (black there)
-    principal_point float32 (2,)   the source photo's centre in crop pixels (mfface's camera
-                                   assumes it is the principal point)
+    principal   float32 (2,)       the source photo's centre in crop pixels (mfface's camera
+                                   assumes it is the principal point; FaceState.principal)
     affine      float32 (2, 3)     A = [M | t]: stored-crop pixel p -> returned pixel M p + t
                                    (identity without augmentation; includes the flip)
     flipped     bool               whether the sample was mirrored
@@ -295,7 +295,7 @@ class FaceDataset(Dataset):
         sample: dict[str, Any] = {
             "image": image.contiguous(), "landmarks": torch.from_numpy(landmarks.astype(np.float32)),
             "mask": mask, "valid": valid,
-            "principal_point": torch.from_numpy(principal.astype(np.float32)),
+            "principal": torch.from_numpy(principal.astype(np.float32)),
             "affine": torch.from_numpy(affine.astype(np.float32)), "flipped": bool(draw.flip),
             "index": index, "path": raw["path"],
         }

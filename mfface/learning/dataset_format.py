@@ -162,38 +162,50 @@ def sample_columns(size: int) -> list[Column]:
 
 
 def truth_columns(n_identity: int, n_expression: int, sh_coefficients: int,
-                  albedo_size: int | None = None, n_vertices: int | None = None) -> list[Column]:
-    """The `truth/` datasets of a synthetic dataset (written by `mfface synth`).
+                  diffuse_size: int | None = None, n_albedo: int | None = None,
+                  n_vertices: int | None = None) -> list[Column]:
+    """The `truth/` datasets of a synthetic dataset (written by `mfface synth`), named and shaped
+    as the fields of `mfface.state.FaceState` for one image, so that truth and a network's
+    prediction compare field by field.
 
-    Pose and camera are those of the crop: X_camera = R X_model + t (mm, OpenCV camera, see
-    mfface.camera); focal length and principal point in crop pixels. `n_*` are the model's
-    coefficient counts, `sh_coefficients` the SH coefficients per colour channel (bands^2).
-    The albedo is the texture itself (`albedo_size` given, uint8 display-referred) or else
-    the seed it was drawn from. `n_vertices` adds the camera-space vertices (float32, mm).
+    Pose and camera are those of the crop: euler (yaw, pitch, roll) in radians and translation in
+    mm as in mfface.camera (X_camera = R0 R_head(euler) X_model + t); focal length and principal
+    point in crop pixels. `sh_coefficients` is the SH coefficient count per colour channel
+    (bands^2). The diffuse albedo is stored as the texture itself (`diffuse_size` given: float16
+    linear RGB, row 0 at the top) or else as the seed it was drawn from (`albedo_seed`);
+    `n_albedo` adds a statistical albedo model's coefficients, `n_vertices` the camera-space
+    vertices (mm). `landmarks` are the model's MediaPipe landmark vertices projected exactly.
+    A writer may append further Column objects under `truth/` (e.g. specular or roughness).
     """
+    small = _SMALL_BLOCK
     columns = [
-        Column("truth/identity", (n_identity,), "float32", "identity coefficients (model prior ~N(0, 1))"),
+        Column("truth/identity", (n_identity,), "float32", "identity coefficients (std units)"),
         Column("truth/expression", (n_expression,), "float32", "expression coefficients"),
-        Column("truth/rotation", (3, 3), "float32", "R of X_camera = R X_model + t"),
-        Column("truth/translation", (3,), "float32", "t of X_camera = R X_model + t, mm"),
+        Column("truth/euler", (3,), "float32", "yaw, pitch, roll in radians (mfface.camera)",
+               per_chunk=small),
+        Column("truth/translation", (3,), "float32", "camera-space translation t, mm",
+               per_chunk=small),
         Column("truth/focal", (), "float32", "focal length in crop pixels", geometry="length",
-               per_chunk=_SMALL_BLOCK),
-        Column("truth/principal_point", (2,), "float32", "principal point in crop pixels",
-               geometry="points", per_chunk=_SMALL_BLOCK),
+               per_chunk=small),
+        Column("truth/principal", (2,), "float32", "principal point in crop pixels",
+               geometry="points", per_chunk=small),
         Column("truth/sh", (sh_coefficients, 3), "float32", "SH light coefficients per RGB channel "
                "(light frame, docs/light.md)"),
         Column("truth/landmarks", (LANDMARK_COUNT, 2), "float32", "the model's MediaPipe landmark "
-               "vertices projected exactly, crop pixels", geometry="landmarks"),
+               "vertices projected exactly, crop pixels", geometry="landmarks", gzip_level=4),
     ]
-    if albedo_size is not None:
-        columns.append(Column("truth/albedo", (albedo_size, albedo_size, 3), "uint8",
-                              "diffuse albedo texture, display-referred"))
+    if diffuse_size is not None:
+        columns.append(Column("truth/diffuse", (diffuse_size, diffuse_size, 3), "float16",
+                              "diffuse albedo texture, linear RGB, row 0 at the top", gzip_level=4))
     else:
-        columns.append(Column("truth/albedo_seed", (), "int64", "seed the albedo texture was drawn "
-                              "from", per_chunk=_SMALL_BLOCK))
+        columns.append(Column("truth/albedo_seed", (), "int64", "seed the diffuse albedo texture "
+                              "was drawn from", per_chunk=small))
+    if n_albedo is not None:
+        columns.append(Column("truth/albedo", (n_albedo,), "float32",
+                              "statistical albedo coefficients (std units)"))
     if n_vertices is not None:
         columns.append(Column("truth/vertices", (n_vertices, 3), "float32",
-                              "camera-space vertices, mm", geometry="none"))
+                              "camera-space vertices, mm", gzip_level=4))
     return columns
 
 
