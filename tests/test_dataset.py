@@ -191,8 +191,11 @@ def test_warp_convention():
 
 
 def test_colour_jitter_is_documented_arithmetic():
-    image = torch.rand(3, 8, 8) * 0.5
-    assert torch.allclose(jitter_colour(image, Draw(brightness=1.5)), image * 1.5)
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    assert torch.allclose(jitter_colour(image, Draw(brightness=1.5)), image * 1.5, atol=1e-6)
+    stretched = jitter_colour(image, Draw(contrast=1.2))
+    mean = (image * torch.tensor([0.2126, 0.7152, 0.0722])[:, None, None]).sum(0).mean()
+    assert torch.allclose(stretched, (mean + 1.2 * (image - mean)).clamp(0, 1), atol=1e-6)
     gray = jitter_colour(image, Draw(saturation=0.0))
     assert torch.allclose(gray[0], gray[1]) and torch.allclose(gray[1], gray[2])
     flat = jitter_colour(image, Draw(contrast=0.0))

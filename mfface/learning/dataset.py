@@ -154,12 +154,14 @@ def jitter_colour(image: torch.Tensor, draw: Draw) -> torch.Tensor:
     """Brightness, contrast and saturation of a linear (3, H, W) image (see the module doc)."""
     if draw.brightness == 1.0 and draw.contrast == 1.0 and draw.saturation == 1.0:
         return image
-    luma = _LUMA.to(image.dtype)
+    luma = _LUMA.to(image.dtype)[:, None, None]
     out = image * draw.brightness
-    mean = (out * luma[:, None, None]).sum(0).mean()
-    out = mean + draw.contrast * (out - mean)
-    gray = (out * luma[:, None, None]).sum(0, keepdim=True)
-    out = gray + draw.saturation * (out - gray)
+    if draw.contrast != 1.0:
+        mean = (out * luma).sum(0).mean()
+        out = mean + draw.contrast * (out - mean)
+    if draw.saturation != 1.0:
+        gray = (out * luma).sum(0, keepdim=True)
+        out = gray + draw.saturation * (out - gray)
     return out.clamp(0.0, 1.0)
 
 
