@@ -114,15 +114,15 @@ def rigid_mm(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
 def fit_synthetic(full: MorphableModel, models: dict[str, MorphableModel], config: FitConfig,
                   faces: int, size: int, photo_spp: int, eval_spp: int, truth_components: int,
                   truth_scale: float) -> list[dict]:
-    from mfface.fitting.face_render import FaceRender
+    from mfface.forward import ForwardModel
     from mfface.synthetic import random_face
 
     region = full.regions["skin"]
-    maker = FaceRender(full, size, config)
+    maker = ForwardModel(full)
     recons = {name: Reconstructor(model, config) for name, model in models.items()}
     rows = []
     for seed in range(faces):
-        face = random_face(full, size, seed, spp=photo_spp, landmark_noise_px=0.5, render=maker,
+        face = random_face(full, size, seed, spp=photo_spp, landmark_noise_px=0.5, forward=maker,
                            identity_components=truth_components, identity_scale=truth_scale)
         truth = face.vertices.numpy().astype(np.float64)
         mean = full.mean_shape.astype(np.float64)
