@@ -108,6 +108,10 @@ def test_builtin_model_on_a_fresh_machine(tmp_path):
         refused = run(tmp_path, *args)
         assert refused.exit_code == 1 and refused.output.count("Error:") == 1
         assert "has the name of the model built into mfface" in " ".join(refused.output.split())
+    fitted = CliRunner().invoke(cli, ["fit", str(example_photo_path()), "-o", str(tmp_path / "out")],
+                                env={"MFFACE_HOME": str(tmp_path)})
+    assert fitted.exit_code == 1 and fitted.output.count("Error:") == 1, fitted.output
+    assert "has the name of the model built into mfface" in " ".join(fitted.output.split())
 
 
 def _digest(path) -> str:
