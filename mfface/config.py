@@ -160,9 +160,11 @@ class FitConfig:
     stage3: Stage3Config = field(default_factory=Stage3Config)
 
 
-def _sections() -> dict[str, type]:
-    hints = typing.get_type_hints(FitConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(FitConfig)}
+def _sections(root: type = FitConfig) -> dict[str, type]:
+    """{section name: section dataclass} of a root config (FitConfig, or another tree such as
+    training's, built the same way: a dataclass of section dataclasses)."""
+    hints = typing.get_type_hints(root)
+    return {f.name: hints[f.name] for f in dataclasses.fields(root)}
 
 
 def _fields(section_type: type) -> dict[str, tuple[Any, dict]]:
@@ -203,8 +205,8 @@ def _check_value(key: str, tp: Any, meta: dict, value: Any) -> Any:
     return value
 
 
-def _split_key(key: str) -> tuple[str, str]:
-    sections = _sections()
+def _split_key(key: str, root: type = FitConfig) -> tuple[str, str]:
+    sections = _sections(root)
     section, _, name = key.partition(".")
     if section not in sections:
         raise ConfigError(f"Unknown config section {section!r} in {key!r}; valid sections: "
@@ -215,15 +217,17 @@ def _split_key(key: str) -> tuple[str, str]:
     return section, name
 
 
-def apply_overrides(config: FitConfig, overrides: dict[str, Any]) -> FitConfig:
-    """A copy of `config` with {"section.field": value} applied, each checked like a TOML value."""
-    sections = {name: getattr(config, name) for name in _sections()}
+def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of `config` (any root config) with {"section.field": value} applied, each checked
+    like a TOML value."""
+    root = type(config)
+    sections = {name: getattr(config, name) for name in _sections(root)}
     for key, value in overrides.items():
-        section, name = _split_key(key)
+        section, name = _split_key(key, root)
         tp, meta = _fields(type(sections[section]))[name]
         sections[section] = dataclasses.replace(sections[section],
                                                 **{name: _check_value(key, tp, meta, value)})
-    return FitConfig(**sections)
+    return root(**sections)
 
 
 # Keys of earlier versions, so that their files (a result's config.toml) still load: moved keys
@@ -233,24 +237,26 @@ MOVED_KEYS = {"stage1.robust_scale": "landmarks.robust_scale",
 RETIRED_KEYS = frozenset({"stage3.landmark_weight"})
 
 
-def config_from_dict(data: dict[str, Any], source: str = "the config") -> FitConfig:
-    """FitConfig from {section: {key: value}} (a parsed TOML file); missing keys keep defaults."""
+def config_from_dict(data: dict[str, Any], source: str = "the config", root: type = FitConfig) -> Any:
+    """A `root` config (FitConfig by default) from {section: {key: value}} (a parsed TOML file);
+    missing keys keep their defaults."""
     overrides = {}
     for section, table in data.items():
-        if section not in _sections():
+        if section not in _sections(root):
             raise ConfigError(f"Unknown section [{section}] in {source}; valid sections: "
-                              f"{', '.join(_sections())}.")
+                              f"{', '.join(_sections(root))}.")
         if not isinstance(table, dict):
             raise ConfigError(f"{section} in {source} must be a [{section}] table, not a value.")
         for key, value in table.items():
             dotted = f"{section}.{key}"
             if dotted not in RETIRED_KEYS:
                 overrides[MOVED_KEYS.get(dotted, dotted)] = value
-    return apply_overrides(FitConfig(), overrides)
+    return apply_overrides(root(), overrides)
 
 
-def load_config(path: str | Path) -> FitConfig:
-    """Read a TOML config file; raises ConfigError for a missing or malformed file or a bad key."""
+def load_config(path: str | Path, root: type = FitConfig) -> Any:
+    """Read a TOML config file into a `root` config (FitConfig by default); raises ConfigError for
+    a missing or malformed file or a bad key."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -258,10 +264,10 @@ def load_config(path: str | Path) -> FitConfig:
         raise ConfigError(f"Config file {path} does not exist.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file {path} is not valid TOML ({e}).") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(data, str(path), root)
 
 
-def config_to_dict(config: FitConfig) -> dict[str, dict[str, Any]]:
+def config_to_dict(config: Any) -> dict[str, dict[str, Any]]:
     """{section: {key: value}} of every field (a plain dict, e.g. for JSON)."""
     return dataclasses.asdict(config)
 
@@ -274,8 +280,8 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def to_toml(config: FitConfig) -> str:
-    """The full config as TOML text that `load_config` reads back to an equal FitConfig."""
+def to_toml(config: Any) -> str:
+    """The full config as TOML text that `load_config` reads back to an equal config."""
     lines = []
     for section, table in config_to_dict(config).items():
         lines.append(f"[{section}]")
@@ -284,11 +290,11 @@ def to_toml(config: FitConfig) -> str:
     return "\n".join(lines)
 
 
-def _option_table() -> dict[str, tuple[str, str, Any, dict, Any]]:
+def _option_table(root: type = FitConfig) -> dict[str, tuple[str, str, Any, dict, Any]]:
     """{click parameter name: (dotted key, option flag, type, metadata, default)} for every field."""
     table = {}
-    defaults = FitConfig()
-    for section, section_type in _sections().items():
+    defaults = root()
+    for section, section_type in _sections(root).items():
         for name, (tp, meta) in _fields(section_type).items():
             flag = f"--{section}-{name}".replace("_", "-")
             table[f"{section}_{name}"] = (f"{section}.{name}", flag, tp, meta,
@@ -296,15 +302,16 @@ def _option_table() -> dict[str, tuple[str, str, Any, dict, Any]]:
     return table
 
 
-def config_options(command: Callable) -> Callable:
-    """Click decorator adding one option per config field (`--stage2-iterations`, ...).
+def config_options(command: Callable, root: type = FitConfig) -> Callable:
+    """Click decorator adding one option per field of a `root` config (`--stage2-iterations`, ...).
 
     Every option defaults to None (= not given), so `overrides_from_kwargs` passes on only what the
-    user typed; booleans are `--x/--no-x` flags, Literal fields are choices.
+    user typed; booleans are `--x/--no-x` flags, Literal fields are choices. For another root:
+    `functools.partial(config_options, root=TrainConfig)`.
     """
     import click
 
-    for param, (_, flag, tp, meta, default) in reversed(list(_option_table().items())):
+    for param, (_, flag, tp, meta, default) in reversed(list(_option_table(root).items())):
         help_text = f"{meta['help']} [default: {default}]"
         if tp is bool:
             command = click.option(f"{flag}/--no-{flag[2:]}", param, default=None, help=help_text)(command)
@@ -315,10 +322,10 @@ def config_options(command: Callable) -> Callable:
     return command
 
 
-def overrides_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def overrides_from_kwargs(kwargs: dict[str, Any], root: type = FitConfig) -> dict[str, Any]:
     """{"section.field": value} for the config options given on the command line (not None).
 
     Keys of `kwargs` that are not config options (the command's own arguments) are ignored.
     """
-    table = _option_table()
+    table = _option_table(root)
     return {table[k][0]: v for k, v in kwargs.items() if k in table and v is not None}

@@ -216,6 +216,13 @@ class FaceDataset(Dataset):
         self._source_sizes = np.concatenate([info["source_sizes"] for info in infos])
         self._handles: list[Any] | None = None
         self._pid = -1
+        self._augment_seed: tuple[int, int] | None = None
+
+    def seed_augmentation(self, seed: int, epoch: int) -> None:
+        """Make item i's augmentation a function of (seed, epoch, i) alone, whatever process,
+        worker or order loads it (training sets this per epoch, so a resumed run draws the same
+        augmentations as an uninterrupted one). Without it, torch's global RNG is used."""
+        self._augment_seed = (int(seed), int(epoch))
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -282,7 +289,11 @@ class FaceDataset(Dataset):
         landmarks = raw["landmarks"].astype(np.float64)
         principal = self.principal_point(index).astype(np.float64)
         truth = raw["truth"]
-        draw = self.augment.draw(s) if self.augment is not None else Draw()
+        generator = None
+        if self._augment_seed is not None:
+            seed, epoch = self._augment_seed
+            generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        draw = self.augment.draw(s, generator) if self.augment is not None else Draw()
         affine = draw.affine(s)
         if self.augment is not None and not np.allclose(affine, [[1, 0, 0], [0, 1, 0]]):
             stacked = warp(torch.cat([image, mask[None], valid[None]]), affine, s)
