@@ -239,9 +239,12 @@ def _plan(groups: list[list[Path]], output: Path, overwrite: bool) -> tuple[list
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the results (one sub-folder per photo).")
+@click.option("--example", is_flag=True,
+              help="Fit the sample portrait that ships with mfface (NASA, public domain) instead of "
+                   "photos of your own.")
 @click.option("--overwrite", is_flag=True,
               help="Replace earlier results of the same photos in OUTPUT (only mfface's own result "
                    "folders, never other files).")
@@ -260,10 +263,11 @@ def _plan(groups: list[list[Path]], output: Path, overwrite: bool) -> tuple[list
 @click.option("--checkpoint", "resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Resume from a stageN.npz checkpoint of an earlier run of the same photo(s).")
 @config_options
-def fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity: bool,
+def fit(inputs: tuple[Path, ...], output: Path, example: bool, overwrite: bool, shared_identity: bool,
         config_file: Path | None, model_name: str | None, device: str | None, landmark_file: Path | None,
         skip: tuple[int, ...], resume: Path | None, **kwargs) -> None:
     """Reconstruct the face in each photo (files or folders) into OUTPUT/<photo name>/."""
+    inputs = _inputs(inputs, example)
     try:
         _fit(inputs, output, overwrite, shared_identity, config_file, model_name, device, landmark_file,
              skip, resume, kwargs)
@@ -273,6 +277,23 @@ def fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity
     except KeyboardInterrupt:
         click.echo("Interrupted; nothing was written.", err=True)
         raise click.exceptions.Exit(130) from None
+
+
+def _inputs(inputs: tuple[Path, ...], example: bool) -> tuple[Path, ...]:
+    """The photos to fit: those given, or the sample photo with --example (not both)."""
+    from mfface.sample import SamplePhotoError, example_photo_path
+
+    if example and inputs:
+        raise UserError("give photos or --example, not both.")
+    if not example and not inputs:
+        raise UserError("give one or more photos (files or folders) to fit, or --example for the "
+                        "sample portrait.")
+    if not example:
+        return inputs
+    try:
+        return (example_photo_path(),)
+    except SamplePhotoError as e:
+        raise UserError(str(e)) from None
 
 
 def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity: bool,
@@ -302,6 +323,8 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
         model = ModelStore().load(model_name)
     except (BackendError, ModelNotInstalledError, ModelFormatError, ValueError) as e:
         raise UserError(str(e)) from None
+    _CONSOLE.print(f"model: {model.name} ({model.n_identity} identity, {model.n_expression} "
+                   f"expression components)")
     user_errors = (ImageReadError, NoFaceError, LandmarkFileError, CheckpointError, FitInputError,
                    OutputError, ResourceError)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -321,6 +344,10 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
                 progress.console.print(f"[red]skipped {group[0]}: {e}")
                 outcomes.append(Outcome([p.stem for p in group], [], error=str(e)))
     _CONSOLE.print(_summary(outcomes))
+    done = [f for o in outcomes for f in o.folders]
+    if done:
+        _CONSOLE.print(f"Results: {', '.join(str(f) for f in done)} (README, 'Outputs', lists the files; "
+                       f"`mfface replay {done[0]}` makes a turntable).")
     for o in outcomes:
         if o.skipped:
             _CONSOLE.print(f"[yellow]{', '.join(o.names)}: {o.skipped}")

@@ -29,6 +29,7 @@ from mfface.figures import to_display
 from mfface.checkpoints import Checkpoint, CheckpointError, check_state, load_checkpoint
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.morphable.model import MorphableModel
+from mfface.morphable.store import restore_hint
 from mfface.outputs import RESULT_FORMAT
 from mfface.scenes.light_presets import UnknownPresetError, exposure, preset_names, preset_sh
 from mfface.sh import bands_of
@@ -151,8 +152,8 @@ def _check_model(model: MorphableModel, params: dict, checkpoint: Checkpoint, fo
     if (expected is not None and int(expected) != model.n_vertices) or \
             (owner is not None and owner.model_fingerprint != model.fingerprint()):
         raise ReplayError(f"{folder} was fitted with a different {model.name!r} model than the one "
-                          f"installed ({model.n_vertices} vertices); reinstall the model the fit used "
-                          f"with `mfface models install {model.name}`.")
+                          f"available ({model.n_vertices} vertices); {restore_hint(model.name)}, the "
+                          f"version the fit used.")
     digest = params["image"].get("digest")
     if owner is not None and digest is not None and digest not in owner.photos:
         raise ReplayError(f"the checkpoint in {folder} belongs to a fit of another photo than "

@@ -254,6 +254,17 @@ def add_mediapipe_landmarks(model: MorphableModel, canonical_mesh: str | Path | 
     return how
 
 
+def restore_hint(name: str) -> str:
+    """How a user gets model `name` (again): the install command, or for the built-in model the
+    package reinstall."""
+    if name == BUILTIN_NAME:
+        return reinstall_hint()
+    kind, _, region = name.partition("-")
+    command = (f"mfface models install {kind}" + (f" --region {region}" if region else "")
+               if kind in KINDS else "mfface models install ict")
+    return f"install it with `{command}`"
+
+
 class ModelStore:
     """Installed models in `root` (default: `default_root()`), plus the built-in model."""
 
@@ -293,12 +304,8 @@ class ModelStore:
                 raise impostor
             return builtin_path()
         if not path.is_file():
-            kind, _, region = name.partition("-")
-            command = (f"mfface models install {kind}" + (f" --region {region}" if region else "")
-                       if kind in KINDS else "mfface models install ict")
             raise ModelNotInstalledError(
-                f"face model {name!r} is not installed ({self._available()}); install it with "
-                f"`{command}`.")
+                f"face model {name!r} is not installed ({self._available()}); {restore_hint(name)}.")
         return path
 
     def list(self) -> list[ModelInfo]:

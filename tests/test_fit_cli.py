@@ -177,3 +177,17 @@ def test_shared_identity_shares_identity_and_maps(installed_ict, tmp_path: Path)
         abs(a["pose"]["yaw_pitch_roll_deg"][0]) < 2
     same = (Image.open(tmp_path / "out" / "a" / "mesh_diffuse.png"), Image.open(tmp_path / "out" / "b" / "mesh_diffuse.png"))
     assert np.array_equal(np.asarray(same[0]), np.asarray(same[1]))
+
+
+def test_example_fits_the_bundled_portrait_with_the_built_in_model(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MFFACE_HOME", str(tmp_path / "empty_home"))   # nothing installed: ict-lite
+    result = CliRunner().invoke(cli, ["fit", "--example", "-o", str(tmp_path / "out"), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "model: ict-lite" in result.output and "Results: " in result.output
+    params = json.loads((tmp_path / "out" / "example_face" / "params.json").read_text())
+    assert params["model"]["name"] == "ict-lite"
+
+
+def test_example_and_photos_or_neither_are_refused(tmp_path: Path) -> None:
+    assert "not both" in fail("--example", str(data_file("images/astronaut.png")), "-o", str(tmp_path))
+    assert "--example for the sample portrait" in fail("-o", str(tmp_path))

@@ -30,6 +30,7 @@ from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, l
 from mfface.landmarks import LandmarkDetector, check_landmarks, read_landmarks, scheme_for_count
 from mfface.masks import skin_mask
 from mfface.morphable.model import MorphableModel
+from mfface.morphable.store import restore_hint
 from mfface.objectives import landmark_weights
 from mfface.state import FaceState
 from mfface.textures import resize_texture
@@ -116,8 +117,8 @@ def landmark_index(model: MorphableModel, scheme: str, count: int) -> np.ndarray
     """Model vertex per landmark (count,) for a scheme ('mediapipe478', 'ibug68'); -1 = not covered."""
     key = "mediapipe478" if scheme.startswith("mediapipe") else scheme
     if key not in model.landmarks:
-        raise FitInputError(f"model {model.name!r} has no {key} landmark correspondence; reinstall it "
-                         f"with `mfface models install {model.name}`.")
+        raise FitInputError(f"model {model.name!r} has no {key} landmark correspondence; "
+                            f"{restore_hint(model.name)}.")
     return np.asarray(model.landmarks[key][:count], dtype=np.int64)
 
 
