@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "mfface", "morphable", "scenes", "cli")
 PACKAGE_DATA = [f"mfface/morphable/data/{name}" for name in
                 (MODEL_FILE, CHECKSUM_FILE, LICENSE_FILE, CREDITS_FILE, "ict_mediapipe478.txt")]
-PACKAGE_DATA += ["mfface/data/example_face.jpg", "mfface/data/example_face.txt", "mfface/py.typed"]
+PACKAGE_DATA += ["mfface/data/example_face.jpg", "mfface/data/example_face.txt", "mfface/py.typed",
+                 "mfface/data/mediapipe_mirror478.txt"]
 TINY = ["--input-max-resolution", "64", "--stage1-iterations", "20", "--stage2-iterations", "3",
         "--stage3-iterations", "2", "--render-final-spp", "2", "--render-texture-size", "64"]
 
@@ -120,11 +121,9 @@ def test_installed_wheel_fits_the_sample_offline(wheel, tmp_path):
 
     script = target / "bin" / "mfface"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "mfface.cli.main"]
-    helped = _run(command + ["fit", "--help"], env=env, cwd=tmp_path)
-    photo = ["--example"] if "--example" in helped.stdout else [found["photo"]]
     out = tmp_path / "results"
-    fitted = _run(command + ["fit", *photo, "-o", str(out), *TINY], env=env, cwd=tmp_path, timeout=600)
+    fitted = _run(command + ["fit", "--example", "-o", str(out), *TINY], env=env, cwd=tmp_path, timeout=600)
     params = [json.loads(p.read_text()) for p in out.glob("*/params.json")]
-    assert len(params) == 1, fitted.stdout + fitted.stderr
+    assert len(params) == 1 and (out / "example_face" / "params.json").is_file(), fitted.stdout + fitted.stderr
     assert params[0]["model"]["name"] == "ict-lite"
     assert not (tmp_path / "home" / "models").exists()  # nothing was installed or downloaded
