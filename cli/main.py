@@ -9,6 +9,7 @@ from mfface.cli.fit import fit
 from mfface.cli.models import models
 from mfface.cli.prepare import prepare
 from mfface.cli.replay import replay
+from mfface.cli.synth import synth
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +23,4 @@ cli.add_command(fit)
 cli.add_command(models)
 cli.add_command(prepare)
 cli.add_command(replay)
+cli.add_command(synth)

@@ -85,7 +85,7 @@ _SMALL_BLOCK = 1024  # rows per chunk of the small per-sample datasets
 _RESERVED_ATTRS = frozenset({
     "format", "format_version", "crop_size", "landmark_scheme", "pixel_convention",
     "image_encoding", "gamma", "source", "crop_margin", "count", "created_at", "updated_at",
-    "created_with", "history", "shard_rank", "shard_world_size"})
+    "created_with", "history", "shard_rank", "shard_world_size", "match_keys"})
 
 
 class DatasetError(ValueError):
@@ -556,6 +556,7 @@ class DatasetWriter:
         })
         for key, value in {**self.spec.match, **self.spec.attrs}.items():
             f.attrs[key] = value
+        f.attrs["match_keys"] = json.dumps(sorted(self.spec.match))  # what a merge must compare
         if self.shard is not None:
             f.attrs["shard_rank"], f.attrs["shard_world_size"] = self.shard
         for column in self.columns:
@@ -724,7 +725,8 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
         raise DatasetError("--merge needs at least one dataset file to join.")
     infos = [read_info(p) for p in paths]
     first = infos[0]
-    keys = ("crop_size", "source", "crop_margin", "landmark_scheme")
+    match_keys = json.loads(first["attrs"].get("match_keys", "[]"))
+    keys = ("crop_size", "source", "crop_margin", "landmark_scheme", *match_keys)
     for info in infos[1:]:
         for key in keys:
             if info["attrs"].get(key) != first["attrs"].get(key):
@@ -740,9 +742,17 @@ def merge_datasets(inputs: Sequence[str | os.PathLike], output: str | os.PathLik
 
     size = first["size"]
     truth = _truth_columns_of(first)
-    with h5py.File(paths[0], "r") as f:
-        truth_attrs = dict(f["truth"].attrs) if "truth" in f else {}
+    truth_attrs: dict[str, Any] = {}
+    for info in infos:
+        with h5py.File(info["path"], "r") as f:
+            these = {k: _attr(f["truth"], k) for k in f["truth"].attrs} if "truth" in f else {}
+        if info is first:
+            truth_attrs = these
+        elif these != truth_attrs:
+            raise DatasetError(f"{info['path']}'s truth was made with other settings than "
+                               f"{first['path']}'s ({these} vs {truth_attrs}); they cannot be merged.")
     match = {"crop_margin": first["attrs"]["crop_margin"]} if "crop_margin" in first["attrs"] else {}
+    match.update({k: first["attrs"][k] for k in match_keys if k in first["attrs"]})
     attrs = {k: v for k, v in first["attrs"].items() if k not in _RESERVED_ATTRS}
     spec = DatasetSpec(size=size, source=str(first["attrs"].get("source")), truth=tuple(truth),
                        match=match, attrs=attrs, truth_attrs=truth_attrs)
