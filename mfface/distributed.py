@@ -28,16 +28,20 @@ class RankInfo:
         return self.rank == 0
 
 
-def rank_info() -> RankInfo:
-    """RANK, WORLD_SIZE and LOCAL_RANK from the environment (a launcher such as torchrun)."""
+def rank_info(environ: dict[str, str] | None = None) -> RankInfo:
+    """RANK, WORLD_SIZE and LOCAL_RANK from the environment (a launcher such as torchrun), or from
+    `environ`; ValueError when they are not a valid rank of a run."""
+    env = os.environ if environ is None else environ
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them).") from None
+        raise ValueError(f"RANK={env.get('RANK')!r} and WORLD_SIZE={env.get('WORLD_SIZE')!r} must be whole "
+                         f"numbers (as torchrun sets them).") from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} do not describe a distributed run.")
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} do not describe a rank of a distributed "
+                         f"run (0 <= RANK < WORLD_SIZE).")
     return RankInfo(rank, world, local)
 
 

@@ -205,12 +205,14 @@ def crop_box_around(points: torch.Tensor | np.ndarray, image_size: tuple[int, in
     return CropBox(x0, y0, size)
 
 
-def crop_and_resize(image: torch.Tensor | np.ndarray, box: CropBox,
-                    max_resolution: int = 256) -> tuple[torch.Tensor, Affine2D]:
-    """Crop `box` out of `image` (H, W, C) and shrink it to at most `max_resolution` pixels a side.
+def crop_and_resize(image: torch.Tensor | np.ndarray, box: CropBox, max_resolution: int = 256,
+                    enlarge: bool = False) -> tuple[torch.Tensor, Affine2D]:
+    """Crop `box` out of `image` (H, W, C) and shrink it to at most `max_resolution` pixels a side
+    (or, with `enlarge`, resize it to exactly that: a network takes one input size).
 
-    Returns the crop as a float32 tensor (S, S, C) (never enlarged; shrinking is antialiased) and the
-    Affine2D from input-image pixel coordinates to crop pixel coordinates (`.inverse()` maps back).
+    Returns the crop as a float32 tensor (S, S, C) (shrinking is antialiased, enlarging bilinear)
+    and the Affine2D from input-image pixel coordinates to crop pixel coordinates (`.inverse()`
+    maps back).
     """
     img = torch.as_tensor(image)
     h, w = img.shape[:2]
@@ -220,10 +222,10 @@ def crop_and_resize(image: torch.Tensor | np.ndarray, box: CropBox,
     if max_resolution < 1:
         raise ValueError(f"max_resolution must be >= 1, got {max_resolution}.")
     crop = img[box.y0:box.y0 + box.size, box.x0:box.x0 + box.size].to(torch.float32)
-    out = min(box.size, max_resolution)
+    out = max_resolution if enlarge else min(box.size, max_resolution)
     if out != box.size:
         chw = crop.permute(2, 0, 1)[None]
         crop = F.interpolate(chw, size=(out, out), mode="bilinear", align_corners=False,
-                             antialias=True)[0].permute(1, 2, 0)
+                             antialias=out < box.size)[0].permute(1, 2, 0)
     scale = out / box.size
     return crop.contiguous(), Affine2D(scale, (-box.x0 * scale, -box.y0 * scale))

@@ -84,7 +84,8 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
         "light": {"sh_bands": int(round(math.sqrt(state.sh.shape[1]))), "frame": "envmap light frame "
                   "(Mitsuba envmap local frame; +y image-up, +z towards the camera)",
                   "sh_rgb": state.sh[0].cpu().tolist()},
-        "fit": {"shared_identity_with": [im.name for i, im in enumerate(result.images) if i != b],
+        "fit": {**result.source,
+                "shared_identity_with": [im.name for i, im in enumerate(result.images) if i != b],
                 "stage1_landmark_rms_px": result.stage1_rms_px[b] if result.stage1_rms_px else None,
                 "final_losses": {stage: {k: v[-1] for k, v in rep.losses.items()}
                                  for stage, rep in result.reports.items()},

@@ -211,6 +211,17 @@ def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     return torch.einsum("hwn,hw,...hwc->...nc", basis, omega, envmap)
 
 
+def with_bands(coeffs: torch.Tensor, bands: int) -> torch.Tensor:
+    """SH coefficients (..., n, 3) with `bands` bands: zero-padded (a light with no detail in the
+    added bands) or truncated to the leading bands**2."""
+    _check_bands(bands)
+    n, want = coeffs.shape[-2], n_coefficients(bands)
+    if n >= want:
+        return coeffs[..., :want, :]
+    pad = torch.zeros(*coeffs.shape[:-2], want - n, 3, dtype=coeffs.dtype, device=coeffs.device)
+    return torch.cat([coeffs, pad], dim=-2)
+
+
 def initial_coefficients(bands: int = 9, ambient: float = 1.0, batch: int | None = None,
                          dtype: torch.dtype = torch.float32,
                          device: torch.device | str | None = None) -> torch.Tensor:

@@ -96,7 +96,7 @@ def test_folder_batch_skips_a_bad_image(installed_ict, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["fit", str(photos), "-o", str(out), *TINY])
     assert result.exit_code == 1
     assert "skipped" in result.output and "broken.png" in result.output
-    assert "1 of 2 photos could not be fitted" in result.output
+    assert "1 of 2 photos could not be processed" in result.output
     assert (out / "astronaut" / "params.json").is_file()
     assert not (out / "broken").exists()
 
@@ -183,7 +183,7 @@ def test_example_fits_the_bundled_portrait_with_the_built_in_model(tmp_path: Pat
     monkeypatch.setenv("MFFACE_HOME", str(tmp_path / "empty_home"))   # nothing installed: ict-lite
     result = CliRunner().invoke(cli, ["fit", "--example", "-o", str(tmp_path / "out"), *TINY])
     assert result.exit_code == 0, result.output
-    assert "model: ict-lite" in result.output and "Results: " in result.output
+    assert "model ict-lite" in result.output and "Results: " in result.output
     params = json.loads((tmp_path / "out" / "example_face" / "params.json").read_text())
     assert params["model"]["name"] == "ict-lite"
 

@@ -20,6 +20,7 @@ from mfface.camera import principal_point, project, solve_pnp, to_camera
 from mfface.config import FitConfig, LandmarkConfig, Stage1Config
 from mfface.fitting.errors import check_finite
 from mfface.fitting.targets import FitTargets
+from mfface.interrupt import raise_if_requested
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
 from mfface.morphable.uv import texel_map
@@ -166,6 +167,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         schedule.step()
         losses.append(float(total.detach()))
         check_finite("stage 1", it, losses[-1])
+        raise_if_requested()
 
     with torch.no_grad():
         _, uv, translation = evaluate()

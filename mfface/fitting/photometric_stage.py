@@ -22,6 +22,7 @@ from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.interrupt import raise_if_requested
 from mfface.morphable.uv import texel_map
 from mfface.objectives import (landmark_loss, photometric_loss, sh_energy, smoothness_loss,
                                statistical_prior, symmetry_loss, weighted_terms)
@@ -152,6 +153,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(total.detach())
         check_finite("stage 2", it, values["total"])
+        raise_if_requested()
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)

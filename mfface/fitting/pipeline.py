@@ -32,6 +32,7 @@ from mfface.masks import skin_mask
 from mfface.morphable.model import MorphableModel
 from mfface.morphable.store import restore_hint
 from mfface.objectives import landmark_weights
+from mfface.sh import with_bands
 from mfface.state import FaceState
 from mfface.textures import resize_texture
 
@@ -65,11 +66,13 @@ class PreparedImage:
 
 
 def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetector | None = None,
-                  landmark_file: str | Path | None = None, size: int | None = None) -> PreparedImage:
+                  landmark_file: str | Path | None = None, size: int | None = None,
+                  enlarge: bool = False) -> PreparedImage:
     """Read a photo, detect its landmarks (or read `landmark_file`), crop and linearise it.
 
-    `size` forces the crop's side in pixels (photos fitted together must share it); by default it
-    is the face's crop size, shrunk to `input.max_resolution`.
+    `size` caps the crop's side in pixels (photos fitted together must share it; with `enlarge`
+    it is the exact side, as a network's input); by default it is the face's crop size, shrunk to
+    `input.max_resolution`.
     """
     path = Path(path)
     photo = read_image(path)
@@ -84,18 +87,19 @@ def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetecto
         scheme = scheme_for_count(len(landmarks))
         where = f"the landmarks detected in {path}"
     landmarks = check_landmarks(landmarks, scheme, (photo.shape[0], photo.shape[1]), where)
-    return prepare_photo(photo, landmarks, scheme, config, path.stem, path, size)
+    return prepare_photo(photo, landmarks, scheme, config, path.stem, path, size, enlarge)
 
 
 def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, config: FitConfig,
-                  name: str, path: Path | None = None, size: int | None = None) -> PreparedImage:
+                  name: str, path: Path | None = None, size: int | None = None,
+                  enlarge: bool = False) -> PreparedImage:
     """Crop and linearise an in-memory photo (H, W, 3) display-referred in [0, 1] whose landmarks
     (N, 2) in its pixels are known (`scheme` 'mediapipe478' or 'ibug68')."""
     try:
         box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
     except ValueError as e:
         raise FitInputError(f"{name}: {e}") from None
-    target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution)
+    target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution, enlarge)
     crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
     principal = np.asarray(to_crop.apply(np.array([photo.shape[1] / 2.0, photo.shape[0] / 2.0])))
     side = target.shape[0]
@@ -138,6 +142,7 @@ class FitResult:
     stage1_rms_px: list[float] = field(default_factory=list)
     last_stage: int = 0  # the last stage whose result `state` holds (a resumed checkpoint's counts)
     owner: CheckpointOwner | None = None  # what the fit's checkpoints belong to
+    source: dict = field(default_factory=lambda: {"method": "fit"})  # how the state was made
 
 
 class Reconstructor:
@@ -201,8 +206,10 @@ class Reconstructor:
     def fit(self, images: list[PreparedImage], shared_identity: bool = False,
             skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
             checkpoint_dir: str | Path | None = None,
-            on_step: ProgressCallback | None = None) -> FitResult:
-        """Run the stages not in `skip_stages`, from scratch or from the checkpoint `resume`.
+            on_step: ProgressCallback | None = None, start: FaceState | None = None) -> FitResult:
+        """Run the stages not in `skip_stages`, from scratch, from the checkpoint `resume`, or from
+        `start` (a state that replaces stage 1, e.g. a network's prediction: stages 2-3 refine it;
+        its SH light is padded or cut to `light.sh_bands`).
 
         After each stage that ran, `checkpoint_dir/stageN.npz` is written (when given).
         """
@@ -215,6 +222,12 @@ class Reconstructor:
         if resume is not None:
             state, done = self._resumed(resume, owner, targets, shared_identity)
             result.last_stage = done
+        elif start is not None:
+            check_state(start, self.model, "the start state")
+            state = dataclasses.replace(start.detached(), sh=with_bands(start.sh.detach(), cfg.light.sh_bands),
+                                        principal=targets.principal.clone())
+            done = result.last_stage = 1
+            result.stages[1] = state
 
         def step(stage: str) -> Callable[[int, int, dict[str, float]], None] | None:
             return None if on_step is None else (lambda i, n, losses: on_step(stage, i, n, losses))

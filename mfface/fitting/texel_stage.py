@@ -19,6 +19,7 @@ from mfface.fitting.errors import check_finite
 from mfface.fitting.photometric_stage import StageReport, StepCallback
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.interrupt import raise_if_requested
 from mfface.objectives import (closeness_loss, consistency_loss, photometric_loss, range_loss,
                                smoothness_loss, symmetry_loss, weighted_terms)
 from mfface.state import FaceState
@@ -75,6 +76,7 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["total"] = float(total.detach())
         check_finite("stage 3", it, values["total"])
+        raise_if_requested()
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)

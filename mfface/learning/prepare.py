@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mfface.images import IMAGE_SUFFIXES
+from mfface.distributed import rank_info
 from mfface.learning.dataset_format import (DatasetError, DatasetSpec, DatasetWriter, ReportEntry,
                                             sample_columns, shard_path)
 
@@ -105,19 +106,13 @@ def collect_photos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def distributed_rank(environ: dict[str, str] | None = None) -> tuple[int, int]:
-    """(rank, world size) from RANK and WORLD_SIZE as torchrun sets them; (0, 1) without them."""
-    env = os.environ if environ is None else environ
-    if "WORLD_SIZE" not in env and "RANK" not in env:
-        return 0, 1
+    """(rank, world size) from RANK and WORLD_SIZE as torchrun sets them (`mfface.distributed`);
+    (0, 1) without them."""
     try:
-        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise PrepareError(f"RANK={env.get('RANK')!r} and WORLD_SIZE={env.get('WORLD_SIZE')!r} must "
-                           "be whole numbers (as torchrun sets them).") from None
-    if world < 1 or not 0 <= rank < world:
-        raise PrepareError(f"RANK={rank} and WORLD_SIZE={world} do not describe a rank of a "
-                           "distributed run (0 <= RANK < WORLD_SIZE).")
-    return rank, world
+        info = rank_info(environ)
+    except ValueError as e:
+        raise PrepareError(str(e)) from None
+    return info.rank, info.world
 
 
 def default_workers(environ: dict[str, str] | None = None) -> int:
@@ -174,10 +169,8 @@ class PhotoFailure:
 def process_photo(path: Path, size: int, margin: float, detector: Any) -> PhotoSample | PhotoFailure:
     """Prepare one photo (see the module doc) with `detector` (a LandmarkDetector)."""
     import torch
-    import torch.nn.functional as F
 
-    from mfface.images import (Affine2D, ImageReadError, crop_and_resize, crop_box_around,
-                               read_image)
+    from mfface.images import ImageReadError, crop_and_resize, crop_box_around, read_image
     from mfface.landmarks import LandmarkCheckError, NoFaceError, check_landmarks
     from mfface.masks import skin_mask
 
@@ -204,13 +197,7 @@ def process_photo(path: Path, size: int, margin: float, detector: Any) -> PhotoS
         return PhotoFailure(path, "no_face", str(e), *tried)
     except (LandmarkCheckError, ValueError) as e:
         return PhotoFailure(path, "bad_landmarks", str(e), *tried)
-    crop, to_crop = crop_and_resize(photo, box, size)
-    if crop.shape[0] != size:  # a face box smaller than the crop: enlarge (bilinear)
-        chw = crop.permute(2, 0, 1)[None]
-        crop = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)[0]
-        crop = crop.permute(1, 2, 0)
-        scale = size / box.size
-        to_crop = Affine2D(scale, (-box.x0 * scale, -box.y0 * scale))
+    crop, to_crop = crop_and_resize(photo, box, size, enlarge=True)
     crop_landmarks = np.asarray(to_crop.apply(landmarks), dtype=np.float32)
     try:
         mask = skin_mask(crop_landmarks, size, size)
