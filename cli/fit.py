@@ -81,17 +81,22 @@ def _resume_command(output: Path, shared: bool, model_name: str | None,
               help="Landmark file (.pts, .json, .txt, .npy) to use instead of detection (one photo only).")
 @click.option("--skip-stage", "skip", type=click.IntRange(1, 3), multiple=True,
               help="Skip a stage (repeatable); a skipped stage 1 keeps only its PnP pose.")
+@click.option("--init", "init_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Start from a trained network's prediction (weights.pt of `mfface train`) instead of "
+                   "stage 1; stages 2-3 refine it.")
 @click.option("--checkpoint", "resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Resume from a stageN.npz checkpoint of an earlier run of the same photo(s).")
 @config_options
 def fit(inputs: tuple[Path, ...], output: Path, example: bool, overwrite: bool, shared_identity: bool,
         config_file: Path | None, model_name: str | None, device: str | None, landmark_file: Path | None,
-        skip: tuple[int, ...], resume: Path | None, **kwargs) -> None:
+        skip: tuple[int, ...], init_weights: Path | None, resume: Path | None, **kwargs) -> None:
     """Reconstruct the face in each photo (files or folders) into OUTPUT/<photo name>/."""
     inputs = _inputs(inputs, example)
+    if init_weights is not None and resume is not None:
+        raise UserError("--init and --checkpoint both give the start; use one of them.")
     try:
         _fit(inputs, output, overwrite, shared_identity, config_file, model_name, device, landmark_file,
-             skip, resume, kwargs)
+             skip, resume, init_weights, kwargs)
     except Interrupted as e:
         click.echo(e.message(), err=True)
         raise click.exceptions.Exit(130) from None
@@ -119,7 +124,8 @@ def _inputs(inputs: tuple[Path, ...], example: bool) -> tuple[Path, ...]:
 
 def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identity: bool,
          config_file: Path | None, model_name: str | None, device: str | None,
-         landmark_file: Path | None, skip: tuple[int, ...], resume: Path | None, kwargs: dict) -> None:
+         landmark_file: Path | None, skip: tuple[int, ...], resume: Path | None, init_weights: Path | None,
+         kwargs: dict) -> None:
     from mfface.backend import torch_device
     from mfface.fitting.pipeline import Reconstructor
     from mfface.landmarks import LandmarkDetector
@@ -135,16 +141,32 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
     groups, outcomes = plan([paths] if shared_identity else [[p] for p in paths], output, overwrite)
     model = load_model(config, model_name)
     reconstructor = Reconstructor(model, config, torch_device())
+    predictor = _predictor(init_weights, model, config) if init_weights is not None else None
 
     def solve(prepared: list, run_dir: Path, on_step: StageProgress):
+        start = None
+        if predictor is not None:
+            start = predictor.start_state(prepared, shared_identity)
         return reconstructor.fit(prepared, shared_identity=shared_identity, skip_stages=skip, resume=resume,
-                                 checkpoint_dir=run_dir, on_step=on_step)
+                                 checkpoint_dir=run_dir, on_step=on_step, start=start)
     with LandmarkDetector(max_num_faces=config.input.max_faces) as detector:
         job = GroupJob(config, output, overwrite, Progress(*PROGRESS_COLUMNS, console=_CONSOLE),
                        _prepare(config, detector, landmark_file, shared_identity), solve,
                        _resume_command(output, shared_identity, model_name, landmark_file))
         run_all(job, groups, outcomes, f"mfface fit, model {model.name} ({model.n_identity} identity, "
                                        f"{model.n_expression} expression components)")
+
+
+def _predictor(weights: Path, model, config: FitConfig):
+    """The trained network of `--init`, checked against the model; one line when unusable."""
+    from mfface.backend import torch_device
+    from mfface.learning.checkpoint import WeightsError
+    from mfface.learning.predict import Predictor
+
+    try:
+        return Predictor(weights, model, config, torch_device())
+    except WeightsError as e:
+        raise UserError(str(e)) from None
 
 
 def load_model(config: FitConfig, model_name: str | None):

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import click
 
-from mfface import __version__
-from mfface.cli.doctor import doctor
-from mfface.cli.fit import fit
-from mfface.cli.models import models
-from mfface.cli.prepare import prepare
-from mfface.cli.replay import replay
-from mfface.cli.synth import synth
+from mfface.distributed import restrict_to_local_gpu
+
+restrict_to_local_gpu()  # before anything initialises CUDA: Dr.Jit renders on the first visible GPU
+
+from mfface import __version__  # noqa: E402
+from mfface.cli.doctor import doctor  # noqa: E402
+from mfface.cli.export_network import export_network  # noqa: E402
+from mfface.cli.fit import fit  # noqa: E402
+from mfface.cli.models import models  # noqa: E402
+from mfface.cli.predict import predict  # noqa: E402
+from mfface.cli.prepare import prepare  # noqa: E402
+from mfface.cli.replay import replay  # noqa: E402
+from mfface.cli.synth import synth  # noqa: E402
+from mfface.cli.train import train  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,8 +26,11 @@ def cli() -> None:
 
 
 cli.add_command(doctor)
+cli.add_command(export_network)
 cli.add_command(fit)
 cli.add_command(models)
+cli.add_command(predict)
 cli.add_command(prepare)
 cli.add_command(replay)
 cli.add_command(synth)
+cli.add_command(train)

@@ -13,6 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mfface.config import FitConfig
@@ -45,6 +46,7 @@ class Predictor:
         self.size = self.net.spec.crop
         self.reconstructor = Reconstructor(model, config, self.device)
         self.weights = Path(path)
+        self.seconds_per_image = 0.0
 
     def prepare(self, path: Path, detector, landmark_file: Path | None = None) -> PreparedImage:
         """A photo cropped as the fit crops it, resized to exactly the network's input size."""
@@ -53,32 +55,56 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: list[PreparedImage]) -> FaceState:
         """The network's FaceState of prepared images (batch B, one forward pass)."""
-        crops = torch.stack([im.target for im in images]).permute(0, 3, 1, 2).to(self.device)
-        principal = torch.as_tensor(torch.stack([torch.as_tensor(im.principal) for im in images]),
-                                    dtype=torch.float32, device=self.device)
-        return self.net.state(self.net(crops), principal).detached()
-
-    def results(self, images: list[PreparedImage], refine: int = 0, on_step=None,
-                checkpoint_dir: Path | None = None) -> list[FitResult]:
-        """One FitResult per image (predicted together in one batch, each its own result) and,
-        with `refine` > 0, refined by the fit's stages 2-3; what `write_results` writes."""
         started = time.perf_counter()
+        crops = torch.stack([im.target for im in images]).permute(0, 3, 1, 2).to(self.device)
+        principal = torch.as_tensor(np.stack([im.principal for im in images]), dtype=torch.float32,
+                                    device=self.device)
+        state = self.net.state(self.net(crops), principal).detached()
+        self.seconds_per_image = (time.perf_counter() - started) / len(images)
+        return state
+
+    def start_state(self, images: list[PreparedImage], shared_identity: bool) -> FaceState:
+        """The network's prediction of already prepared fit images (any crop size: they are
+        resized to the network's input), as the start of a fit (`Reconstructor.fit(start=...)`);
+        with `shared_identity`, one identity and one set of maps, the photos' means."""
+        size = self.size
+        crops = [torch.nn.functional.interpolate(im.target.permute(2, 0, 1)[None], size=(size, size),
+                                                 mode="bilinear", align_corners=False, antialias=True)[0]
+                 for im in images]
+        scale = [size / im.target.shape[0] for im in images]
+        principal = torch.as_tensor(np.stack([im.principal * k for im, k in zip(images, scale)]),
+                                    dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            state = self.net.state(self.net(torch.stack(crops).to(self.device)), principal).detached()
+        state.focal = state.focal / torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+        state.principal = principal / torch.as_tensor(scale, dtype=torch.float32, device=self.device)[:, None]
+        if shared_identity:
+            state = dataclasses.replace(state, **{name: getattr(state, name).mean(0, keepdim=True)
+                                                  for name in ("identity", "diffuse", "specular", "roughness")})
+        return state
+
+    def config_for(self, refine: int) -> FitConfig:
+        """The fit config the results are made with (`refine_config` when refining)."""
+        return refine_config(self.config, refine) if refine > 0 else self.config
+
+    def finish(self, image: PreparedImage, state: FaceState, refine: int = 0, on_step=None,
+               checkpoint_dir: Path | None = None) -> FitResult:
+        """The FitResult of one predicted image (`state`, batch 1), refined by the fit's stages 2-3
+        when `refine` > 0; what `write_results` writes."""
+        if refine > 0:
+            recon = Reconstructor(self.model, self.config_for(refine), self.device)
+            recon.forward = self.reconstructor.forward  # share the Mitsuba scenes
+            result = recon.fit([image], start=state, on_step=on_step, checkpoint_dir=checkpoint_dir)
+        else:
+            result = FitResult(self.model, self.config, [image], state, self.reconstructor.forward,
+                               self.reconstructor.targets([image]), stages={1: state}, last_stage=1,
+                               owner=self.reconstructor.owner([image]))
+        result.seconds = {"predict": self.seconds_per_image, **result.seconds}
+        result.source = {"method": "predict" + (f" + refine {refine}" if refine > 0 else ""),
+                         "weights": str(self.weights.resolve())}
+        return result
+
+    def results(self, images: list[PreparedImage], refine: int = 0) -> list[FitResult]:
+        """One FitResult per image: predicted together in one batch, each its own result."""
         states = self.predict(images)
-        seconds = (time.perf_counter() - started) / len(images)
-        results = []
-        for b, image in enumerate(images):
-            state = states.item(b)
-            if refine > 0:
-                recon = Reconstructor(self.model, refine_config(self.config, refine), self.device)
-                recon.forward = self.reconstructor.forward  # share the Mitsuba scenes
-                result = recon.fit([image], start=state, on_step=on_step, checkpoint_dir=checkpoint_dir)
-                result.seconds = {"predict": seconds, **result.seconds}
-            else:
-                result = FitResult(self.model, self.config, [image], state, self.reconstructor.forward,
-                                   self.reconstructor.targets([image]), stages={1: state},
-                                   seconds={"predict": seconds}, last_stage=1,
-                                   owner=self.reconstructor.owner([image]))
-            result.source = {"method": "predict" + (f" + refine {refine}" if refine > 0 else ""),
-                             "weights": str(self.weights.resolve())}
-            results.append(result)
-        return results
+        return [self.finish(image, states.item(b), refine) for b, image in enumerate(images)]

@@ -36,6 +36,7 @@ from mfface.atomic import write_text
 from mfface.config import ConfigError, config_to_dict, load_config, to_toml
 from mfface.distributed import RankInfo
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.interrupt import raise_if_requested
 from mfface.learning import checkpoint as ckpt
 from mfface.learning.config import RESUMABLE_CHANGES, TrainConfig, mix_ratios, phase_of
 from mfface.learning.dataset import Augmentation, FaceDataset
@@ -372,6 +373,7 @@ class Trainer:
             write_text(self.run_dir / "config.toml", self.config_text)
         started, images = time.perf_counter(), 0
         while self.step < end:
+            raise_if_requested()
             result = self.train_step(self.step)
             self.step += 1
             images += self.config.data.batch
