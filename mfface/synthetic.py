@@ -398,6 +398,11 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(words[0]) << 32) | int(words[1]))
 
 
+def _u(g: torch.Generator, low: float, high: float) -> float:
+    """One draw U(low, high) as a float."""
+    return float(_uniform(g, low, high))
+
+
 def _log_uniform(g: torch.Generator, low: float, high: float) -> float:
     return math.exp(float(_uniform(g, math.log(low), math.log(high))))
 
@@ -422,12 +427,12 @@ def draw_expression(g: torch.Generator, model: MorphableModel, config: Expressio
     chosen = torch.randperm(k, generator=g)[:count].tolist()
     blend = model.expression_range is not None
     for i in chosen:
-        value = (float(_uniform(g, 0.0, config.scale)) if blend
+        value = (_u(g, 0.0, config.scale) if blend
                  else config.scale * float(torch.randn((), generator=g)))
         expression[0, i] = value
         partner = _partner(list(model.expression_names), i)
         if partner is not None and float(torch.rand((), generator=g)) < config.symmetric:
-            expression[0, partner] = value + float(_uniform(g, -0.15, 0.15))
+            expression[0, partner] = value + _u(g, -0.15, 0.15)
     if blend:
         expression.clamp_(*model.expression_range)
     return expression
@@ -443,7 +448,8 @@ def _partner(names: list[str], i: int) -> int | None:
     return None
 
 
-def _photo_frame(g: torch.Generator, size: int, offset: float) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int]]:
+def _photo_frame(g: torch.Generator, size: int,
+                 offset: float) -> tuple[torch.Tensor, tuple[int, int, int], tuple[int, int]]:
     """(principal point (2,) in crop px, box (x0, y0, side), source size (w, h)) of a crop whose
     photo centre lies U(-offset, offset) x size from the crop's centre (rounded to half pixels, so
     that the box and photo size are whole pixels: principal = (w / 2 - x0, h / 2 - y0))."""
@@ -561,8 +567,8 @@ def draw_albedo(g: torch.Generator, model: MorphableModel, config: AlbedoVariati
     base, ita = skin_tone(g, config)
     log_variation = (0.12 * _smooth_noise(g, 6, size, 1) + 0.05 * _smooth_noise(g, 24, size, 1)
                      + 0.04 * _smooth_noise(g, 6, size, 3))
-    factors = (torch.tensor([0.85, 0.55, 0.6]) * float(_uniform(g, 0.75, 1.0)),
-               torch.tensor([1.0, 0.92, 0.85]) * float(_uniform(g, 0.12, 0.6)),
+    factors = (torch.tensor([0.85, 0.55, 0.6]) * _u(g, 0.75, 1.0),
+               torch.tensor([1.0, 0.92, 0.85]) * _u(g, 0.12, 0.6),
                torch.tensor([0.45, 0.45, 0.45]))
     if config.features > 0 and "mediapipe478" in model.landmarks:
         for mask, factor in zip(_feature_masks(model, size), factors):
@@ -604,7 +610,7 @@ _CMF_LOBES = (
 
 
 def _blackbody_xyz(kelvin: float) -> torch.Tensor:
-    """CIE XYZ (3,) float64 (unnormalised) of a blackbody at `kelvin` (Planck's law, 380-780 nm)."""
+    """CIE XYZ (3,) float64 of a blackbody at `kelvin` (Planck's law, 380-780 nm), Y = 1."""
     wl = torch.linspace(380.0, 780.0, 401, dtype=torch.float64)
     planck = wl ** -5 / torch.expm1(1.4388e7 / (wl * kelvin))
     xyz = []
@@ -614,7 +620,8 @@ def _blackbody_xyz(kelvin: float) -> torch.Tensor:
             sigma = torch.where(wl < mean, torch.full_like(wl, below), torch.full_like(wl, above))
             cmf = cmf + weight * torch.exp(-0.5 * ((wl - mean) / sigma) ** 2)
         xyz.append((planck * cmf).sum())
-    return torch.stack(xyz)
+    xyz = torch.stack(xyz)
+    return xyz / xyz[1]
 
 
 def kelvin_rgb(kelvin: float, white_kelvin: float = NEUTRAL_KELVIN) -> torch.Tensor:
@@ -631,7 +638,7 @@ def _hue_tint(g: torch.Generator, saturation: tuple[float, float]) -> torch.Tens
     """A random linear RGB tint (3,) of luminance 1: a hue at the drawn saturation."""
     import colorsys
 
-    hue, sat = float(torch.rand((), generator=g)), float(_uniform(g, *saturation))
+    hue, sat = float(torch.rand((), generator=g)), _u(g, *saturation)
     rgb = torch.tensor(colorsys.hsv_to_rgb(hue, sat, 1.0), dtype=torch.float64) ** GAMMA
     return rgb / (rgb @ _LUMINANCE)
 
@@ -671,78 +678,78 @@ class _Emitter:
 _GROUNDS = ((0.75, 1.0, 0.55), (1.0, 1.0, 1.0), (1.0, 0.88, 0.68), (1.0, 0.72, 0.58))
 
 
-def _environment(kind: str, g: torch.Generator, dirs: torch.Tensor) -> tuple[list[_Emitter], float, tuple[float, torch.Tensor] | None]:
+def _environment(kind: str, g: torch.Generator,
+                 dirs: torch.Tensor) -> tuple[list[_Emitter], float, tuple[float, torch.Tensor] | None]:
     """The lights of one environment `kind` in the level frame (see `draw_light` for what each
     kind is): (emitters, main light's colour temperature, ground (albedo, tint) or None)."""
-    up, down = _hemisphere(dirs, True), _hemisphere(dirs, False)
+    up = _hemisphere(dirs, True)
     y = dirs[..., 1].clamp(0.0, 1.0)
-    ground = (float(_uniform(g, 0.1, 0.3)), torch.tensor(_choice(g, _GROUNDS), dtype=torch.float64))
+    ground = (_u(g, 0.1, 0.3), torch.tensor(_choice(g, _GROUNDS), dtype=torch.float64))
     if kind == "overcast":
-        kelvin = float(_uniform(g, 6000.0, 7500.0))
+        kelvin = _u(g, 6000.0, 7500.0)
         sky = up * (1.0 + 2.0 * y) / 3.0   # CIE standard overcast sky: (1 + 2 sin(elevation)) / 3
         if float(torch.rand((), generator=g)) < 0.5:  # a building or trees block part of the sky
-            blocker = _direction(float(_uniform(g, -180.0, 180.0)), float(_uniform(g, 0.0, 20.0)))
-            sky = sky * (1.0 - float(_uniform(g, 0.4, 0.8)) * _lobe(dirs, blocker, float(_uniform(g, 1.5, 4.0))))
+            blocker = _direction(_u(g, -180.0, 180.0), _u(g, 0.0, 20.0))
+            sky = sky * (1.0 - _u(g, 0.4, 0.8) * _lobe(dirs, blocker, _u(g, 1.5, 4.0)))
         return [_Emitter(sky, 1.0, kelvin)], kelvin, ground
     if kind == "sun":
-        elevation = float(_uniform(g, 5.0, 70.0))
-        sun = _direction(float(_uniform(g, -180.0, 180.0)), elevation)
+        elevation = _u(g, 5.0, 70.0)
+        sun = _direction(_u(g, -180.0, 180.0), elevation)
         sun_kelvin = 3200.0 + (5800.0 - 3200.0) * min(1.0, elevation / 40.0)
-        sky_kelvin = float(_uniform(g, 9000.0, 16000.0))
-        power = float(_uniform(g, 2.0, 8.0))
-        emitters = [_Emitter(_lobe(dirs, sun, float(_uniform(g, 150.0, 500.0))), power, sun_kelvin),
+        sky_kelvin = _u(g, 9000.0, 16000.0)
+        power = _u(g, 2.0, 8.0)
+        emitters = [_Emitter(_lobe(dirs, sun, _u(g, 150.0, 500.0)), power, sun_kelvin),
                     _Emitter(_lobe(dirs, sun, 8.0), 0.1 * power, sun_kelvin),  # circumsolar glow
                     _Emitter(up * (0.5 + (1.0 - y) ** 2), 1.0, sky_kelvin)]   # clear sky, bright horizon
         return emitters, sun_kelvin, ground
     if kind == "window":
-        key = _direction(float(_uniform(g, -100.0, 100.0)), float(_uniform(g, -5.0, 35.0)))
-        kelvin = float(_uniform(g, 5500.0, 7500.0))
+        key = _direction(_u(g, -100.0, 100.0), _u(g, -5.0, 35.0))
+        kelvin = _u(g, 5500.0, 7500.0)
         room = 1.0 + 0.3 * dirs[..., 1]  # ceiling a little brighter than the floor
-        return [_Emitter(_lobe(dirs, key, float(_uniform(g, 3.0, 10.0))), 1.0, kelvin),
-                _Emitter(room, float(_uniform(g, 0.15, 0.6)), float(_uniform(g, 3000.0, 4500.0)),
+        return [_Emitter(_lobe(dirs, key, _u(g, 3.0, 10.0)), 1.0, kelvin),
+                _Emitter(room, _u(g, 0.15, 0.6), _u(g, 3000.0, 4500.0),
                          _hue_tint(g, (0.05, 0.25)))], kelvin, None
     if kind == "studio":
         side = 1.0 if float(torch.rand((), generator=g)) < 0.5 else -1.0
-        kelvin = float(_uniform(g, 5000.0, 6000.0))
-        key = _direction(side * float(_uniform(g, 25.0, 70.0)), float(_uniform(g, 15.0, 45.0)))
-        fill = _direction(-side * float(_uniform(g, 30.0, 80.0)), float(_uniform(g, -10.0, 20.0)))
-        rim = _direction(-side * float(_uniform(g, 110.0, 160.0)), float(_uniform(g, 20.0, 50.0)))
-        return [_Emitter(_lobe(dirs, key, float(_uniform(g, 6.0, 20.0))), 1.0, kelvin),
-                _Emitter(_lobe(dirs, fill, float(_uniform(g, 3.0, 8.0))), float(_uniform(g, 0.15, 0.5)), kelvin),
-                _Emitter(_lobe(dirs, rim, float(_uniform(g, 10.0, 30.0))), float(_uniform(g, 0.3, 1.0)), kelvin),
-                _Emitter(torch.ones_like(y), float(_uniform(g, 0.02, 0.08)), kelvin)], kelvin, None
+        kelvin = _u(g, 5000.0, 6000.0)
+        key = _direction(side * _u(g, 25.0, 70.0), _u(g, 15.0, 45.0))
+        fill = _direction(-side * _u(g, 30.0, 80.0), _u(g, -10.0, 20.0))
+        rim = _direction(-side * _u(g, 110.0, 160.0), _u(g, 20.0, 50.0))
+        return [_Emitter(_lobe(dirs, key, _u(g, 6.0, 20.0)), 1.0, kelvin),
+                _Emitter(_lobe(dirs, fill, _u(g, 3.0, 8.0)), _u(g, 0.15, 0.5), kelvin),
+                _Emitter(_lobe(dirs, rim, _u(g, 10.0, 30.0)), _u(g, 0.3, 1.0), kelvin),
+                _Emitter(torch.ones_like(y), _u(g, 0.02, 0.08), kelvin)], kelvin, None
     if kind == "indoor":
-        kelvin = float(_uniform(g, 2700.0, 3500.0))
+        kelvin = _u(g, 2700.0, 3500.0)
         emitters = []
         for _ in range(int(torch.randint(1, 4, (), generator=g))):
-            lamp = _direction(float(_uniform(g, -180.0, 180.0)), float(_uniform(g, 40.0, 85.0)))
-            emitters.append(_Emitter(_lobe(dirs, lamp, float(_uniform(g, 5.0, 20.0))),
-                                     float(_uniform(g, 0.4, 1.0)), kelvin))
-        wall = _direction(float(_uniform(g, -180.0, 180.0)), float(_uniform(g, -10.0, 20.0)))
-        emitters.append(_Emitter(_lobe(dirs, wall, float(_uniform(g, 1.0, 3.0))), float(_uniform(g, 0.15, 0.45)),
+            lamp = _direction(_u(g, -180.0, 180.0), _u(g, 40.0, 85.0))
+            emitters.append(_Emitter(_lobe(dirs, lamp, _u(g, 5.0, 20.0)),
+                                     _u(g, 0.4, 1.0), kelvin))
+        wall = _direction(_u(g, -180.0, 180.0), _u(g, -10.0, 20.0))
+        emitters.append(_Emitter(_lobe(dirs, wall, _u(g, 1.0, 3.0)), _u(g, 0.15, 0.45),
                                  kelvin, _hue_tint(g, (0.15, 0.45))))  # a coloured wall's bounce
-        emitters.append(_Emitter(torch.ones_like(y), float(_uniform(g, 0.05, 0.2)), kelvin,
+        emitters.append(_Emitter(torch.ones_like(y), _u(g, 0.05, 0.2), kelvin,
                                  _hue_tint(g, (0.0, 0.15))))
         return emitters, kelvin, None
     if kind == "flash":
-        kelvin = float(_uniform(g, 5200.0, 6000.0))
-        room_kelvin = float(_uniform(g, 2700.0, 3500.0))
-        flash = _direction(float(_uniform(g, -8.0, 8.0)), float(_uniform(g, 0.0, 10.0)))
-        ceiling = _direction(float(_uniform(g, -180.0, 180.0)), float(_uniform(g, 50.0, 90.0)))
-        return [_Emitter(_lobe(dirs, flash, float(_uniform(g, 15.0, 60.0))), 1.0, kelvin),
-                _Emitter(torch.ones_like(y), float(_uniform(g, 0.05, 0.3)), room_kelvin),
-                _Emitter(_lobe(dirs, ceiling, float(_uniform(g, 2.0, 6.0))), float(_uniform(g, 0.1, 0.4)),
+        kelvin = _u(g, 5200.0, 6000.0)
+        room_kelvin = _u(g, 2700.0, 3500.0)
+        flash = _direction(_u(g, -8.0, 8.0), _u(g, 0.0, 10.0))
+        ceiling = _direction(_u(g, -180.0, 180.0), _u(g, 50.0, 90.0))
+        return [_Emitter(_lobe(dirs, flash, _u(g, 15.0, 60.0)), 1.0, kelvin),
+                _Emitter(torch.ones_like(y), _u(g, 0.05, 0.3), room_kelvin),
+                _Emitter(_lobe(dirs, ceiling, _u(g, 2.0, 6.0)), _u(g, 0.1, 0.4),
                          room_kelvin)], kelvin, None
     raise ValueError(f"unknown environment {kind!r}; use one of {', '.join(ENVIRONMENTS)}.")
 
 
 def _tilt_rotation(g: torch.Generator, tilt_deg: float) -> torch.Tensor:
     """(3, 3) float64 rotation about the camera's x axis then its z axis, each U(-tilt, tilt)."""
-    ax, az = (math.radians(float(_uniform(g, -tilt_deg, tilt_deg))) for _ in range(2))
-    rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(ax), -math.sin(ax)], [0.0, math.sin(ax), math.cos(ax)]],
-                      dtype=torch.float64)
-    rz = torch.tensor([[math.cos(az), -math.sin(az), 0.0], [math.sin(az), math.cos(az), 0.0], [0.0, 0.0, 1.0]],
-                      dtype=torch.float64)
+    ax, az = (math.radians(_u(g, -tilt_deg, tilt_deg)) for _ in range(2))
+    cx, sx, cz, sz = math.cos(ax), math.sin(ax), math.cos(az), math.sin(az)
+    rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]], dtype=torch.float64)
+    rz = torch.tensor([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     return rz @ rx
 
 
@@ -778,7 +785,7 @@ def draw_light(g: torch.Generator, config: LightVariation, bands: int = 9,
     rotation = _tilt_rotation(g, config.tilt)
     dirs = envmap_directions(64, 128, torch.float64) @ rotation  # level-frame direction of each texel
     emitters, main_kelvin, ground = _environment(kind, g, dirs)
-    balance = float(_uniform(g, config.white_balance_min, config.white_balance_max))
+    balance = _u(g, config.white_balance_min, config.white_balance_max)
     mired = balance * 1e6 / main_kelvin + (1.0 - balance) * 1e6 / NEUTRAL_KELVIN
     white = 1e6 / mired
     omega = envmap_solid_angles(64, 128, torch.float64)
@@ -812,13 +819,13 @@ def gradient_background(g: torch.Generator, size: int) -> torch.Tensor:
     """(size, size, 3) linear: a linear ramp between two random colours in a random direction,
     half the time darkened towards the corners (vignette)."""
     c0, c1 = _random_colour(g), _random_colour(g)
-    angle = float(_uniform(g, 0.0, 2.0 * math.pi))
+    angle = _u(g, 0.0, 2.0 * math.pi)
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     t = (xx * math.cos(angle) + yy * math.sin(angle) + 0.5).clamp(0.0, 1.0)[..., None]
     image = c0 + t * (c1 - c0)
     if float(torch.rand((), generator=g)) < 0.5:
-        image = image * (1.0 - float(_uniform(g, 0.2, 0.6)) * (xx ** 2 + yy ** 2)[..., None] * 2.0)
+        image = image * (1.0 - _u(g, 0.2, 0.6) * (xx ** 2 + yy ** 2)[..., None] * 2.0)
     return image.clamp_min(0.0)
 
 
@@ -828,7 +835,7 @@ def noise_background(g: torch.Generator, size: int) -> torch.Tensor:
     2-3 random colours, plus a faint low-frequency colour variation."""
     base = int(torch.randint(2, 6, (), generator=g))
     octaves = int(torch.randint(3, 7, (), generator=g))
-    persistence = float(_uniform(g, 0.35, 0.75))
+    persistence = _u(g, 0.35, 0.75)
     noise = torch.zeros(size, size, 1)
     for k in range(octaves):
         noise = noise + persistence ** k * _smooth_noise(g, min(base * 2 ** k, size), size, 1)
@@ -926,14 +933,14 @@ class BackgroundPhotos:
 
         for _ in range(attempts if self.photos else 0):
             photo = _choice(g, self.photos)
-            side = float(_uniform(g, 0.3, 1.0)) * min(photo.width, photo.height)
-            x0 = float(_uniform(g, 0.0, photo.width - side))
-            y0 = float(_uniform(g, 0.0, photo.height - side))
+            side = _u(g, 0.3, 1.0) * min(photo.width, photo.height)
+            x0 = _u(g, 0.0, photo.width - side)
+            y0 = _u(g, 0.0, photo.height - side)
             if any(x0 < fx1 and fx0 < x0 + side and y0 < fy1 and fy0 < y0 + side
                    for fx0, fy0, fx1, fy1 in photo.faces):
                 continue
             flip = float(torch.rand((), generator=g)) < 0.5
-            gain = float(_uniform(g, 0.5, 1.2))
+            gain = _u(g, 0.5, 1.2)
             pil = Image.fromarray(self._image(photo))
             pil = pil.resize((size, size), Image.Resampling.BOX, box=(x0, y0, x0 + side, y0 + side))
             display = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)
@@ -976,12 +983,12 @@ class _Openings:
 
 def draw_openings(g: torch.Generator, config: FaceDetailVariation) -> _Openings:
     """Random sclera (0.45-0.65), iris colour, pupil size (0.3-0.5 of the iris) and gaze."""
-    return _Openings(sclera=float(_uniform(g, 0.45, 0.65)),
+    return _Openings(sclera=_u(g, 0.45, 0.65),
                      iris=torch.tensor(_choice(g, _IRIS_COLOURS)),
-                     pupil=float(_uniform(g, 0.3, 0.5)),
-                     gaze=(float(_uniform(g, -config.gaze, config.gaze)),
-                           float(_uniform(g, -config.gaze / 3.0, config.gaze / 3.0))),
-                     teeth=float(_uniform(g, 0.35, 0.55)))
+                     pupil=_u(g, 0.3, 0.5),
+                     gaze=(_u(g, -config.gaze, config.gaze),
+                           _u(g, -config.gaze / 3.0, config.gaze / 3.0)),
+                     teeth=_u(g, 0.35, 0.55))
 
 
 def _axes(points: np.ndarray, a: int, b: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -1135,12 +1142,12 @@ def synth_face(model: MorphableModel, size: int, seed: int, index: int, *, spp: 
     identity = config.identity.scale * torch.randn(1, model.n_identity, generator=g)
     expression = draw_expression(g, model, config.expression)
     pose = config.pose
-    euler = torch.tensor([[math.radians(float(_uniform(g, -m, m)))
+    euler = torch.tensor([[math.radians(_u(g, -m, m))
                            for m in (pose.max_yaw, pose.max_pitch, pose.max_roll)]])
     cam = config.camera
     focal = size / cam.reference_size * _log_uniform(g, cam.focal_min, cam.focal_max)
     principal, box, source_size = _photo_frame(g, size, cam.principal_offset)
-    fill = float(_uniform(g, cam.fill_min, cam.fill_max))
+    fill = _u(g, cam.fill_min, cam.fill_max)
     centre = size / 2.0 + _uniform(g, -cam.centre_jitter, cam.centre_jitter, (2,)) * size
     index_mp = torch.as_tensor(model.landmarks["mediapipe478"], dtype=torch.long)
     model_space = model.vertices(identity, expression)[0]
@@ -1150,8 +1157,8 @@ def synth_face(model: MorphableModel, size: int, seed: int, index: int, *, spp: 
     albedo = draw_albedo(g, model, config.albedo)
     tex = config.albedo.texture_size
     mat = config.material
-    specular = torch.full((1, tex, tex, 3), float(_uniform(g, mat.specular_min, mat.specular_max)))
-    roughness = torch.full((1, tex, tex, 1), float(_uniform(g, mat.roughness_min, mat.roughness_max)))
+    specular = torch.full((1, tex, tex, 3), _u(g, mat.specular_min, mat.specular_max))
+    roughness = torch.full((1, tex, tex, 1), _u(g, mat.roughness_min, mat.roughness_max))
     sh, environment, light_level = draw_light(g, config.light, fit_config.light.sh_bands)
     layer, background = draw_background(g, size, config.background, backgrounds)
     look = draw_openings(g, config.face)

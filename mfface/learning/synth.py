@@ -39,13 +39,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from mfface.learning.dataset_format import (_SMALL_BLOCK, Column, DatasetSpec, DatasetWriter,
-                                            ReportEntry, sample_columns, truth_columns)
+                                            ReportEntry, truth_columns)
 from mfface.synthetic import BACKGROUND_KINDS, ENVIRONMENTS, BackgroundPhoto, BackgroundPhotos, SynthConfig
+
+if TYPE_CHECKING:
+    from mfface.state import FaceState
 
 DEFAULT_SIZE = 224
 DEFAULT_SPP = 64
@@ -139,8 +142,9 @@ def dataset_spec(model: Any, settings: SynthSettings, backgrounds_digest: str = 
     match = {"synth_seed": int(settings.seed), "synth_spp": int(settings.spp),
              "synth_config": json.dumps(config_to_dict(settings.config), sort_keys=True),
              "synth_backgrounds": backgrounds_digest}
-    return DatasetSpec(size=settings.size, source="synthetic", truth=tuple(synth_truth_columns(model, settings)),
-                       match=match, attrs={"landmark_detector": LANDMARK_DETECTOR},
+    return DatasetSpec(size=settings.size, source="synthetic",
+                       truth=tuple(synth_truth_columns(model, settings)), match=match,
+                       attrs={"landmark_detector": LANDMARK_DETECTOR},
                        truth_attrs={"model": model.name, "model_fingerprint": model.fingerprint(),
                                     "environments": json.dumps(list(ENVIRONMENTS)),
                                     "backgrounds": json.dumps(list(BACKGROUND_KINDS))})
@@ -173,8 +177,8 @@ def backgrounds_digest(paths: Sequence[Path]) -> str:
     return digest.hexdigest()[:16] if paths else ""
 
 
-def index_backgrounds(paths: Sequence[Path], detector: Any,
-                      on_photo: Callable[[int, int], None] | None = None) -> tuple[BackgroundPhotos, list[tuple[Path, str]]]:
+def index_backgrounds(paths: Sequence[Path], detector: Any, on_photo: Callable[[int, int], None] | None = None
+                      ) -> tuple[BackgroundPhotos, list[tuple[Path, str]]]:
     """BackgroundPhotos.index of `paths` (faces found with `detector`); raises SynthError when
     none of them can be read."""
     photos, skipped = BackgroundPhotos.index(paths, detector, on_photo)
@@ -222,7 +226,8 @@ def process_sample(index: int, model: Any, settings: SynthSettings, detector: An
     size = settings.size
     try:
         detected = detector.detect(face.image, name=name)
-        detected = check_landmarks(detected, "mediapipe478", (size, size), f"the landmarks detected in {name}")
+        detected = check_landmarks(detected, "mediapipe478", (size, size),
+                                   f"the landmarks detected in {name}")
         truth = face.landmarks.astype(np.float64)
         extent = float((truth.max(0) - truth.min(0)).max())
         offset = float(np.median(np.linalg.norm(detected[:468] - truth[:468], axis=1)))
@@ -466,6 +471,31 @@ def synth_dataset(model: Any, output: str | os.PathLike, settings: SynthSettings
     return summary
 
 
+def truth_state(truth: Mapping[str, Any], device: Any = "cpu") -> "FaceState":
+    """The FaceState (batch 1) one sample's truth describes: a FaceDataset item's `truth` dict
+    (tensors) or the rows of a file's `truth/` datasets (arrays, keys with or without the
+    `truth/` prefix). Specular and roughness become uniform textures of the diffuse one's size;
+    the diffuse texture is read back from float16. Re-rendering it gives the stored crop within
+    Monte Carlo noise (tests/test_synth.py)."""
+    import torch
+
+    from mfface.state import FaceState
+
+    def get(name: str) -> torch.Tensor:
+        value = truth[name] if name in truth else truth[f"truth/{name}"]
+        return torch.as_tensor(np.asarray(value), dtype=torch.float32)[None].to(device)
+
+    diffuse = get("diffuse")
+    height, width = diffuse.shape[1:3]
+    specular = get("specular")[:, None, None, :].expand(1, height, width, 3).contiguous()
+    roughness = get("roughness").reshape(1, 1, 1, 1).expand(1, height, width, 1).contiguous()
+    has_albedo = "albedo" in truth or "truth/albedo" in truth
+    return FaceState(identity=get("identity"), expression=get("expression"), euler=get("euler"),
+                     translation=get("translation"), focal=get("focal").reshape(1), sh=get("sh"),
+                     diffuse=diffuse, specular=specular, roughness=roughness,
+                     albedo=get("albedo") if has_albedo else None, principal=get("principal"))
+
+
 def rank_indices(count: int, rank: int, world_size: int) -> list[int]:
     """Rank `rank`'s sample indices of a `world_size`-process run of N = `count`: every
     world_size-th index from `rank`."""
@@ -489,6 +519,6 @@ def pin_local_gpu(environ: dict[str, str] | None = None) -> None:
 
 __all__ = ["SynthError", "SynthSettings", "SynthSummary", "SynthSample", "SynthRejection",
            "synth_dataset", "process_sample", "dataset_spec", "synth_truth_columns", "sample_name",
-           "rank_indices", "background_paths", "backgrounds_digest", "index_backgrounds",
+           "rank_indices", "truth_state", "background_paths", "backgrounds_digest", "index_backgrounds",
            "single_threaded", "worker_count", "pin_local_gpu", "DEFAULT_SIZE", "DEFAULT_SPP",
            "MAX_LANDMARK_OFFSET"]
