@@ -71,8 +71,10 @@ class MorphableModel:
     specular_albedo: AlbedoModel | None = None
     provenance: str = ""
     license: str = ""
-    _torch_cache: dict = field(default_factory=dict, repr=False, compare=False)
-    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    # Derived from the arrays above, so not constructor arguments: `dataclasses.replace` gives a
+    # model with other arrays a fresh cache instead of the old model's buffers and fingerprint.
+    _torch_cache: dict = field(default_factory=dict, repr=False, compare=False, init=False)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False, init=False)
 
     @property
     def n_vertices(self) -> int:
