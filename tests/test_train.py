@@ -1,0 +1,249 @@
+"""`mfface train` / `predict` / `fit --init`: training lowers the loss, resumes exactly, runs under DDP,
+and predictions are written as the fit writes them (64 px crops, 1 spp, a few steps)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import data_file
+from mfface.cli.main import cli
+
+TINY_NET = ["--data-batch", "2", "--render-spp", "1", "--network-albedo-size", "16", "--network-latent", "32",
+            "--render-envmap-height", "8", "--logging-log-every", "1"]
+SMALL_FIT = ["--render-final-spp", "2", "--render-texture-size", "32", "--stage2-spp", "1", "--stage3-spp", "1",
+             "--stage2-albedo-resolution", "16"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(installed_ict, tmp_path_factory) -> Path:
+    """The shared photos prepared at 64 px (real faces, no truth)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for path in sorted(data_file("images/people/obama_a.jpg").parent.glob("*.jpg")):
+        shutil.copy(path, folder / path.name)
+    shutil.copy(data_file("images/astronaut.png"), folder / "astronaut.png")
+    out = tmp_path_factory.mktemp("data") / "faces64.h5"
+    result = invoke("prepare", folder, "-o", out, "--size", "64", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _trainer(dataset: Path, run_dir: Path, **overrides):
+    from mfface.backend import select_variant
+    from mfface.config import apply_overrides
+    from mfface.learning.config import TrainConfig
+    from mfface.learning.train import Trainer
+    from mfface.morphable.store import ModelStore
+
+    select_variant("cpu")
+    settings = {"data.batch": 2, "render.spp": 1, "network.albedo_size": 16, "network.latent": 32,
+                "render.envmap_height": 8, "data.val_fraction": 0.2, "logging.log_every": 1,
+                "logging.checkpoint_every": 1000, "logging.preview_every": 1000, "data.augment": True,
+                **overrides}
+    config = apply_overrides(TrainConfig(), settings)
+    return Trainer(ModelStore().load("ict"), config, [dataset], run_dir, torch.device("cpu"))
+
+
+def _losses(run_dir: Path) -> list[dict]:
+    return [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "validation" not in row]
+
+
+def test_training_lowers_the_loss(dataset, tmp_path):
+    trainer = _trainer(dataset, tmp_path / "run", **{"schedule.encoder_steps": 12, "schedule.decoder_steps": 0,
+                                                     "schedule.joint_steps": 0, "schedule.encoder_lr": 2e-3,
+                                                     "data.augment": False, "data.val_fraction": 0.0,
+                                                     "data.batch": 7})
+    summary = trainer.run()
+    rows = _losses(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    first, last = rows[0]["landmarks"], np.mean([r["landmarks"] for r in rows[-3:]])
+    print(f"landmark loss {first:.1f} -> {last:.1f}")
+    assert last < 0.7 * first
+    assert (tmp_path / "run" / "weights.pt").is_file() and summary.step == 12
+
+
+def test_a_resumed_run_gives_the_same_losses(dataset, tmp_path):
+    schedule = {"schedule.encoder_steps": 3, "schedule.decoder_steps": 2, "schedule.joint_steps": 1}
+    whole = _trainer(dataset, tmp_path / "whole", **schedule)
+    whole.run()
+    first = _trainer(dataset, tmp_path / "split", **schedule)
+    first.run(stop_after=4)            # stops inside the decoder phase
+    first.save_checkpoint()
+    again = _trainer(dataset, tmp_path / "split", **schedule)
+    assert again.resumed_from == 4 and again.phase == "decoders"
+    again.run()
+    a, b = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        for key in ("total", "photo", "landmarks"):
+            assert rb[key] == pytest.approx(ra[key], rel=2e-3, abs=1e-4), (ra["step"], key)
+    wa = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)["model_state"]
+    wb = torch.load(tmp_path / "split" / "weights.pt", weights_only=True)["model_state"]
+    assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa) < 1e-3
+
+
+def test_train_cli_writes_a_run_and_resumes(dataset, tmp_path):
+    run = tmp_path / "run"
+    steps = ["--schedule-encoder-steps", "2", "--schedule-decoder-steps", "1", "--schedule-joint-steps", "1",
+             "--logging-preview-every", "2", "--logging-checkpoint-every", "2"]
+    result = invoke("train", dataset, "-o", run, "--model", "ict", *TINY_NET, *steps)
+    assert result.exit_code == 0, result.output
+    for name in ("config.toml", "metrics.jsonl", "checkpoints/latest.pt", "weights.pt", "previews/step-0000004.png"):
+        assert (run / name).is_file(), name
+    preview = np.asarray(Image.open(run / "previews" / "step-0000004.png"))
+    assert preview.std() > 5
+    validation = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if "validation" in r]
+    assert validation and validation[-1]["validation"]["landmark_px"] > 0
+    longer = invoke("train", dataset, "-o", run, "--model", "ict", *TINY_NET, *steps[:-4],
+                    "--schedule-joint-steps", "2")
+    assert longer.exit_code == 0, longer.output
+    assert "resuming" in longer.output and _losses(run)[-1]["step"] == 5
+    other = one_error_line(invoke("train", dataset, "-o", run, "--model", "ict", *TINY_NET, *steps,
+                                  "--network-sh-bands", "4"))
+    assert "network.sh_bands" in other and "other settings" in other
+
+
+def test_train_bad_inputs(dataset, tmp_path):
+    assert "does not exist" in one_error_line(invoke("train", tmp_path / "none.h5", "-o", tmp_path / "r", *TINY_NET))
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    assert "junk.h5" in one_error_line(invoke("train", tmp_path / "junk.h5", "-o", tmp_path / "r", *TINY_NET))
+    assert "fewer than one batch" in one_error_line(
+        invoke("train", dataset, "-o", tmp_path / "r", "--model", "ict", *TINY_NET, "--data-batch", "64"))
+    assert "data.mix gives 2 ratio" in one_error_line(
+        invoke("train", dataset, "-o", tmp_path / "r", "--model", "ict", *TINY_NET, "--data-mix", "1,2"))
+    (tmp_path / "weights.pth").write_bytes(b"garbage")
+    assert "not a readable state_dict" in one_error_line(
+        invoke("train", dataset, "-o", tmp_path / "r2", "--model", "ict", *TINY_NET,
+               "--backbone-weights", tmp_path / "weights.pth"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+from mfface.backend import select_variant
+select_variant("cpu")
+from mfface.config import apply_overrides
+from mfface.distributed import init_process_group, rank_info
+from mfface.learning.config import TrainConfig
+from mfface.learning.train import Trainer
+from mfface.morphable.store import ModelStore
+info = rank_info()
+init_process_group(info, False)
+config = apply_overrides(TrainConfig(), {"data.batch": 4, "render.spp": 1, "network.albedo_size": 16,
+    "network.latent": 32, "render.envmap_height": 8, "schedule.encoder_steps": 2, "schedule.decoder_steps": 1,
+    "schedule.joint_steps": 0, "data.val_fraction": 0.2})
+trainer = Trainer(ModelStore().load("ict"), config, [Path(sys.argv[1])], Path(sys.argv[2]), torch.device("cpu"), info)
+trainer.run()
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.net.parameters())).hexdigest()
+digests = [None] * info.world
+dist.all_gather_object(digests, digest)
+if info.rank == 0:
+    Path(sys.argv[3]).write_text(json.dumps({"digests": digests, "step": trainer.step}))
+dist.destroy_process_group()
+"""
+
+
+def test_two_cpu_ranks_keep_identical_weights(dataset, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "ddp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(dataset),
+               str(tmp_path / "run"), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert found["step"] == 3 and len(found["digests"]) == 2 and found["digests"][0] == found["digests"][1]
+    assert (tmp_path / "run" / "weights.pt").is_file()   # written by rank 0 only
+
+
+@pytest.fixture(scope="module")
+def weights(dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained")
+    trainer = _trainer(dataset, run, **{"schedule.encoder_steps": 4, "schedule.decoder_steps": 1,
+                                        "schedule.joint_steps": 1, "schedule.encoder_lr": 1e-3})
+    trainer.run()
+    return run / "weights.pt"
+
+
+def test_predict_writes_the_fit_result_folder_and_refine_improves_it(weights, tmp_path):
+    photo = data_file("images/people/obama_a.jpg")
+    plain = invoke("predict", photo, "-o", tmp_path / "p", "--weights", weights, "--model", "ict", *SMALL_FIT)
+    assert plain.exit_code == 0, plain.output
+    folder = tmp_path / "p" / "obama_a"
+    for name in ("mesh.obj", "mesh.glb", "envmap.exr", "render.png", "overview.png", "params.json",
+                 "checkpoints/stage1.npz"):
+        assert (folder / name).is_file(), name
+    params = json.loads((folder / "params.json").read_text())
+    assert params["fit"]["method"] == "predict" and params["light"]["sh_bands"] == 3
+    refined = invoke("predict", photo, "-o", tmp_path / "r", "--weights", weights, "--model", "ict",
+                     "--refine", "12", *SMALL_FIT)
+    assert refined.exit_code == 0, refined.output
+    better = json.loads((tmp_path / "r" / "obama_a" / "params.json").read_text())
+    assert better["fit"]["method"] == "predict + refine 12"
+    print(f"L1 in mask: predict {params['fit']['photometric_l1_in_mask']:.4f}, "
+          f"+ refine {better['fit']['photometric_l1_in_mask']:.4f}")
+    assert better["fit"]["photometric_l1_in_mask"] < params["fit"]["photometric_l1_in_mask"]
+    replay = invoke("replay", folder, "--frames", "2", "--spp", "1", "--size", "24")
+    assert replay.exit_code == 0, replay.output
+
+
+def test_fit_init_starts_from_the_network(weights, tmp_path):
+    result = invoke("fit", data_file("images/astronaut.png"), "-o", tmp_path, "--model", "ict", "--init",
+                    weights, "--stage2-iterations", "3", "--stage3-iterations", "1", *SMALL_FIT,
+                    "--input-max-resolution", "48")
+    assert result.exit_code == 0, result.output
+    params = json.loads((tmp_path / "astronaut" / "params.json").read_text())
+    assert params["fit"]["stage1_landmark_rms_px"] is None and "stage2" in params["fit"]["final_losses"]
+
+
+def test_predict_bad_inputs(weights, tmp_path):
+    photo = data_file("images/astronaut.png")
+    assert "does not exist" in one_error_line(
+        invoke("predict", photo, "-o", tmp_path / "o", "--weights", tmp_path / "none.pt"))
+    (tmp_path / "bad.pt").write_bytes(weights.read_bytes()[:5000])
+    assert "damaged" in one_error_line(invoke("predict", photo, "-o", tmp_path / "o", "--weights", tmp_path / "bad.pt",
+                                              "--model", "ict"))
+    assert "trained for face model 'ict'" in one_error_line(
+        invoke("predict", photo, "-o", tmp_path / "o", "--weights", weights, "--model", "ict-lite"))
+    assert "--refine -1" in one_error_line(invoke("predict", photo, "-o", tmp_path / "o", "--weights", weights,
+                                                  "--refine", "-1"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(photo, photos / "face.png")
+    Image.fromarray(np.full((96, 96, 3), 200, np.uint8)).save(photos / "wall.png")
+    batch = invoke("predict", photos, "-o", tmp_path / "o", "--weights", weights, "--model", "ict", *SMALL_FIT)
+    assert batch.exit_code == 1 and "1 of 2 photos could not be processed" in batch.output
+    assert (tmp_path / "o" / "face" / "params.json").is_file() and not (tmp_path / "o" / "wall").exists()
+    assert not (tmp_path / "o").joinpath("wall").exists()
