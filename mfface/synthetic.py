@@ -311,7 +311,7 @@ class LightVariation:
 @dataclass
 class AlbedoVariation:
     """Diffuse albedo: skin tone, its variation and painted facial features."""
-    texture_size: int = _f(256, "Side of the face's textures in texels (the diffuse one is stored as "
+    texture_size: int = _f(128, "Side of the face's textures in texels (the diffuse one is stored as "
                            "truth).", 16, 2048)
     lightness_min: float = _f(25.0, "Darkest skin base colour, CIE L* (ITA about -60 deg: very dark).",
                               0.0, 100.0)

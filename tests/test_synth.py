@@ -89,7 +89,7 @@ def test_synth_writes_the_documented_layout(base, model):
     assert all(d in (b"", "") for d in data["sha256"])
     shapes = {"truth/identity": (model.n_identity,), "truth/expression": (model.n_expression,),
               "truth/euler": (3,), "truth/translation": (3,), "truth/focal": (), "truth/principal": (2,),
-              "truth/sh": (81, 3), "truth/landmarks": (478, 2), "truth/diffuse": (256, 256, 3),
+              "truth/sh": (81, 3), "truth/landmarks": (478, 2), "truth/diffuse": (128, 128, 3),
               "truth/specular": (3,), "truth/roughness": (), "truth/environment": (),
               "truth/background": (), "truth/ita": ()}
     assert {k: v.shape[1:] for k, v in data.items() if k.startswith("truth/")} == shapes
@@ -537,8 +537,7 @@ def test_models_with_a_statistical_albedo(model, variant):
     rng = np.random.default_rng(0)
     albedo = AlbedoModel(mean=np.full((v, 3), 0.4, np.float32), basis=rng.normal(0, 1, (3, v, 3)).astype(np.float32),
                          std=np.full(3, 0.02, np.float32))
-    basel_like = dataclasses.replace(model, name="with-albedo", diffuse_albedo=albedo, _torch_cache={},
-                                     _fingerprint=None)
+    basel_like = dataclasses.replace(model, name="with-albedo", diffuse_albedo=albedo)
     drawn = draw_albedo(sample_generator(0, 0), basel_like, AlbedoVariation(texture_size=64))
     assert drawn.coefficients.shape == (1, 3) and drawn.texture.shape == (1, 64, 64, 3)
     assert abs(float(drawn.texture[0, 32, 32].mean()) - 0.4) < 0.2
