@@ -127,6 +127,7 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
          landmark_file: Path | None, skip: tuple[int, ...], resume: Path | None, init_weights: Path | None,
          kwargs: dict) -> None:
     from mfface.backend import torch_device
+    from mfface.distributed import rank_info
     from mfface.fitting.pipeline import Reconstructor
     from mfface.landmarks import LandmarkDetector
 
@@ -138,7 +139,12 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
         raise UserError("--checkpoint resumes one fit; give the one photo (or, with --shared-identity, "
                         "the same photos) it was written for.")
     check_writable(output)
-    groups, outcomes = plan([paths] if shared_identity else [[p] for p in paths], output, overwrite)
+    groups = [paths] if shared_identity else [[p] for p in paths]
+    try:
+        info = rank_info()   # under torchrun each rank fits its share of the photos
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    groups, outcomes = plan(groups[info.rank::info.world], output, overwrite)
     model = load_model(config, model_name)
     reconstructor = Reconstructor(model, config, torch_device())
     predictor = _predictor(init_weights, model, config) if init_weights is not None else None

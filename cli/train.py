@@ -40,9 +40,12 @@ def build_train_config(config_file: Path | None, kwargs: dict) -> TrainConfig:
 @click.option("--model", "model_name", default=None, help="Face model (default: the store's default).")
 @click.option("--backbone-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="A torchvision ResNet state_dict (e.g. ImageNet weights) to start the encoder from.")
+@click.option("--weights", "init_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Start from a trained network (weights.pt of an earlier run, e.g. pre-trained on "
+                   "synthetic data) to fine-tune it.")
 @functools.partial(config_options, root=TrainConfig)
 def train(datasets: tuple[Path, ...], run_dir: Path, config_file: Path | None, model_name: str | None,
-          backbone_weights: Path | None, **kwargs) -> None:
+          backbone_weights: Path | None, init_weights: Path | None, **kwargs) -> None:
     """Train a network on DATASETS (files of `mfface prepare` / `mfface synth`) into RUN_DIR.
 
     Runs DeepNextFace's schedule (encoder, then decoders, then both) through Mitsuba with the fit's
@@ -67,7 +70,8 @@ def train(datasets: tuple[Path, ...], run_dir: Path, config_file: Path | None, m
         model = ModelStore().load(model_name)
         init_process_group(info, device.type == "cuda")
         trainer = Trainer(model, config, list(datasets), run_dir, device, info,
-                          config_file.read_text() if config_file is not None else None, backbone_weights)
+                          config_file.read_text() if config_file is not None else None, backbone_weights,
+                          init_weights)
     except (BackendError, ModelNotInstalledError, ModelFormatError, DatasetError, TrainError,
             WeightsError, ValueError) as e:
         raise UserError(str(e)) from None

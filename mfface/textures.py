@@ -9,9 +9,14 @@ mirror-symmetric in u, which NextFace's horizontal flip assumes.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mfface.morphable.model import MorphableModel
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -59,3 +64,27 @@ def resize_texture(texture: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
         return texture
     chw = texture.permute(0, 3, 1, 2)
     return F.interpolate(chw, size=tuple(size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+
+
+class StatisticalAlbedo:
+    """A model's statistical diffuse albedo (Basel + AlbedoMM: per-vertex mean and basis) baked into
+    `resolution`^2 UV textures: texture(c) = bake(mean + sum_k c_k std_k basis_k), c in std units,
+    differentiable in c (`mfface.morphable.uv.texel_map`, a gather with barycentric weights)."""
+
+    def __init__(self, model: "MorphableModel", resolution: int, device: torch.device | str = "cpu") -> None:
+        from mfface.morphable.uv import texel_map
+
+        albedo = model.diffuse_albedo
+        if albedo is None:
+            raise ValueError(f"model {model.name!r} has no statistical albedo.")
+        self.map = texel_map(model.uvs, model.triangles, resolution)
+        self.mean = torch.as_tensor(albedo.mean.reshape(1, -1), dtype=torch.float32, device=device)
+        scaled = albedo.basis.reshape(albedo.n_components, -1) * albedo.std[:, None]
+        self.basis = torch.as_tensor(scaled.T, dtype=torch.float32, device=device)  # (V*3, K)
+
+    def texture(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(B, R, R, 3) linear diffuse textures of coefficients (B, K)."""
+        if self.mean.device != coefficients.device:
+            self.mean, self.basis = self.mean.to(coefficients.device), self.basis.to(coefficients.device)
+        per_vertex = self.mean + coefficients @ self.basis.T
+        return self.map.apply(per_vertex.reshape(coefficients.shape[0], -1, 3))

@@ -191,3 +191,15 @@ def test_example_fits_the_bundled_portrait_with_the_built_in_model(tmp_path: Pat
 def test_example_and_photos_or_neither_are_refused(tmp_path: Path) -> None:
     assert "not both" in fail("--example", str(data_file("images/astronaut.png")), "-o", str(tmp_path))
     assert "--example for the sample portrait" in fail("-o", str(tmp_path))
+
+
+def test_ranks_of_a_distributed_run_split_a_folder(installed_ict, tmp_path: Path, monkeypatch) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(data_file("images/astronaut.png"), photos / f"{name}.png")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run(str(photos), "-o", str(tmp_path / "out"), *TINY)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b"]   # rank 1 of 2: the 2nd photo

@@ -130,3 +130,25 @@ def test_export_to_torchscript_gives_the_same_outputs(ict, tmp_path):
     assert torch.allclose(vector, expected.vector, atol=1e-5) and torch.allclose(diffuse, expected.diffuse, atol=1e-5)
     described = json.loads(meta.read_text())
     assert described["layout"]["identity"] == [0, ict.n_identity] and described["model"] == "ict"
+
+
+def test_a_statistical_albedo_model_gets_coefficients_and_a_correction(ict):
+    import dataclasses
+
+    import numpy as np
+
+    from mfface.morphable.model import AlbedoModel
+    from mfface.textures import StatisticalAlbedo
+
+    v = ict.n_vertices
+    rng = np.random.default_rng(0)
+    albedo = AlbedoModel(mean=rng.uniform(0.2, 0.6, (v, 3)).astype(np.float32),
+                         basis=rng.normal(0, 1, (4, v, 3)).astype(np.float32), std=np.full(4, 0.05, np.float32))
+    basel_like = dataclasses.replace(ict, name="with-albedo", diffuse_albedo=albedo)
+    net = FaceNet(basel_like, SMALL).eval()
+    assert net.layout.n_albedo == 4
+    prediction = net(torch.rand(1, 3, 64, 64))
+    baked = StatisticalAlbedo(basel_like, 16).texture(torch.zeros(1, 4))
+    assert torch.allclose(prediction.diffuse, baked.clamp(0, 1), atol=1e-6)   # the mean albedo at first
+    state = net.state(prediction)
+    assert state.albedo.shape == (1, 4)

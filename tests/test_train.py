@@ -247,3 +247,18 @@ def test_predict_bad_inputs(weights, tmp_path):
     assert batch.exit_code == 1 and "1 of 2 photos could not be processed" in batch.output
     assert (tmp_path / "o" / "face" / "params.json").is_file() and not (tmp_path / "o" / "wall").exists()
     assert not (tmp_path / "o").joinpath("wall").exists()
+
+
+def test_fine_tuning_starts_from_earlier_weights_and_checks_the_crop(weights, dataset, tmp_path):
+    from mfface.learning.train import TrainError
+
+    tuned = _trainer(dataset, tmp_path / "tune", **{"schedule.encoder_steps": 1, "schedule.decoder_steps": 0,
+                                                    "schedule.joint_steps": 0})
+    tuned._load_init(weights)
+    stored = torch.load(weights, weights_only=True)["model_state"]
+    assert torch.equal(tuned.net.state_dict()["head.weight"], stored["head.weight"])
+    shifted = dict(torch.load(weights, weights_only=True))
+    shifted["spec"] = dict(shifted["spec"], crop=128)
+    torch.save(shifted, tmp_path / "other_crop.pt")
+    with pytest.raises(TrainError, match="trained on 128 px crops but the datasets hold 64 px"):
+        tuned._load_init(tmp_path / "other_crop.pt")

@@ -23,10 +23,10 @@ from mfface.fitting.targets import FitTargets
 from mfface.interrupt import raise_if_requested
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
-from mfface.morphable.uv import texel_map
 from mfface.objectives import landmark_loss, landmark_weights, statistical_prior
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState
+from mfface.textures import StatisticalAlbedo
 
 
 @dataclass
@@ -213,8 +213,7 @@ def initial_state(model: MorphableModel, targets: FitTargets, fitted: Stage1Resu
     albedo = None
     if model.diffuse_albedo is not None:
         albedo = torch.zeros(rows, model.diffuse_albedo.n_components, device=device)
-        mean = torch.as_tensor(model.diffuse_albedo.mean.reshape(-1, 3), dtype=torch.float32, device=device)
-        diffuse = texel_map(model.uvs, model.triangles, res).apply(mean).expand(rows, -1, -1, -1).clone()
+        diffuse = StatisticalAlbedo(model, res, device).texture(albedo)
     else:
         diffuse = skin_colour[:, None, None, :].expand(rows, res, res, 3).clone()
     return FaceState(

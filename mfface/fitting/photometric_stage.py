@@ -23,11 +23,10 @@ from mfface.fitting.errors import check_finite
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
-from mfface.morphable.uv import texel_map
 from mfface.objectives import (landmark_loss, photometric_loss, sh_energy, smoothness_loss,
                                statistical_prior, symmetry_loss, weighted_terms)
 from mfface.state import FaceState
-from mfface.textures import MirrorSampler, resize_texture
+from mfface.textures import MirrorSampler, StatisticalAlbedo, resize_texture
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 SEED_OFFSET = 1_000_000  # stage 2 renders use seeds SEED_OFFSET + iteration
@@ -55,22 +54,14 @@ class AlbedoSource:
         self.model = model
         self.statistical = model.diffuse_albedo is not None
         if self.statistical:
-            albedo = model.diffuse_albedo
-            device = forward.device
-            self.texel_map = texel_map(model.uvs, model.triangles, resolution)
-            self.mean = torch.as_tensor(albedo.mean.reshape(-1, 3), dtype=torch.float32, device=device)
-            scaled = albedo.basis.reshape(albedo.n_components, -1) * albedo.std[:, None]
-            self.basis = torch.as_tensor(scaled.T, dtype=torch.float32, device=device)  # (V*3, K)
+            self.baked = StatisticalAlbedo(model, resolution, forward.device)
             self.parameter = state.albedo
         else:
             self.parameter = state.diffuse
 
     def texture(self) -> torch.Tensor:
         """(Bi, R, R, 3) diffuse texture."""
-        if self.statistical:
-            per_vertex = self.mean.reshape(1, -1) + self.parameter @ self.basis.T
-            return self.texel_map.apply(per_vertex.reshape(self.parameter.shape[0], -1, 3))
-        return self.parameter
+        return self.baked.texture(self.parameter) if self.statistical else self.parameter
 
 
 def sh_band_scale(n_coefficients: int, decay: float, device: torch.device | str) -> torch.Tensor:

@@ -13,6 +13,9 @@ Conventions
 - The encoder's modules are named exactly as torchvision's ResNet (`conv1`, `bn1`, `layer1`..
   `layer4`, `fc`), so `load_backbone` reads a torchvision state_dict (`fc` included when its shape
   matches the latent size, 1000 by default, as DeepNextFace's 1000-d latent).
+- Albedo: for a model with a statistical albedo (Basel + AlbedoMM) the head predicts its
+  coefficients and the diffuse decoder a correction to the baked statistical albedo; for a model
+  without one (ICT) the decoder corrects a constant mean skin tone (`MEAN_SKIN`).
 - Parameters follow `mfface.state.ParameterLayout`. The head predicts `raw` and the vector is
   `reference + scale * raw`: `reference` is the mean face, frontal, at a typical distance and focal,
   under ambient light; `scale` puts every raw output at order one (mm and log-focal values differ by
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from mfface.morphable.model import MorphableModel
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState, ParameterLayout
+from mfface.textures import StatisticalAlbedo
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -226,6 +230,10 @@ class FaceNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.diffuse_decoder = AlbedoDecoder(spec.latent, spec.albedo_size, 3)
         self.specular_decoder = AlbedoDecoder(spec.latent, spec.albedo_size, 3) if spec.specular else None
+        # A model with a statistical albedo: the head predicts its coefficients, the decoder the
+        # correction to that albedo (DeepNextFace's delta maps); otherwise to the mean skin tone.
+        self.statistical = (StatisticalAlbedo(model, spec.albedo_size) if model.diffuse_albedo is not None
+                            else None)
         reference, scale = reference_vector(model, self.layout, spec)
         self.register_buffer("reference", reference)
         self.register_buffer("scale", scale)
@@ -249,7 +257,9 @@ class FaceNet(nn.Module):
             vector = torch.cat([vector[:, :part.start],
                                 straight_through_clamp(vector[:, part], *self.expression_range),
                                 vector[:, part.stop:]], dim=1)
-        diffuse = straight_through_clamp(self.mean_skin + self.diffuse_decoder(latent), 0.0, 1.0)
+        base = (self.mean_skin if self.statistical is None else
+                self.statistical.texture(vector[:, self.layout.slices()["albedo"]]))
+        diffuse = straight_through_clamp(base + self.diffuse_decoder(latent), 0.0, 1.0)
         specular = (MEAN_SPECULAR + self.specular_decoder(latent) if self.specular_decoder is not None
                     else torch.full_like(diffuse, MEAN_SPECULAR))
         return Prediction(vector, diffuse, straight_through_clamp(specular, 0.0, 1.0), latent)

@@ -210,7 +210,7 @@ class Trainer:
 
     def __init__(self, model: MorphableModel, config: TrainConfig, datasets: list[Path], run_dir: Path,
                  device: torch.device, info: RankInfo = RankInfo(), config_file_text: str | None = None,
-                 backbone_weights: Path | None = None) -> None:
+                 backbone_weights: Path | None = None, init_weights: Path | None = None) -> None:
         self.model, self.config, self.run_dir, self.device, self.info = model, config, Path(run_dir), device, info
         if config.data.batch % info.world:
             raise TrainError(f"data.batch {config.data.batch} is not divisible by the {info.world} ranks; "
@@ -243,6 +243,8 @@ class Trainer:
         self.config_text = config_file_text or to_toml(config)
         if (self.run_dir / CHECKPOINT).is_file():
             self._resume()
+        elif init_weights is not None:
+            self._load_init(init_weights)
         elif backbone_weights is not None:
             self._load_backbone(backbone_weights)
 
@@ -263,11 +265,29 @@ class Trainer:
         except ValueError as e:
             raise TrainError(f"{path}: {e}") from None
 
+    def _load_init(self, path: Path) -> None:
+        """Start from a trained network (fine-tuning a pre-trained run): same model and shapes."""
+        content = ckpt.load(path)
+        ckpt.check_model(content, self.model, str(path))
+        self._check_crop(content, path)
+        try:
+            self.net.load_state_dict(content["model_state"])
+        except RuntimeError as e:
+            raise TrainError(f"{path} is a network of other shapes than this run's [network] settings "
+                             f"({str(e).splitlines()[0]}); use its settings ({content.get('spec')}).") from None
+
+    def _check_crop(self, content: dict, path: Path) -> None:
+        crop = content.get("spec", {}).get("crop")
+        if crop != self.dataset.size:
+            raise TrainError(f"{path} was trained on {crop} px crops but the datasets hold "
+                             f"{self.dataset.size} px crops; use datasets of the same --size.")
+
     def _resume(self) -> None:
         path = self.run_dir / CHECKPOINT
         content = ckpt.load(path)
         self._check_same_run(content["config"])
         ckpt.check_model(content, self.model, str(path))
+        self._check_crop(content, path)
         try:
             self.net.load_state_dict(content["model_state"])
         except RuntimeError as e:

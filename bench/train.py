@@ -1,0 +1,195 @@
+"""The network's speed and quality: training throughput, prediction latency, and held-out accuracy.
+
+Parts (`--part`, repeatable; all by default):
+- `throughput`: images/s of `Trainer.train_step` (forward + backward through Mitsuba, batch 8,
+  ResNet-18) at 128 px / 4 spp and 224 px / 8 spp, on `mfface synth` data made for it (a few
+  timed steps after two warm-up steps).
+- `latency`: the encoder alone (one 224 px crop, ResNet-18, 2 torch threads) in ms, and the whole
+  prediction of one photo excluding start-up (detection, crop, network, result folder written at
+  the default final spp) in s.
+- `quality`: on held-out synthetic faces (a `mfface synth` file with truth; landmarks are MediaPipe's
+  on the render, never the model's), for the trained `--weights`: predict alone, predict +
+  `--refine N`, and the full default fit; per method the median landmark error (px, against the
+  MediaPipe landmarks the fit sees), vertex error (mm, NoW-style similarity alignment over the
+  model's skin region, as bench/fit_synthetic.py), PSNR in the skin mask (dB) and seconds per
+  face; the model's mean face with the fit's pose (from stage 1) as the trivial baseline.
+The last line printed is one JSON object with every figure.
+
+    MFFACE_HOME=<store> .venv/bin/python bench/train.py --weights RUN/weights.pt --heldout H.h5 [--faces 50]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mfface  # noqa: F401 - sets torch's OpenMP wait policy before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fit_synthetic import image_metrics, landmark_error  # noqa: E402
+
+from mfface.backend import select_variant  # noqa: E402
+from mfface.config import FitConfig, apply_overrides  # noqa: E402
+from mfface.metrics import aligned_distances  # noqa: E402
+
+
+def _model(name: str | None):
+    from mfface.morphable.store import ModelStore
+
+    return ModelStore().load(name)
+
+
+def throughput(model_name: str | None, steps: int) -> dict:
+    """Training images/s at the two settings the issue names."""
+    from mfface.learning.config import TrainConfig
+    from mfface.learning.train import Trainer
+
+    rows = {}
+    for size, spp in ((128, 4), (224, 8)):
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "d.h5"
+            _synth(data, 24, size, 4, model_name)
+            config = apply_overrides(TrainConfig(), {"data.batch": 8, "render.spp": spp, "data.val_fraction": 0.0,
+                                                     "schedule.encoder_steps": steps + 2})
+            trainer = Trainer(_model(model_name), config, [data], Path(tmp) / "run", torch.device("cpu"))
+            for step in range(2):
+                trainer.train_step(step)
+            started = time.perf_counter()
+            for step in range(2, steps + 2):
+                trainer.train_step(step)
+            seconds = (time.perf_counter() - started) / steps
+            rows[f"{size}px_{spp}spp"] = {"images_per_s": round(8 / seconds, 3), "seconds_per_step": round(seconds, 3)}
+            print(f"train {size} px {spp} spp: {rows[f'{size}px_{spp}spp']}", flush=True)
+    return rows
+
+
+def _synth(path: Path, count: int, size: int, spp: int, model_name: str | None) -> None:
+    from click.testing import CliRunner
+
+    from mfface.cli.main import cli
+
+    args = ["synth", str(count), "-o", str(path), "--size", str(size), "--spp", str(spp), "--workers", "1"]
+    result = CliRunner().invoke(cli, args + (["--model", model_name] if model_name else []))
+    if result.exit_code != 0:
+        raise SystemExit(f"mfface synth failed: {result.output[-2000:]}")
+
+
+def latency(weights: Path, model_name: str | None, photo: Path) -> dict:
+    """Encoder-only ms per 224 px crop (2 threads) and seconds per photo of the whole prediction."""
+    from mfface.landmarks import LandmarkDetector
+    from mfface.learning.network import FaceNet, NetworkSpec
+    from mfface.learning.predict import Predictor
+    from mfface.results import write_results
+
+    torch.set_num_threads(2)
+    model = _model(model_name)
+    net = FaceNet(model, NetworkSpec(crop=224)).eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+        started = time.perf_counter()
+        for _ in range(20):
+            net.encode(x)
+        encoder_ms = (time.perf_counter() - started) / 20 * 1000
+    predictor = Predictor(weights, model, FitConfig())
+    times = []
+    with LandmarkDetector() as detector, tempfile.TemporaryDirectory() as tmp:
+        for k in range(4):
+            started = time.perf_counter()
+            image = dataclasses.replace(predictor.prepare(photo, detector), name=f"photo{k}")
+            result = predictor.finish(image, predictor.predict([image]))
+            write_results(result, Path(tmp))
+            times.append(time.perf_counter() - started)
+    return {"encoder_ms_224px_resnet18_2threads": round(encoder_ms, 1),
+            "predict_command_s_per_photo": round(statistics.median(times[1:]), 3),
+            "final_spp": FitConfig().render.final_spp}
+
+
+def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: str | None) -> dict:
+    """Predict / predict + refine / full fit / mean face on held-out synthetic faces."""
+    from mfface.fitting.pipeline import Reconstructor, prepare_photo
+    from mfface.learning.dataset import FaceDataset
+    from mfface.learning.predict import Predictor
+    from mfface.learning.synth import truth_state
+
+    model = _model(model_name)
+    data = FaceDataset([heldout], truth=True)
+    size = data.size
+    config = apply_overrides(FitConfig(), {"input.max_resolution": size})
+    predictor = Predictor(weights, model, config)
+    full = Reconstructor(model, config)
+    region = model.regions["skin"]
+    methods = ("mean_face", "predict", "refine", "fit")
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    for index in range(min(faces, len(data))):
+        raw = data.raw(index)
+        photo = torch.from_numpy(raw["image"]).float() / 255.0
+        image = prepare_photo(photo, raw["landmarks"].astype(np.float64), "mediapipe478", config, f"h{index}",
+                              size=size, enlarge=True)
+        truth = truth_state(raw["truth"])
+        true_vertices = model.vertices(truth.identity, truth.expression)[0].numpy()[region]
+        reference = image.crop_landmarks
+        started = time.perf_counter()
+        predicted = predictor.finish(image, predictor.predict([image]))
+        runs = {"predict": (predicted, time.perf_counter() - started)}
+        started = time.perf_counter()
+        runs["refine"] = (predictor.finish(image, predictor.predict([image]), refine), time.perf_counter() - started)
+        started = time.perf_counter()
+        fitted = full.fit([image])
+        runs["fit"] = (fitted, time.perf_counter() - started)
+        mean_state = dataclasses.replace(fitted.stages[1], identity=torch.zeros_like(fitted.stages[1].identity),
+                                         expression=torch.zeros_like(fitted.stages[1].expression))
+        runs["mean_face"] = (dataclasses.replace(fitted, state=mean_state), 0.0)
+        for method, (result, seconds) in runs.items():
+            state = result.state
+            shape = model.vertices(state.identity, state.expression)[0].numpy()[region]
+            row = {"vertex_mm": float(np.median(aligned_distances(shape, true_vertices, scale=True))),
+                   "landmark_px": landmark_error(result, state, reference), "seconds": seconds}
+            if method != "mean_face":
+                row["psnr_db"] = image_metrics(result, state, image, 64)["psnr_db"]
+            rows[method].append(row)
+        print(index, {m: {k: round(v, 3) for k, v in rows[m][-1].items()} for m in methods}, flush=True)
+    return {m: {k: round(statistics.median(r[k] for r in rows[m]), 4) for k in rows[m][0]} | {"faces": len(rows[m])}
+            for m in methods}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", action="append", choices=["throughput", "latency", "quality"])
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--heldout", type=Path, help="mfface synth file with truth (quality)")
+    parser.add_argument("--faces", type=int, default=50)
+    parser.add_argument("--refine", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (throughput)")
+    parser.add_argument("--photo", type=Path, default=None, help="photo for the latency part")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    parts = args.part or ["throughput", "latency", "quality"]
+    select_variant("cpu")
+    summary = {"machine": f"{os.cpu_count()} cores", "load_start": round(os.getloadavg()[0], 2),
+               "torch_threads": torch.get_num_threads()}
+    if "throughput" in parts:
+        summary["throughput"] = throughput(args.model, args.steps)
+    if "latency" in parts:
+        from mfface.sample import example_photo_path
+
+        summary["latency"] = latency(args.weights, args.model, args.photo or example_photo_path())
+    if "quality" in parts:
+        summary["quality"] = quality(args.weights, args.heldout, args.faces, args.refine, args.model)
+        summary["refine_iterations"] = args.refine
+    summary["load_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
