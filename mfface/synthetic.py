@@ -577,25 +577,24 @@ def draw_albedo(g: torch.Generator, model: MorphableModel, config: AlbedoVariati
 
 
 def _statistical_albedo(g: torch.Generator, model: MorphableModel, config: AlbedoVariation) -> DrawnAlbedo:
-    """A statistical albedo model's face (see `draw_albedo`); ITA from its mean colour (b* 15)."""
-    from mfface.morphable.uv import bake_vertex_attribute
+    """A statistical albedo model's face (see `draw_albedo`), baked by `mfface.textures.
+    StatisticalAlbedo` (as the fit and the network bake it; cached on the model per size); ITA
+    from the mean colour of its vertices with b* taken as 15."""
+    from mfface.textures import StatisticalAlbedo
 
+    key = ("synth_statistical_albedo", config.texture_size)
+    if key not in model._torch_cache:
+        model._torch_cache[key] = StatisticalAlbedo(model, config.texture_size)
     albedo = model.diffuse_albedo
-    size = config.texture_size
     coefficients = config.scale * torch.randn(1, albedo.n_components, generator=g)
-    scaled = coefficients[0].numpy().astype(np.float64) * albedo.std
-    values = albedo.mean + np.tensordot(scaled, albedo.basis, axes=1)
-    if albedo.domain == "vertex":
-        texture = torch.from_numpy(bake_vertex_attribute(model, values.reshape(-1, 3), size))
-    else:
-        chw = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).permute(2, 0, 1)[None]
-        texture = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)[0]
-        texture = texture.permute(1, 2, 0)
-    mean = torch.from_numpy(np.asarray(values, dtype=np.float64).reshape(-1, 3).mean(0))
-    luminance = float(mean @ _LUMINANCE)
+    with torch.no_grad():
+        texture = model._torch_cache[key].texture(coefficients)
+    basis = albedo.basis.reshape(albedo.n_components, -1)
+    values = albedo.mean.reshape(-1) + (coefficients[0].numpy().astype(np.float64) * albedo.std) @ basis
+    luminance = float(torch.from_numpy(values.reshape(-1, 3).mean(0)) @ _LUMINANCE)
     lightness = 116.0 * max(luminance, 1e-6) ** (1.0 / 3.0) - 16.0
     ita = math.degrees(math.atan2(lightness - 50.0, 15.0))
-    return DrawnAlbedo(texture.float().clamp(0.005, 0.95)[None], ita, coefficients)
+    return DrawnAlbedo(texture.float().clamp(0.005, 0.95), ita, coefficients)
 
 
 # -- light ---------------------------------------------------------------------------------------
