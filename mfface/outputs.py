@@ -26,11 +26,13 @@ from pathlib import Path
 
 RESULT_FORMAT = "mfface-fit"
 HOUSEKEEPING = ".mfface"
-# Every entry mfface writes into a result folder: `mfface fit` (mfface.results) and `mfface replay`.
+# Every entry mfface writes into a result folder: `mfface fit` (mfface.results), `mfface replay`
+# (turntable.*) and `mfface export --blender` (blender_scene.py).
 RESULT_ENTRIES = frozenset({
     "mesh.obj", "mesh.mtl", "mesh_diffuse.png", "mesh_specular.png", "mesh_roughness.png",
-    "mesh.glb", "envmap.exr", "envmap.png", "render.png", "overview.png", "landmarks.png",
-    "losses.png", "params.json", "config.toml", "checkpoints", "turntable.gif", "turntable.mp4",
+    "mesh.glb", "envmap.exr", "envmap.hdr", "envmap.png", "render.png", "overview.png",
+    "landmarks.png", "losses.png", "params.json", "config.toml", "checkpoints", "turntable.gif",
+    "turntable.mp4", "blender_scene.py",
 })
 
 

@@ -3,7 +3,8 @@
 Layout of `OUT/<photo name>/` (README "Outputs" describes each file):
   mesh.obj, mesh.mtl, mesh_diffuse.png, mesh_specular.png, mesh_roughness.png   model space, mm
   mesh.glb                          the same mesh and maps as binary glTF, in metres
-  envmap.exr, envmap.png            the fitted light as a 64x128 lat-long map (light frame)
+  envmap.exr, envmap.hdr, envmap.png  the fitted light as a 64x128 lat-long map (light frame):
+                                    OpenEXR, Radiance RGBE, tone-mapped preview
   render.png                        the fit re-rendered at `render.final_spp`, crop frame
   overview.png                      input | overlay | render | light | diffuse | specular | roughness
   landmarks.png                     detected (green) and fitted (red) landmarks on the input crop
@@ -36,7 +37,7 @@ from mfface.morphable.export import write_glb, write_obj
 from mfface.objectives import photometric_loss
 from mfface.outputs import RESULT_FORMAT, check_target
 from mfface.state import FaceState
-from mfface.scenes.exr import write_exr
+from mfface.scenes.exr import write_exr, write_hdr
 
 CAMERA_CONVENTION = ("OpenCV camera space: camera at the origin looking down +z, +x image right, "
                      "+y image down; pixel u = f x / z + c_x, v = f y / z + c_y, (c_x, c_y) the "
@@ -139,6 +140,7 @@ def write_results(result: FitResult, out_dir: str | Path, checkpoint_src: Path |
             write_obj(tmp / "mesh.obj", model_vertices, model.triangles, model.uvs, maps)
             write_glb(tmp / "mesh.glb", model_vertices * 1e-3, model.triangles, model.uvs, maps)
             write_exr(tmp / "envmap.exr", env)
+            write_hdr(tmp / "envmap.hdr", env)  # Radiance, for engines that do not read EXR
             write_png(tmp / "envmap.png", _envmap_display(env, gamma), gamma=None)
             write_png(tmp / "render.png", rgb, gamma=gamma)
             panels = [("input", to_display(target, gamma)),

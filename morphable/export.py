@@ -11,6 +11,14 @@ Blender and three.js). GLB (through trimesh): baseColorTexture = diffuse; metall
 with roughness in G and metallic 0 in B (metallicFactor 0); specular through KHR_materials_specular
 as specularColorTexture with specularColorFactor 25 so that the dielectric F0 = 0.04 * 25 * map
 equals the specular albedo (trimesh cannot write that extension, so it is added to the GLB here).
+Roughness is stored as it is fitted: the renderer's GGX alpha = roughness^2, which is also what
+glTF's metallicRoughness, Blender's Principled BSDF and Unreal mean by roughness, so no
+conversion is needed (and none is applied) anywhere.
+
+Both formats carry smooth per-vertex normals (OBJ `vn`, glTF NORMAL): `vertex_normals` weights
+each triangle's normal by its angle at the vertex, as Mitsuba's `recompute_vertex_normals` does for
+the renders, so viewers shade the mesh as mfface renders it (without normals glTF viewers must
+shade flat, and the face looks faceted).
 
 Both writers are atomic: files are written under temporary names in the target folder and moved
 into place with os.replace; for OBJ the textures and MTL are moved first and the OBJ last, so an
@@ -61,6 +69,30 @@ def encode_texture(name: str, image: np.ndarray | torch.Tensor) -> Image.Image:
     return Image.fromarray(a)
 
 
+def vertex_normals(vertices: np.ndarray | torch.Tensor, triangles: np.ndarray) -> np.ndarray:
+    """Unit smooth normals (V, 3) float64 of a triangle mesh, counter-clockwise triangles facing
+    out: the sum over a vertex's triangles of the unit face normal times the triangle's angle at
+    the vertex (Thuermer & Wuethrich; Mitsuba's choice). A vertex in no (non-degenerate) triangle
+    gets the mean normal of the mesh, so every normal is a unit vector."""
+    v = _as_array(vertices).astype(np.float64)
+    t = _as_array(triangles).astype(np.int64)
+    normals = np.zeros_like(v)
+    corners = v[t]                                              # (F, 3 corners, 3)
+    face = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    length = np.linalg.norm(face, axis=1, keepdims=True)
+    face = np.divide(face, length, out=np.zeros_like(face), where=length > 0)
+    for k in range(3):
+        a = corners[:, (k + 1) % 3] - corners[:, k]
+        b = corners[:, (k + 2) % 3] - corners[:, k]
+        cos = np.einsum("ij,ij->i", a, b) / np.maximum(
+            np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+        np.add.at(normals, t[:, k], face * np.arccos(np.clip(cos, -1.0, 1.0))[:, None])
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    fallback = normals.sum(0)
+    fallback = fallback / np.linalg.norm(fallback) if np.linalg.norm(fallback) > 0 else np.array([0.0, 0.0, 1.0])
+    return np.where(length > 1e-12, normals / np.maximum(length, 1e-300), fallback)
+
+
 def _check_mesh(vertices: np.ndarray, triangles: np.ndarray, uvs: np.ndarray | None) -> None:
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be (V, 3), got {vertices.shape}.")
@@ -96,7 +128,8 @@ def write_obj(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
     """Write `path` (.obj) with `<stem>.mtl` and `<stem>_<name>.png` beside it; returns the paths.
 
     vertices (V, 3) in the caller's units (mm for our models), triangles (F, 3) 0-based, uvs (V, 2)
-    with v = 0 at the texture's bottom. Textures need uvs.
+    with v = 0 at the texture's bottom. Textures need uvs. Smooth normals (`vertex_normals`) are
+    written as `vn`, one per vertex.
     """
     path = Path(path)
     vertices, triangles, uvs, images = _prepare(vertices, triangles, uvs, textures, "write_obj")
@@ -114,11 +147,12 @@ def write_obj(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
             files.append(f"{stem}.mtl")
             lines += [f"mtllib {stem}.mtl", "usemtl face"]
         lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
+        lines += [f"vn {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertex_normals(vertices, triangles)]
         if uvs is not None:
             lines += [f"vt {u:.7f} {v:.7f}" for u, v in uvs]
-            lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in triangles + 1]
+            lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in triangles + 1]
         else:
-            lines += [f"f {a} {b} {c}" for a, b, c in triangles + 1]
+            lines += [f"f {a}//{a} {b}//{b} {c}//{c}" for a, b, c in triangles + 1]
         (tmp / path.name).write_text("\n".join(lines) + "\n")
         files.append(path.name)
         for file in files:  # the OBJ last: once it exists, everything it refers to does
@@ -144,12 +178,17 @@ def _mtl(stem: str, images: dict[str, Image.Image]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _add_specular_extension(glb: bytes, specular_png: bytes) -> bytes:
-    """Append a PNG to a GLB's binary chunk and reference it via KHR_materials_specular."""
+ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
+
+
+def _finish_glb(glb: bytes, specular_png: bytes | None) -> bytes:
+    """A GLB from trimesh, completed: every bufferView of vertex or index data gets its `target`
+    (the validator's hint), and a specular PNG, when given, is appended to the binary chunk and
+    referenced via KHR_materials_specular (trimesh cannot write that extension)."""
     magic, version, _ = struct.unpack_from("<4sII", glb, 0)
     json_length, json_type = struct.unpack_from("<I4s", glb, 12)
     if magic != b"glTF" or version != 2 or json_type != b"JSON":
-        raise ValueError("trimesh wrote an unexpected GLB layout; cannot add the specular texture.")
+        raise ValueError("trimesh wrote an unexpected GLB layout; cannot complete it.")
     tree = json.loads(glb[20:20 + json_length])
     rest = 20 + json_length
     binary = b""
@@ -157,26 +196,36 @@ def _add_specular_extension(glb: bytes, specular_png: bytes) -> bytes:
         bin_length, _ = struct.unpack_from("<I4s", glb, rest)
         binary = glb[rest + 8:rest + 8 + bin_length]
     binary += b"\0" * (-len(binary) % 4)
-    tree.setdefault("bufferViews", []).append(
-        {"buffer": 0, "byteOffset": len(binary), "byteLength": len(specular_png)})
-    binary += specular_png + b"\0" * (-len(specular_png) % 4)
-    if not tree.get("buffers"):
-        tree["buffers"] = [{}]
-    tree["buffers"][0]["byteLength"] = len(binary)
-    tree.setdefault("images", []).append({"bufferView": len(tree["bufferViews"]) - 1, "mimeType": "image/png"})
-    tree.setdefault("textures", []).append({"source": len(tree["images"]) - 1})
-    factor = 1.0 / GLTF_DIELECTRIC_F0
-    for material in tree["materials"]:
-        material.setdefault("extensions", {})["KHR_materials_specular"] = {
-            "specularColorTexture": {"index": len(tree["textures"]) - 1},
-            "specularColorFactor": [factor, factor, factor]}
-    used = set(tree.get("extensionsUsed", [])) | {"KHR_materials_specular"}
-    tree["extensionsUsed"] = sorted(used)
+    views, accessors = tree.get("bufferViews", []), tree.get("accessors", [])
+    for mesh in tree.get("meshes", []):
+        for primitive in mesh.get("primitives", []):
+            for index in primitive.get("attributes", {}).values():
+                views[accessors[index]["bufferView"]]["target"] = ARRAY_BUFFER
+            if "indices" in primitive:
+                views[accessors[primitive["indices"]]["bufferView"]]["target"] = ELEMENT_ARRAY_BUFFER
+    if specular_png is not None:
+        tree.setdefault("bufferViews", []).append(
+            {"buffer": 0, "byteOffset": len(binary), "byteLength": len(specular_png)})
+        binary += specular_png + b"\0" * (-len(specular_png) % 4)
+        tree.setdefault("images", []).append({"bufferView": len(tree["bufferViews"]) - 1,
+                                              "mimeType": "image/png"})
+        tree.setdefault("textures", []).append({"source": len(tree["images"]) - 1})
+        factor = 1.0 / GLTF_DIELECTRIC_F0
+        for material in tree["materials"]:
+            material.setdefault("extensions", {})["KHR_materials_specular"] = {
+                "specularColorTexture": {"index": len(tree["textures"]) - 1},
+                "specularColorFactor": [factor, factor, factor]}
+        used = set(tree.get("extensionsUsed", [])) | {"KHR_materials_specular"}
+        tree["extensionsUsed"] = sorted(used)
+    if binary:
+        if not tree.get("buffers"):
+            tree["buffers"] = [{}]
+        tree["buffers"][0]["byteLength"] = len(binary)
     text = json.dumps(tree, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + 8 + len(binary)
-    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
-            + struct.pack("<I4s", len(binary), b"BIN\0") + binary)
+    total = 12 + 8 + len(text) + (8 + len(binary) if binary else 0)
+    out = struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
+    return out + (struct.pack("<I4s", len(binary), b"BIN\0") + binary if binary else b"")
 
 
 def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: np.ndarray,
@@ -185,11 +234,13 @@ def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
     """Write one binary glTF file with a PBR material; returns `path`.
 
     Units are passed through unchanged (glTF readers assume metres: scale mm by 1e-3 first if the
-    consumer needs real size). Arguments as in `write_obj`.
+    consumer needs real size). Arguments as in `write_obj`. The primitive has POSITION, NORMAL
+    (smooth, `vertex_normals`) and, with uvs, TEXCOORD_0.
     """
     path = Path(path)
     vertices, triangles, uvs, images = _prepare(vertices, triangles, uvs, textures, "write_glb")
     mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, process=False)
+    mesh.vertex_normals = vertex_normals(vertices, triangles)
     if uvs is not None:
         material_args: dict = {"name": "face", "metallicFactor": 0.0, "roughnessFactor": 1.0}
         if "diffuse" in images:
@@ -200,8 +251,8 @@ def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: 
             material_args["metallicRoughnessTexture"] = Image.fromarray(packed)
         material = trimesh.visual.material.PBRMaterial(**material_args)
         mesh.visual = trimesh.visual.TextureVisuals(uv=uvs, material=material)
-    glb = mesh.export(file_type="glb")
-    if "specular" in images:
-        glb = _add_specular_extension(glb, _png_bytes(images["specular"].convert("RGB")))
+    glb = mesh.export(file_type="glb", include_normals=True)
+    specular = images.get("specular")
+    glb = _finish_glb(glb, None if specular is None else _png_bytes(specular.convert("RGB")))
     write_bytes(path, glb)
     return path

@@ -67,12 +67,16 @@ class FaceRenderer:
             self._built_for = key
         while len(self._scenes) <= index:
             spec = fs.SceneSpec(self.width, self.height, texture_size, envmap_size, **self.settings)
-            scene = fs.build_scene(self.triangles, self.uvs, spec)
+            scene = self._build_scene(spec)
             params = mi.traverse(scene)
             params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
                          fs.PRINCIPAL_X, fs.PRINCIPAL_Y])
             self._scenes.append((scene, params))
         return self._scenes[index]
+
+    def _build_scene(self, spec: fs.SceneSpec) -> mi.Scene:
+        """The Mitsuba scene for `spec` (the face scene; `RelightRenderer` adds its lamps here)."""
+        return fs.build_scene(self.triangles, self.uvs, spec)
 
     # -- the Dr.Jit side -----------------------------------------------------------------------
     def _render_drjit(self, index: int, vertices: mi.TensorXf, diffuse: mi.TensorXf,

@@ -126,8 +126,12 @@ def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh
     return mesh
 
 
-def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.Scene:
-    """The face scene for `spec`, with placeholder values (grey textures, white light, 60 deg fov)."""
+def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> dict:
+    """The face scene for `spec` as a Mitsuba scene dict, with placeholder values (grey textures,
+    white light, 60 deg fov): the face mesh (`MESH_KEY`), the envmap (`EMITTER_KEY`), the camera
+    (`SENSOR_KEY`) and the integrator. Every scene that shows the face is built from this dict
+    (`build_scene`, and the relighting scene in `mfface.scenes.relight_scene`, which adds lamps),
+    so what is added here (more geometry, materials) appears in all of them."""
     check_spec(spec)
     _bsdf.register()
     bsdf = mi.load_dict({
@@ -140,7 +144,7 @@ def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.S
     he, we = spec.envmap_size
     integrator = {"type": spec.integrator, "max_depth": spec.max_depth,
                   "hide_emitters": spec.hide_emitters}
-    return mi.load_dict({
+    return {
         "type": "scene",
         "integrator": integrator,
         MESH_KEY: build_mesh(triangles, uvs, bsdf),
@@ -160,4 +164,9 @@ def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.S
                      # enter or leave the view
                      "sample_border": spec.integrator.endswith("_projective")},
         },
-    })
+    }
+
+
+def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.Scene:
+    """The face scene for `spec`, with placeholder values (grey textures, white light, 60 deg fov)."""
+    return mi.load_dict(scene_dict(triangles, uvs, spec))
