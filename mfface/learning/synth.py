@@ -336,7 +336,7 @@ def _results(indices: list[int], model: Any, settings: SynthSettings, columns: l
             for index in indices:
                 yield process_sample(index, model, settings, detector, columns, backgrounds, device)
         return
-    light_model = dataclasses.replace(model, _torch_cache={})  # tensors are made again there
+    light_model = dataclasses.replace(model)  # a copy without the torch cache: tensors are made again there
     photos = backgrounds.photos if backgrounds is not None else None
     pool = multiprocessing.get_context("spawn").Pool(
         workers, initializer=_init_worker, initargs=(light_model, settings, columns, photos))
