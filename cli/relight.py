@@ -70,8 +70,8 @@ def relight(result: Path, out: Path, lights: tuple[str, ...], rig: Path | None, 
     relit.exr, light.exr/.png and rig.toml into OUT (plus turntable.gif/.mp4 with --turntable
     and photo_relit.png with --photo). Every input is checked before anything is rendered."""
     from mfface.backend import BackendError, select_variant, torch_device
-    from mfface.relight import (RelightError, RelightSettings, check_outputs, load_rig,
-                                parse_lamp, relight as run_relight, write_relit)
+    from mfface.relight import (RelightError, Relighter, RelightSettings, check_outputs,
+                                load_rig, parse_lamp, write_relit)
     from mfface.replay import ReplayError, load_fitted_face, result_folders
 
     context = click.get_current_context()
@@ -90,17 +90,17 @@ def relight(result: Path, out: Path, lights: tuple[str, ...], rig: Path | None, 
         select_variant()
         models: dict = {}
         faces = [load_fitted_face(f, device=torch_device(), models=models) for f in folders]
-        relit = []
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=_CONSOLE, transient=True) as progress:
-            for face in faces:  # render everything first: a failure writes nothing
-                task = progress.add_task(f"relight {face.folder.name}",
-                                         total=max(settings.turntable, 1))
-                relit.append(run_relight(face, settings, on_frame=lambda k, n, task=task:
-                                         progress.update(task, completed=k)))
-                progress.update(task, completed=max(settings.turntable, 1))
+        relighters = [Relighter(face, settings) for face in faces]  # every input checked here
     except (RelightError, ReplayError, BackendError) as error:
         raise UserError(str(error)) from error
+    relit = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=_CONSOLE, transient=True) as progress:
+        for face, relighter in zip(faces, relighters):  # render everything before writing
+            task = progress.add_task(f"relight {face.folder.name}", total=max(settings.turntable, 1))
+            relit.append(relighter.run(on_frame=lambda k, n, task=task:
+                                       progress.update(task, completed=k)))
+            progress.update(task, completed=max(settings.turntable, 1))
     for face, target, item in zip(faces, targets, relit):
         written = write_relit(item, target)
         _CONSOLE.print(f"{face.folder.name}: wrote {', '.join(p.name for p in written)} in {target}")

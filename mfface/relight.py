@@ -304,7 +304,8 @@ def load_rig(path: str | Path) -> dict:
               isinstance(value, int) and not isinstance(value, bool) if kind is int else
               isinstance(value, str))
         if not ok:
-            raise RelightError(f"{path}: {key} = {value!r} should be a {kind.__name__}.")
+            what = {bool: "true or false", float: "a number", int: "a whole number", str: "a string"}[kind]
+            raise RelightError(f"{path}: {key} = {value!r} should be {what}.")
         if key in ("envmap", "photo_file") and value not in (FITTED, NONE, *preset_names()):
             value = str((path.parent / value) if not Path(value).is_absolute() else Path(value))
         values[key] = float(value) if kind is float else value
@@ -576,11 +577,13 @@ def relight_photo(photo: PhotoSource, fitted: torch.Tensor, relit: torch.Tensor,
 class Relit:
     """What `relight` made. `image` (S, S, 3) linear, background composited except for
     'transparent' (then the colour is premultiplied by `alpha`); `alpha` (S, S) the face's
-    coverage (1 everywhere for an opaque background); `envmap` the light-frame environment used;
+    coverage (1 everywhere for an opaque background); `coverage` (S, S) the face's coverage in
+    any case; `envmap` the light-frame environment used;
     `frames` uint8 display frames (N, S, S, 3) of the turntable, or None; `photo` the relit input
     photo (H, W, 3) linear, or None; `gamma` the fit's display gamma."""
     image: torch.Tensor
     alpha: torch.Tensor
+    coverage: torch.Tensor
     envmap: torch.Tensor
     gamma: float
     settings: RelightSettings
@@ -661,9 +664,10 @@ class Relighter:
             return rgb, alpha
         return rgb + (1.0 - alpha[..., None]) * background, torch.ones_like(alpha)
 
-    def still(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The face in its fitted pose: (image, alpha) as in `Relit`."""
-        return self.composite(*self.render(self.vertices()))
+    def still(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The face in its fitted pose: (image, alpha, coverage) as in `Relit`."""
+        rgb, coverage = self.render(self.vertices())
+        return (*self.composite(rgb, coverage), coverage)
 
     def turntable(self, on_frame=None) -> np.ndarray:
         """uint8 display frames (N, S, S, 3) of the head turning (as `mfface replay`), light
@@ -695,15 +699,21 @@ class Relighter:
         return relight_photo(self.photo, fitted, relit, coverage, self.gamma)
 
 
+    def run(self, on_frame=None) -> Relit:
+        """Render everything `settings` asks for: the still in the fitted pose, the turntable
+        and the relit photo (`on_frame(k, n)` after turntable frame k)."""
+        image, alpha, coverage = self.still()
+        frames = self.turntable(on_frame) if self.settings.turntable else None
+        photo = self.relit_photo() if self.settings.photo else None
+        return Relit(image, alpha, coverage, self.rig.envmap, self.gamma, self.settings, frames, photo)
+
+
 def relight(face: FittedFace, settings: RelightSettings, on_frame=None) -> Relit:
     """Relight a loaded result folder (`mfface.replay.load_fitted_face`) under `settings`: the
     still in the fitted pose, plus the turntable and the relit photo when asked for. Needs the
-    Mitsuba variant selected (`mfface.backend.select_variant`). Raises RelightError on bad input."""
-    relighter = Relighter(face, settings)
-    image, alpha = relighter.still()
-    frames = relighter.turntable(on_frame) if settings.turntable else None
-    photo = relighter.relit_photo() if settings.photo else None
-    return Relit(image, alpha, relighter.rig.envmap, relighter.gamma, settings, frames, photo)
+    Mitsuba variant selected (`mfface.backend.select_variant`). Raises RelightError on bad input
+    (all of it is checked when the `Relighter` is made, before anything renders)."""
+    return Relighter(face, settings).run(on_frame)
 
 
 # -- writing ----------------------------------------------------------------------------------
