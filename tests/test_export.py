@@ -1,9 +1,12 @@
-"""OBJ/MTL/PNG and GLB export, read back with trimesh and Pillow."""
+"""OBJ/MTL/PNG and GLB export (read back with trimesh and Pillow, checked against the glTF
+specification and the Khronos validator), and `mfface export --blender`."""
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,10 @@ import torch
 import trimesh
 from PIL import Image
 from scipy.spatial import cKDTree
+from conftest import REPO
 from test_uv import face_mesh
 
-from mfface.morphable.export import write_glb, write_obj
+from mfface.morphable.export import vertex_normals, write_glb, write_obj
 from mfface.morphable.uv import unwrap_lscm
 
 
@@ -122,3 +126,136 @@ def test_bad_inputs_raise_and_write_nothing(tmp_path: Path, scene: dict, writer)
     with pytest.raises(ValueError, match="uvs must be"):
         writer(target, v, t, uv[:-1])
     assert list(tmp_path.iterdir()) == []
+
+
+# -- normals ---------------------------------------------------------------------------------------
+
+def sphere(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=3.0)
+    return np.asarray(mesh.vertices), np.asarray(mesh.faces)
+
+
+def test_vertex_normals_are_smooth_unit_and_outward() -> None:
+    vertices, triangles = sphere()
+    normals = vertex_normals(vertices, triangles)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-12)
+    radial = vertices / np.linalg.norm(vertices, axis=1, keepdims=True)
+    assert np.einsum("ij,ij->i", normals, radial).min() > 0.995
+    # an unused vertex still gets a unit normal (glTF requires unit NORMALs)
+    extra = vertex_normals(np.vstack([vertices, [[9.0, 9.0, 9.0]]]), triangles)
+    assert np.linalg.norm(extra[-1]) == pytest.approx(1.0)
+
+
+def test_obj_and_glb_carry_the_normals(tmp_path: Path, scene: dict) -> None:
+    expected = vertex_normals(scene["vertices"], scene["triangles"])
+    write_obj(tmp_path / "n.obj", scene["vertices"], scene["triangles"], scene["uvs"], scene["textures"])
+    lines = (tmp_path / "n.obj").read_text().splitlines()
+    vn = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("vn ")])
+    np.testing.assert_allclose(vn, expected, atol=1e-6)
+    first_face = next(line for line in lines if line.startswith("f "))
+    assert first_face.split()[1].count("/") == 2 and "//" not in first_face  # v/vt/vn
+    write_obj(tmp_path / "plain.obj", scene["vertices"], scene["triangles"])
+    plain = next(line for line in (tmp_path / "plain.obj").read_text().splitlines() if line.startswith("f "))
+    assert all(corner.count("//") == 1 for corner in plain.split()[1:])   # v//vn without uvs
+    path = write_glb(tmp_path / "n.glb", scene["vertices"], scene["triangles"], scene["uvs"], scene["textures"])
+    tree, binary = read_glb(path)
+    attributes = tree["meshes"][0]["primitives"][0]["attributes"]
+    normals = accessor_data(tree, binary, attributes["NORMAL"])
+    np.testing.assert_allclose(normals, expected, atol=1e-6)
+
+
+# -- GLB structure (a check in Python of what the glTF 2.0 specification requires) -------------------
+
+COMPONENTS = {5120: ("b", 1), 5121: ("B", 1), 5122: ("h", 2), 5123: ("H", 2), 5125: ("I", 4), 5126: ("f", 4)}
+WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+
+
+def read_glb(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    magic, version, total = struct.unpack_from("<4sII", data, 0)
+    assert (magic, version, total) == (b"glTF", 2, len(data))
+    json_length, json_type = struct.unpack_from("<I4s", data, 12)
+    assert json_type == b"JSON" and json_length % 4 == 0
+    tree = json.loads(data[20:20 + json_length])
+    bin_length, bin_type = struct.unpack_from("<I4s", data, 20 + json_length)
+    assert bin_type == b"BIN\0" and bin_length % 4 == 0
+    assert 20 + json_length + 8 + bin_length == len(data)
+    return tree, data[28 + json_length:28 + json_length + bin_length]
+
+
+def accessor_data(tree: dict, binary: bytes, index: int) -> np.ndarray:
+    accessor = tree["accessors"][index]
+    view = tree["bufferViews"][accessor["bufferView"]]
+    code, size = COMPONENTS[accessor["componentType"]]
+    width = WIDTH[accessor["type"]]
+    start = view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
+    assert start % size == 0                                       # aligned to its component
+    length = accessor["count"] * width * size
+    assert accessor.get("byteOffset", 0) + length <= view["byteLength"]
+    values = np.frombuffer(binary[start:start + length], dtype=np.dtype(f"<{code}"))
+    return values.reshape(accessor["count"], width) if width > 1 else values
+
+
+def check_glb_structure(path: Path, n_vertices: int, n_triangles: int) -> dict:
+    """The GLB's chunks, buffer views, accessors, attributes, bounds, normals and images are what
+    glTF 2.0 requires; returns the JSON."""
+    tree, binary = read_glb(path)
+    assert tree["asset"]["version"] == "2.0"
+    assert tree["buffers"][0]["byteLength"] == len(binary) or len(binary) - tree["buffers"][0]["byteLength"] < 4
+    for view in tree["bufferViews"]:
+        assert view.get("byteOffset", 0) + view["byteLength"] <= tree["buffers"][0]["byteLength"]
+    primitive = tree["meshes"][0]["primitives"][0]
+    assert primitive.get("mode", 4) == 4                            # triangles
+    attributes = primitive["attributes"]
+    assert set(attributes) == {"POSITION", "NORMAL", "TEXCOORD_0"}
+    for name, index in attributes.items():
+        accessor = tree["accessors"][index]
+        assert accessor["count"] == n_vertices, name
+        assert accessor["componentType"] == 5126
+        assert tree["bufferViews"][accessor["bufferView"]].get("target") == 34962, name
+    position = tree["accessors"][attributes["POSITION"]]
+    values = accessor_data(tree, binary, attributes["POSITION"])
+    np.testing.assert_allclose(position["min"], values.min(0), rtol=0, atol=0)  # exact bounds
+    np.testing.assert_allclose(position["max"], values.max(0), rtol=0, atol=0)
+    normals = accessor_data(tree, binary, attributes["NORMAL"])
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=5e-4)  # spec: unit length
+    indices = accessor_data(tree, binary, primitive["indices"])
+    assert len(indices) == 3 * n_triangles and indices.max() < n_vertices
+    assert tree["bufferViews"][tree["accessors"][primitive["indices"]]["bufferView"]]["target"] == 34963
+    for image in tree["images"]:
+        view = tree["bufferViews"][image["bufferView"]]
+        png = binary[view.get("byteOffset", 0):view.get("byteOffset", 0) + view["byteLength"]]
+        assert png.startswith(b"\x89PNG") and image["mimeType"] == "image/png"
+        Image.open(io.BytesIO(png)).verify()
+    material = tree["materials"][primitive["material"]]
+    assert material["pbrMetallicRoughness"]["metallicFactor"] == 0
+    return tree
+
+
+def test_glb_structure(tmp_path: Path, scene: dict) -> None:
+    path = write_glb(tmp_path / "s.glb", scene["vertices"] * 1e-3, scene["triangles"], scene["uvs"],
+                     scene["textures"])
+    check_glb_structure(path, len(scene["vertices"]), len(scene["triangles"]))
+
+
+VALIDATOR = REPO / ".venv" / "node" / "node_modules" / "gltf-validator"
+
+
+def test_glb_passes_the_khronos_validator(tmp_path: Path, scene: dict) -> None:
+    """The Khronos glTF-Validator (npm, installed by ./setup.sh into .venv/node): no errors, no
+    warnings, no infos, no hints."""
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        pytest.skip("Node.js/npm are not installed, so ./setup.sh could not install the Khronos "
+                    "glTF validator (the structural check above still ran)")
+    assert VALIDATOR.is_dir(), "gltf-validator is missing: run ./setup.sh, which installs it with npm"
+    rng = np.random.default_rng(1)   # mfface's maps are square powers of two (an info otherwise)
+    maps = {"diffuse": rng.random((16, 16, 3)), "specular": rng.random((16, 16, 3)),
+            "roughness": rng.random((16, 16))}
+    path = write_glb(tmp_path / "v.glb", scene["vertices"] * 1e-3, scene["triangles"], scene["uvs"], maps)
+    run = subprocess.run([node, str(REPO / "tests" / "gltf_validate.js"), str(VALIDATOR), str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    issues = json.loads(run.stdout)
+    assert (issues["numErrors"], issues["numWarnings"], issues["numInfos"], issues["numHints"]) == \
+        (0, 0, 0, 0), issues["messages"]
