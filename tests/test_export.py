@@ -2,11 +2,13 @@
 specification and the Khronos validator), and `mfface export --blender`."""
 from __future__ import annotations
 
+import ast
 import io
 import json
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +261,200 @@ def test_glb_passes_the_khronos_validator(tmp_path: Path, scene: dict) -> None:
     issues = json.loads(run.stdout)
     assert (issues["numErrors"], issues["numWarnings"], issues["numInfos"], issues["numHints"]) == \
         (0, 0, 0, 0), issues["messages"]
+
+
+# -- mfface export --blender ------------------------------------------------------------------------
+
+EULER = (0.35, -0.2, 0.15)       # a turned, nodding, tilted head
+PRINCIPAL = (21.0, 27.5)         # off the crop's centre (24, 24)
+
+
+@pytest.fixture(scope="module")
+def posed(tmp_path_factory, variant) -> tuple[Path, object]:
+    """A complete result folder (mesh, maps, light, checkpoint) of a posed face, written with the
+    writers `mfface.results` uses."""
+    from test_relight import face_state, result_folder
+
+    from mfface.forward import ForwardModel
+    from mfface.morphable.store import ModelStore
+    from mfface.scenes.exr import write_exr, write_hdr
+
+    lite = ModelStore().load("ict-lite")
+    state = face_state(lite, specular=0.04, roughness=0.45)
+    state.euler = torch.tensor([EULER])
+    state.principal = torch.tensor([PRINCIPAL])
+    state.sh[0, 3] = 0.7
+    folder = result_folder(tmp_path_factory.mktemp("export") / "posed", lite, state)
+    vertices = lite.vertices(state.identity, state.expression)[0]
+    maps = {n: getattr(state, n)[0] for n in ("diffuse", "specular", "roughness")}
+    write_obj(folder / "mesh.obj", vertices, lite.triangles, lite.uvs, maps)
+    write_glb(folder / "mesh.glb", vertices * 1e-3, lite.triangles, lite.uvs, maps)
+    envmap = ForwardModel.envmap(state.sh, 64)[0]
+    write_exr(folder / "envmap.exr", envmap)
+    write_hdr(folder / "envmap.hdr", envmap)
+    return folder, lite
+
+
+def export_cli(*args):
+    from click.testing import CliRunner
+
+    from mfface.cli.main import cli
+
+    return CliRunner().invoke(cli, ["export", *map(str, args)])
+
+
+def constants(text: str) -> dict:
+    """The upper-case literal assignments at the top of a generated script."""
+    tree = ast.parse(text)
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.isupper()
+            and isinstance(node.value, (ast.Constant, ast.List, ast.Tuple, ast.UnaryOp))}
+
+
+def mitsuba_texel(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, t) in [0, 1] of light-frame directions (N, 3) in mfface's (Mitsuba's) lat-long layout,
+    t from the top (docs/light.md)."""
+    phi = np.arctan2(d[:, 0], -d[:, 2]) % (2 * np.pi)
+    return phi / (2 * np.pi), np.arccos(np.clip(d[:, 1], -1, 1)) / np.pi
+
+
+def blender_equirect_direction(u: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The lookup vector whose Environment Texture coordinates are (u, v = 1 - t): Cycles'
+    equirectangular_range_to_direction with its default range (-2 pi, pi, -pi, pi)."""
+    phi, theta = -2 * np.pi * u + np.pi, -np.pi * (1 - t) + np.pi
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], 1)
+
+
+def test_blender_world_sends_the_light_from_where_mfface_does(posed, tmp_path):
+    """Light that mfface sends from light-frame direction d (+x image right, +y up, +z towards the
+    camera; turned by --rotate) must reach the Blender scene from the same side of the photo's
+    camera: the world direction whose texel is d's equals the camera's own axes applied to
+    R_y(rotate) d."""
+    from mfface.blender import euler_xyz_matrix
+    from mfface.relight import rotation_y
+
+    folder, _ = posed
+    run = export_cli(folder, "--blender", "--rotate", 25, "-o", tmp_path / "scene.py")
+    assert run.exit_code == 0, run.output
+    c = constants((tmp_path / "scene.py").read_text())
+    mapping = np.array(c["WORLD_ROTATION"])
+    np.testing.assert_allclose(euler_xyz_matrix(c["WORLD_EULER_XYZ"]), mapping, atol=1e-8)
+    camera = np.array(c["CAMERA_MATRIX"])[:3, :3]   # columns: camera right, up, back (world)
+    rng = np.random.default_rng(0)
+    directions = np.vstack([np.eye(3), -np.eye(3), rng.normal(size=(50, 3))])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    u, t = mitsuba_texel(directions)
+    world = blender_equirect_direction(u, t) @ mapping          # rows: mapping^T lookup
+    expected = directions @ rotation_y(25.0).numpy().T @ camera.T
+    np.testing.assert_allclose(world, expected, atol=1e-6)
+    # the camera's "up" is the model's up tilted by the pose, and Blender's up is +z
+    assert camera[2, 1] > 0.9
+
+
+def test_blender_camera_sees_the_face_where_mfface_rendered_it(posed, tmp_path):
+    from mfface.camera import project, to_camera
+
+    folder, lite = posed
+    assert export_cli(folder, "--blender").exit_code == 0
+    c = constants((folder / "blender_scene.py").read_text())
+    from mfface.replay import load_fitted_face
+
+    state = load_fitted_face(folder).state
+    model = lite.vertices(state.identity, state.expression).double()
+    expected = project(to_camera(model, state.euler.double(), state.translation.double()),
+                       state.focal.double(), c["RESOLUTION"], c["RESOLUTION"],
+                       state.principal.double())[0].numpy()
+    gltf_to_blender = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # Blender's glTF importer
+    world = model[0].numpy() * 1e-3 @ gltf_to_blender.T
+    matrix = np.array(c["CAMERA_MATRIX"])
+    local = (world - matrix[:3, 3]) @ matrix[:3, :3]                   # Blender camera: looks down -z
+    lens, sensor, (shift_x, shift_y), size = c["CAMERA_LENS_MM"], c["CAMERA_SENSOR_MM"], c["CAMERA_SHIFT"], c["RESOLUTION"]
+    x = lens * local[:, 0] / -local[:, 2] / sensor
+    y = lens * local[:, 1] / -local[:, 2] / sensor
+    pixels = np.stack([(x + 0.5 - shift_x) * size, size - (y + 0.5 - shift_y) * size], 1)
+    np.testing.assert_allclose(pixels, expected, atol=1e-6 * size)
+
+
+@pytest.mark.parametrize("blender4", [True, False])
+def test_blender_script_runs_against_a_stand_in_bpy(posed, tmp_path, monkeypatch, blender4):
+    """Blender is not installed: the script runs against a stand-in `bpy` (every call accepted),
+    which catches Python mistakes in it and checks what it asks Blender for."""
+    from unittest import mock
+
+    folder, _ = posed
+    path = tmp_path / "scene.py"
+    assert export_cli(folder, "--blender", "-o", path).exit_code == 0
+    text = path.read_text()
+    bpy, mathutils = mock.MagicMock(), mock.MagicMock()
+    mesh = mock.MagicMock()
+    mesh.type = "MESH"
+    mesh.data.polygons = [mock.MagicMock(), mock.MagicMock()]
+    bpy.context.selected_objects = [mesh]
+    node = bpy.data.materials.new.return_value.node_tree.nodes.new.return_value
+    node.inputs.__contains__.return_value = blender4
+    monkeypatch.setitem(sys.modules, "bpy", bpy)
+    monkeypatch.setitem(sys.modules, "mathutils", mathutils)
+    exec(compile(text, str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
+    c = constants(text)
+    bpy.ops.import_scene.gltf.assert_called_once_with(filepath=str(folder.resolve() / "mesh.glb"))
+    assert all(p.use_smooth for p in mesh.data.polygons)
+    camera = bpy.data.cameras.new.return_value
+    assert camera.lens == c["CAMERA_LENS_MM"] and camera.sensor_fit == "HORIZONTAL"
+    loaded = [call.args[0] for call in bpy.data.images.load.call_args_list]
+    assert loaded == [str(folder.resolve() / n) for n in ("mesh_diffuse.png", "mesh_roughness.png",
+                                                          "mesh_specular.png", "envmap.exr")]
+    sockets = {call.args[1] for call in bpy.data.materials.new.return_value.node_tree.links.new.call_args_list}
+    assert c["SPECULAR_LEVEL_PER_F0"] == 12.5 and 0.04 * 2 * 12.5 == pytest.approx(1.0)
+    assert len(sockets) >= 1 and mathutils.Euler.call_args.args == (tuple(c["WORLD_EULER_XYZ"]), "XYZ")
+
+
+def test_export_command_options_and_result_ownership(posed, tmp_path):
+    from mfface.outputs import foreign_entries
+    from mfface.relight import envmap_exposure
+    from mfface.scenes.exr import write_hdr
+    from mfface.scenes.light_presets import exposure
+    from mfface.replay import load_fitted_face
+
+    folder, _ = posed
+    run = export_cli(folder, "--blender")
+    assert run.exit_code == 0 and "blender --python" in run.output, run.output
+    assert foreign_entries(folder) == []          # envmap.hdr and blender_scene.py are mfface's
+    compile((folder / "blender_scene.py").read_text(), "blender_scene.py", "exec")
+    (tmp_path / "scripts").mkdir()
+    assert export_cli(folder, "--blender", "-o", tmp_path / "scripts").exit_code == 0
+    assert (tmp_path / "scripts" / "blender_scene.py").is_file()
+    env = torch.rand(16, 32, 3) * 3
+    write_hdr(tmp_path / "sky.hdr", env)
+    assert export_cli(folder, "--blender", "--envmap", tmp_path / "sky.hdr", "-o", tmp_path / "a.py").exit_code == 0
+    c = constants((tmp_path / "a.py").read_text())
+    assert c["WORLD"] == str((tmp_path / "sky.hdr").resolve())
+    from mfface.relight import read_envmap
+    level = float(exposure(load_fitted_face(folder).state.sh[0]))
+    assert c["WORLD_STRENGTH"] == pytest.approx(level / envmap_exposure(read_envmap(tmp_path / "sky.hdr")), rel=1e-6)
+    assert export_cli(folder, "--blender", "--envmap", tmp_path / "sky.hdr", "--absolute", "--exposure", 1,
+                      "-o", tmp_path / "b.py").exit_code == 0
+    assert constants((tmp_path / "b.py").read_text())["WORLD_STRENGTH"] == 2.0
+
+
+def test_export_bad_input(posed, tmp_path):
+    folder, _ = posed
+
+    def fails(run, fragment: str) -> None:
+        assert run.exit_code != 0
+        assert run.output.startswith("Error: ") and run.output.count("\n") == 1, run.output
+        assert fragment in run.output, run.output
+    fails(export_cli(folder), "--blender")
+    fails(export_cli(tmp_path / "nope", "--blender"), "does not exist")
+    (tmp_path / "empty").mkdir()
+    fails(export_cli(tmp_path / "empty", "--blender"), "is not a result folder")
+    fails(export_cli(folder, "--blender", "--envmap", tmp_path / "none.exr", "-o", tmp_path / "x.py"), "does not exist")
+    from mfface.scenes.exr import write_exr
+    write_exr(tmp_path / "square.exr", np.ones((8, 8, 3), np.float32))
+    fails(export_cli(folder, "--blender", "--envmap", tmp_path / "square.exr", "-o", tmp_path / "x.py"), "2:1")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "mesh.glb").unlink()
+    (broken / "blender_scene.py").unlink(missing_ok=True)   # left there by the tests above
+    fails(export_cli(broken, "--blender"), "lacks mesh.glb")
+    assert not (tmp_path / "x.py").exists() and not (broken / "blender_scene.py").exists()
