@@ -67,6 +67,11 @@ class LightConfig:
     """Spherical-harmonics environment light."""
     sh_bands: int = _f(9, "Spherical-harmonics bands (bands**2 coefficients per channel).", 1, 32)
     envmap_height: int = _f(64, "Height of the lat-long envmap the SH light is baked into (width = 2x).", 4, 4096)
+    nonnegative: bool = _f(True, "Keep the fitted light non-negative everywhere (projected after each "
+                           "step by raising its constant term), so the envmap is never clamped; off = "
+                           "NextFace's clamp at zero.")
+    floor: float = _f(0.02, "With nonnegative: the least radiance in any direction, as a fraction of the "
+                      "light's mean.", 0.0, 0.5)
 
 
 @dataclass
@@ -146,6 +151,9 @@ class Stage3Config:
     roughness_smoothness: float = _f(0.002, "Roughness map: smoothness.", 0.0)
     roughness_range: float = _f(0.0, "Roughness map: penalty outside [roughness_min, 1].", 0.0)
     roughness_min: float = _f(0.05, "Smallest roughness a texel may take (GGX is unstable near 0).", 0.0, 1.0)
+    fill_unseen: bool = _f(True, "Afterwards, fill the texels no counted pixel saw (brows, hairline, the "
+                           "far side) from their mirror point or the surrounding skin, instead of "
+                           "leaving what the priors made of them.")
 
 
 @dataclass

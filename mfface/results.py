@@ -90,6 +90,7 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
                 "stage1_landmark_rms_px": result.stage1_rms_px[b] if result.stage1_rms_px else None,
                 "final_losses": {stage: {k: v[-1] for k, v in rep.losses.items()}
                                  for stage, rep in result.reports.items()},
+                "stage_figures": {stage: rep.figures for stage, rep in result.reports.items() if rep.figures},
                 "seconds": result.seconds,
                 "photometric_l1_in_mask": render_rms},
     }

@@ -211,6 +211,33 @@ def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     return torch.einsum("hwn,hw,...hwc->...nc", basis, omega, envmap)
 
 
+def nonnegative(coeffs: torch.Tensor, floor: float = 0.02, height: int = 64) -> torch.Tensor:
+    """SH coefficients (..., n, 3) whose light is nowhere below `floor` times its mean radiance:
+    the constant term of each channel is raised by just enough (zero when the light already is).
+
+    The fit projects its light onto this set after every step (as it clamps blend weights), so the
+    envmap never needs clamping: every texel keeps its gradient, and the light handed to other
+    tools is the one that was rendered. Checked on the `height` x 2 `height` grid the light is
+    rendered on (`light.envmap_height`).
+    Differentiable (the network applies it to its prediction)."""
+    env = sh_to_envmap(coeffs, height, 2 * height, clamp=False)          # (..., H, W, 3)
+    omega = envmap_solid_angles(height, 2 * height, coeffs.dtype, coeffs.device)
+    mean = (env * omega[..., None]).sum((-3, -2)) / (4.0 * math.pi)      # (..., 3)
+    lowest = env.amin((-3, -2))
+    raise_by = (floor * mean.clamp_min(0.0) - lowest).clamp_min(0.0) / (1.0 - floor)
+    dc = torch.zeros_like(coeffs)
+    dc[..., 0, :] = raise_by * math.sqrt(4.0 * math.pi)                  # 1 / Y_00
+    return coeffs + dc
+
+
+def negative_fraction(coeffs: torch.Tensor, height: int = 64) -> float:
+    """Fraction of the lat-long texels (..., H, W, 3 channels) where the SH light is below 1% of its
+    mean: the measure of a blotchy, clamped light (issue 12)."""
+    env = sh_to_envmap(coeffs.detach(), height, 2 * height, clamp=False)
+    mean = env.mean((-3, -2), keepdim=True)
+    return float((env < 0.01 * mean).float().mean())
+
+
 def with_bands(coeffs: torch.Tensor, bands: int) -> torch.Tensor:
     """SH coefficients (..., n, 3) with `bands` bands: zero-padded (a light with no detail in the
     added bands) or truncated to the leading bands**2."""

@@ -25,6 +25,7 @@ from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
 from mfface.objectives import (landmark_loss, photometric_loss, sh_energy, smoothness_loss,
                                statistical_prior, symmetry_loss, weighted_terms)
+from mfface.sh import nonnegative
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler, StatisticalAlbedo, resize_texture
 
@@ -36,6 +37,7 @@ SEED_OFFSET = 1_000_000  # stage 2 renders use seeds SEED_OFFSET + iteration
 class StageReport:
     """Per-iteration loss terms of a stage (for the loss-curve figure and the summary)."""
     losses: dict[str, list[float]] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)   # one number each, e.g. the seen texels
 
     def add(self, terms: dict[str, float]) -> None:
         for name, value in terms.items():
@@ -135,6 +137,10 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         geometry_opt.zero_grad(set_to_none=True)
         total.backward()
         light_opt.step()
+        if config.light.nonnegative:
+            with torch.no_grad():
+                sh_param.copy_(nonnegative(sh_param * band_scale, config.light.floor,
+                                           config.light.envmap_height) / band_scale)
         if geometry_on:
             geometry_opt.step()
             model.clamp_expression_(state.expression)

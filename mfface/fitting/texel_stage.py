@@ -18,6 +18,7 @@ from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
 from mfface.fitting.photometric_stage import StageReport, StepCallback
 from mfface.fitting.targets import FitTargets
+from mfface.fitting.unseen import fill_unseen
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
 from mfface.objectives import (closeness_loss, consistency_loss, photometric_loss, range_loss,
@@ -80,4 +81,7 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)
-    return state.detached(), report
+    state = state.detached()
+    if cfg.fill_unseen:
+        state, report.figures["seen_texel_fraction"] = fill_unseen(forward, targets, state)
+    return state, report

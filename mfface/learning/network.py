@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfface.morphable.model import MorphableModel
-from mfface.sh import initial_coefficients
+from mfface.sh import initial_coefficients, nonnegative
 from mfface.state import FaceState, ParameterLayout
 from mfface.textures import StatisticalAlbedo
 
@@ -45,6 +45,9 @@ GAMMA = 2.2
 # light tones), and the Schlick F0 of skin for the specular map.
 MEAN_SKIN = (0.42, 0.29, 0.22)
 MEAN_SPECULAR = 0.04
+# The predicted light is kept at least LIGHT_FLOOR times its mean everywhere, checked on a
+# LIGHT_GRID x 2 LIGHT_GRID lat-long grid (exact enough for the network's few bands).
+LIGHT_FLOOR, LIGHT_GRID = 0.02, 32
 BACKBONES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
              "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
@@ -277,6 +280,7 @@ class FaceNet(nn.Module):
         roughness = torch.full_like(prediction.diffuse[..., :1], self.spec.roughness)
         state = self.layout.to_state(prediction.vector, prediction.diffuse, prediction.specular,
                                      roughness, principal)
+        state.sh = nonnegative(state.sh, LIGHT_FLOOR, LIGHT_GRID)   # as the fit's light: never clamped
         if principal is not None:
             centre = torch.full_like(principal, self.spec.crop / 2.0)
             shift = (centre - principal) * state.translation[:, 2:] / state.focal[:, None]
