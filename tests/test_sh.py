@@ -193,3 +193,21 @@ def test_sh_light_matches_mitsuba_between_texels(variant):
     expected = sh.sh_basis(dirs, 3) @ coeffs
     got = _mitsuba_eval(emitter, dirs.numpy())
     assert np.abs(got - expected.numpy()).max() < 3e-3 * np.abs(expected.numpy()).max()
+
+
+def test_nonnegative_light_raises_only_the_constant_term_to_the_floor():
+    torch.manual_seed(3)
+    coeffs = sh.initial_coefficients(4, 1.0)
+    coeffs[1:] = 0.8 * torch.randn(15, 3)
+    assert sh.negative_fraction(coeffs) > 0.05          # a blotchy light with negative lobes
+    fixed = sh.nonnegative(coeffs, floor=0.02, height=64)
+    env = sh.sh_to_envmap(fixed, 64, 128, clamp=False)
+    mean = env.mean((0, 1))
+    assert bool((env.amin((0, 1)) >= 0.02 * mean - 1e-4).all())
+    assert sh.negative_fraction(fixed) == 0.0
+    assert torch.equal(fixed[1:], coeffs[1:])          # only the constant term moved
+    calm = sh.initial_coefficients(4, 1.0)
+    assert torch.equal(sh.nonnegative(calm), calm)     # already non-negative: unchanged
+    coeffs.requires_grad_(True)
+    sh.nonnegative(coeffs).sum().backward()
+    assert coeffs.grad.abs().sum() > 0
