@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,12 @@ class Stage1Result:
     losses: list[float] = field(default_factory=list)
 
 
+# An extra term of the stage-1 loss: (euler (B, 3) rad, translation (B, 3) mm, expression (B, K))
+# -> scalar, differentiable; e.g. a temporal smoothness prior over a window of video frames
+# (mfface.tracking.temporal). It is evaluated on the same parameters as the landmark loss.
+PoseExpressionPrior = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def _check_inputs(model: MorphableModel, landmarks: torch.Tensor, landmark_index: torch.Tensor) -> None:
     if landmarks.ndim != 3 or landmarks.shape[-1] != 2:
         raise ValueError(f"landmarks must be (B, N, 2) px, got {tuple(landmarks.shape)}.")
@@ -72,7 +79,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
                   width: int, height: int, config: Stage1Config, init: Stage1Result | None = None,
                   identity: torch.Tensor | None = None, shared_identity: bool = False,
                   principal: torch.Tensor | None = None, loss: LandmarkConfig | None = None,
-                  weights: torch.Tensor | None = None) -> Stage1Result:
+                  weights: torch.Tensor | None = None,
+                  prior: PoseExpressionPrior | None = None) -> Stage1Result:
     """Fit pose, focal and expression (and identity when `config.fit_identity`) to landmarks.
 
     landmarks (B, N, 2) px in the image convention of mfface.camera; landmark_index (N,) model
@@ -82,7 +90,9 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     the identity (e.g. known from other photos); otherwise it starts at 0 and is fitted only when
     `config.fit_identity` (one vector for all images when `shared_identity`). `init` replaces the
     PnP start (e.g. the previous video frame). principal (B, 2) px is each image's principal
-    point (None = the image centre). Runs on landmarks.device.
+    point (None = the image centre). `prior` (None = none) adds a term of the B images' pose
+    and expression to the loss (`PoseExpressionPrior`), e.g. temporal smoothness across the B
+    frames of a video window. Runs on landmarks.device.
     """
     landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
     landmark_index = torch.as_tensor(landmark_index, dtype=torch.long, device=landmarks.device)
@@ -151,6 +161,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         total = total + config.expression_prior * statistical_prior(exp_param)
         if fit_identity:
             total = total + config.identity_prior * statistical_prior(id_param)
+        if prior is not None:
+            total = total + prior(euler, translation, exp_param)
         return total, uv, translation
 
     params = [p for p in (euler, log_tz, lateral, log_focal, exp_param, id_param) if p.requires_grad]

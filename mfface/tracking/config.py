@@ -1,0 +1,130 @@
+"""Every setting of `mfface track`, on the same config machinery as `FitConfig` (TOML and flags).
+
+`TrackConfig` holds the fit's own sections for the identity fit ([input], [render], [light],
+[landmarks], [stage1], [stage2], [stage3]: the same dataclasses, so a fit setting has one home)
+and the tracker's: [video] (frames in), [detect] (MediaPipe on video), [select] (which frames the
+identity is fitted from), [track] (per-frame pose and expression from landmarks, with temporal
+smoothness), [photometric] (the optional per-frame refinement through the renderer) and [output]
+(what is written). `mfface track --help` lists every field as `--<section>-<field>`.
+
+Units of the tracker: landmark distances are in "working pixels", the video's pixels scaled so
+that the face's crop (the fit's crop, `input.max_resolution` px) has the size it has in a fit.
+So the landmark loss, `track.max_rms` and the smoothness weights mean the same for a 4K video as
+for a 360p one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mfface.config import (FitConfig, InputConfig, LandmarkConfig, LightConfig, RenderConfig, Stage1Config,
+                           Stage2Config, Stage3Config, _f)
+
+
+@dataclass
+class VideoConfig:
+    """The frames: rate and time range."""
+    fps: float = _f(0.0, "Frame rate in frames/s; 0 = from the video's timestamps (a folder of numbered "
+                    "images: 30).", 0.0, 1000.0)
+    start: float = _f(0.0, "Track from this time in seconds (from the first frame).", 0.0)
+    end: float = _f(0.0, "Track up to this time in seconds; 0 = to the end.", 0.0)
+
+
+@dataclass
+class DetectConfig:
+    """MediaPipe on the frames."""
+    follow: bool = _f(True, "Look for the face around where it was in the previous frame (the face mesh "
+                      "on a crop there) and search the whole frame only when it is not found there; "
+                      "off = the whole-frame search (`LandmarkDetector.detect`) on every frame.")
+    follow_margin: float = _f(2.0, "Side of the follow crop / side of the previous frame's landmark box.",
+                              1.2, 5.0)
+
+
+@dataclass
+class SelectConfig:
+    """The identity: which frames it is fitted from (sharp, frontal, varied) and how far."""
+    frames: int = _f(4, "Frames the identity (shape and skin maps) is fitted from, with the fit's "
+                     "shared-identity mode.", 1, 64)
+    candidates: int = _f(150, "At most this many evenly spaced frames with a face are considered.", 1, 100_000)
+    max_angle: float = _f(20.0, "Largest yaw or pitch (degrees, rough PnP estimate) of a frame preferred "
+                          "as frontal.", 1.0, 90.0)
+    last_stage: int = _f(3, "Last stage of the identity fit: 1 = landmarks only (fast; renders then show "
+                         "a flat skin colour), 2 = photometric, 3 = per-texel maps.", 1, 3)
+
+
+@dataclass
+class TrackStageConfig:
+    """Per-frame head pose and expression from landmarks, identity and focal fixed.
+
+    Frames are optimised `window` at a time (Adam, as stage 1), warm-started from the last
+    tracked frame, with temporal terms on the frame-to-frame differences of rotation (deg),
+    translation (mm) and expression (blend weights or std units); their weights are in working
+    px^2 (the landmark loss's unit) per squared unit per frame."""
+    window: int = _f(16, "Frames optimised jointly (smoothness acts across them and the frames before).", 1, 4096)
+    iterations: int = _f(60, "Adam iterations per window.", 1, 100_000)
+    lr: float = _f(0.02, "Adam learning rate (angles in rad, coefficients in std units).", 0.0, 10.0)
+    expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (as stage 1).", 0.0)
+    rotation_smoothness: float = _f(2.0, "Weight of the squared frame-to-frame rotation change (deg).", 0.0)
+    translation_smoothness: float = _f(0.5, "Weight of the squared frame-to-frame translation change (mm).", 0.0)
+    expression_smoothness: float = _f(20.0, "Weight of the squared frame-to-frame expression change.", 0.0)
+    order: int = _f(2, "What the smoothness terms penalise: 1 = velocity (first differences), 2 = "
+                    "acceleration (second differences, keeps steady motion unbiased).", 1, 2)
+    max_rms: float = _f(12.0, "A frame whose landmarks the fit misses by more than this RMS (working px) "
+                        "is marked lost and interpolated.", 0.0)
+    reinit_gap: int = _f(5, "After more lost frames than this in a row, the pose restarts from a PnP solve "
+                         "instead of the last tracked frame.", 0, 1_000_000)
+    focal: float = _f(0.0, "Known focal length in px of the video frame; 0 = from the identity fit.", 0.0)
+
+
+@dataclass
+class PhotometricConfig:
+    """Optional per-frame refinement through the renderer (pose, expression and light), after the
+    landmark tracking: L1 in the skin mask + landmarks + priors + the same temporal terms against
+    the previous refined frame."""
+    iterations: int = _f(0, "Iterations per frame (`--photometric N`); 0 = landmark tracking only.", 0, 100_000)
+    size: int = _f(128, "Side of the face crop it renders and compares, px.", 16, 1024)
+    spp: int = _f(2, "Samples per pixel.", 1, 1024)
+    lr: float = _f(0.005, "Adam learning rate of pose (rad, depth units) and expression.", 0.0, 10.0)
+    sh_lr: float = _f(0.005, "Adam learning rate of the SH light (per frame, from the identity fit's); 0 = fixed.",
+                      0.0, 10.0)
+    photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside coverage x skin.", 0.0)
+    landmark_weight: float = _f(1.0, "Weight of the landmark loss (crop px^2).", 0.0)
+    expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
+    temporal_weight: float = _f(1.0, "Factor on the [track] smoothness weights against the previous frame.", 0.0)
+
+
+@dataclass
+class OutputConfig:
+    """What `mfface track` writes besides animation.json/.csv and the identity folder."""
+    video: bool = _f(True, "Write tracked.mp4: the video with the fitted face overlaid | the render.")
+    video_height: int = _f(360, "Height of tracked.mp4's panels in px (the video is scaled to it).", 32, 4320)
+    render_size: int = _f(192, "Side of the face render in px (scaled into the overlay).", 16, 2048)
+    video_spp: int = _f(4, "Samples per pixel of tracked.mp4's renders.", 1, 4096)
+    glb: bool = _f(True, "Write animation.glb: the neutral mesh, blendshapes as morph targets, the "
+                   "weights and head pose as a glTF animation.")
+    curve_names: Literal["model", "arkit"] = _f(
+        "model", "Blendshape names in animation.csv/json: the model's own (ICT: ARKit names with _L/_R) "
+        "or 'arkit' (Apple's 52 names, e.g. eyeBlinkLeft; ICT's split shapes merged).")
+
+
+@dataclass
+class TrackConfig:
+    """All settings of `mfface track`: the identity fit's sections (as `FitConfig`) and the tracker's."""
+    input: InputConfig = field(default_factory=InputConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    light: LightConfig = field(default_factory=LightConfig)
+    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    track: TrackStageConfig = field(default_factory=TrackStageConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def fit_config(self) -> FitConfig:
+        """The identity fit's FitConfig (the shared sections, as given)."""
+        return FitConfig(input=self.input, render=self.render, light=self.light, landmarks=self.landmarks,
+                         stage1=self.stage1, stage2=self.stage2, stage3=self.stage3)

@@ -1,0 +1,177 @@
+"""Per-frame head pose and expression from landmarks, identity and camera fixed, smooth in time.
+
+The frames with a face are cut into runs of consecutive frames; each run is fitted `window`
+frames at a time with stage 1's optimisation (`mfface.fitting.landmark_stage.fit_landmarks`:
+the same landmark loss, parametrisation, expression bounds and priors) with the identity and the
+focal length fixed and a `TemporalPrior` across the window and the frames tracked just before it.
+Each window is warm-started from the last tracked frame (its pose and expression for every frame
+of the window); the first window of a run that follows more than `reinit_gap` lost frames (and
+the very first) starts from a PnP solve instead, so the tracker recovers when a face comes back.
+Frames whose fitted landmarks miss the detected ones by more than `max_rms` working px are
+marked lost too. Lost frames are filled by `interpolate_gaps` (slerp for rotation, linear for
+the rest, the nearest tracked frame held at the ends).
+
+Coordinates: the tracker works in "working pixels", the video frame's pixels times `scale`
+(`working_scale`), and the camera of the video: focal `focal_px` and principal point at the
+frame's centre. Pose and expression follow `mfface.camera` and the model (euler rad, mm).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mfface.config import LandmarkConfig, Stage1Config
+from mfface.fitting.landmark_stage import Stage1Result, fit_landmarks
+from mfface.interrupt import raise_if_requested
+from mfface.morphable.model import MorphableModel
+from mfface.tracking.config import TrackStageConfig
+from mfface.tracking.temporal import TemporalPrior, interpolate_gaps
+
+# Frame status in the outputs.
+TRACKED, LOST, UNREADABLE = "tracked", "lost", "unreadable"
+WindowCallback = Callable[[int, int], None]
+
+
+def working_scale(landmarks: np.ndarray, found: np.ndarray, crop_px: int) -> float:
+    """Factor from video px to working px: the median face crop side (the fit's crop, 1.5 x the
+    landmarks' box) becomes `crop_px` (the fit's `input.max_resolution`)."""
+    boxes = [float((p.max(0) - p.min(0)).max()) for p in landmarks[found]]
+    if not boxes:
+        raise ValueError("no frame has a face, so there is nothing to scale to.")
+    return crop_px / (1.5 * float(np.median(boxes)))
+
+
+@dataclass
+class Track:
+    """The tracked sequence, one row per grid frame (T frames).
+
+    euler (T, 3) rad, translation (T, 3) mm (camera space, mfface.camera), expression (T, K);
+    status (T,) TRACKED / LOST (no face, or fit rms above max_rms) / UNREADABLE (no image);
+    rms (T,) the fit's landmark RMS in video px (NaN where not tracked); `seconds` the tracker's
+    own time (no detection); `windows` how many windows were fitted."""
+    euler: np.ndarray
+    translation: np.ndarray
+    expression: np.ndarray
+    status: list[str]
+    rms: np.ndarray
+    seconds: float = 0.0
+    windows: int = 0
+    reinitialised: list[int] = field(default_factory=list)
+
+    @property
+    def good(self) -> np.ndarray:
+        return np.array([s == TRACKED for s in self.status])
+
+
+def _runs(found: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of consecutive True values."""
+    runs, start = [], None
+    for i, f in enumerate(list(found) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def track_landmarks(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray,
+                    landmark_index: np.ndarray, identity: torch.Tensor, focal_px: float,
+                    width: int, height: int, scale: float, config: TrackStageConfig,
+                    loss: LandmarkConfig | None = None, unreadable: np.ndarray | None = None,
+                    on_window: WindowCallback | None = None) -> Track:
+    """Track every frame (see the module docstring).
+
+    landmarks (T, N, 2) video px (rows where `found` is False are ignored); landmark_index (N,)
+    model vertex per landmark (-1 = not covered); identity (1, K_id) std units; focal_px the
+    video's focal length in video px; width x height the video frame; scale video -> working px;
+    `unreadable` (T,) frames that had no image (reported as UNREADABLE rather than LOST).
+    `on_window(done_frames, total_frames)` after each window. Raises ValueError when no frame has
+    a face.
+    """
+    started = time.perf_counter()
+    found = np.asarray(found, dtype=bool)
+    total = len(found)
+    if not found.any():
+        raise ValueError("no frame has a face to track.")
+    k_exp = model.n_expression
+    euler = np.zeros((total, 3))
+    translation = np.zeros((total, 3))
+    expression = np.zeros((total, k_exp))
+    rms = np.full(total, np.nan)
+    stage = Stage1Config(iterations=config.iterations, lr=config.lr, expression_prior=config.expression_prior,
+                         fit_identity=False, identity_components=0, fit_focal=False,
+                         focal=focal_px * scale)
+    index = torch.as_tensor(landmark_index, dtype=torch.long)
+    principal = torch.tensor([[width * scale / 2.0, height * scale / 2.0]])
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    identity = identity.detach().float().cpu()
+    last: Stage1Result | None = None   # the last tracked frame (batch 1)
+    last_frame = -10 ** 9
+    history: list[int] = []            # tracked frames just before the window, in order
+    done, windows, reinitialised = 0, 0, []
+    for run_start, run_stop in _runs(found):
+        gap = run_start - last_frame - 1
+        restart = last is None or gap > config.reinit_gap
+        history = history if gap == 0 else []
+        for start in range(run_start, run_stop, config.window):
+            stop = min(start + config.window, run_stop)
+            batch = stop - start
+            target = torch.from_numpy(landmarks[start:stop] * scale).float()
+            init = None
+            if not (restart and start == run_start):
+                init = Stage1Result(euler=last.euler.expand(batch, 3), translation=last.translation.expand(batch, 3),
+                                    focal=last.focal.expand(batch), expression=last.expression.expand(batch, k_exp),
+                                    identity=None, rms=last.rms.expand(batch))
+            elif start == run_start:
+                reinitialised.append(start)
+            prior = TemporalPrior(config.rotation_smoothness, config.translation_smoothness,
+                                  config.expression_smoothness, config.order,
+                                  *(_rows(a, history) for a in (euler, translation, expression)))
+            fitted = fit_landmarks(model, target, index, w, h, stage, init=init, identity=identity,
+                                   principal=principal.expand(batch, 2), loss=loss, prior=prior)
+            euler[start:stop] = fitted.euler.numpy()
+            translation[start:stop] = fitted.translation.numpy()
+            expression[start:stop] = fitted.expression.numpy()
+            rms[start:stop] = fitted.rms.numpy() / scale
+            last = Stage1Result(euler=fitted.euler[-1:], translation=fitted.translation[-1:],
+                                focal=fitted.focal[-1:], expression=fitted.expression[-1:], identity=None,
+                                rms=fitted.rms[-1:])
+            last_frame = stop - 1
+            history = (history + list(range(start, stop)))[-2:]
+            windows += 1
+            done += batch
+            raise_if_requested()
+            if on_window is not None:
+                on_window(done, int(found.sum()))
+    unreadable = np.zeros(total, bool) if unreadable is None else np.asarray(unreadable, dtype=bool)
+    status = [TRACKED if f and rms[i] * scale <= config.max_rms else (UNREADABLE if unreadable[i] else LOST)
+              for i, f in enumerate(found)]
+    good = np.array([s == TRACKED for s in status])
+    if not good.any():
+        raise ValueError(f"the fit missed the detected landmarks by more than track.max_rms = "
+                         f"{config.max_rms} px in every frame; raise it, or check the video.")
+    euler, translation, expression = interpolate_gaps(good, euler, translation, expression)
+    rms[~good] = np.nan
+    return Track(euler, translation, expression, status, rms, time.perf_counter() - started, windows,
+                 reinitialised)
+
+
+def _rows(values: np.ndarray, frames: list[int]) -> torch.Tensor | None:
+    """values[frames] as a float32 tensor, None when there are no frames."""
+    return torch.from_numpy(values[frames]).float() if frames else None
+
+
+def with_rows(track: Track, frames: np.ndarray, euler: np.ndarray, translation: np.ndarray,
+              expression: np.ndarray) -> Track:
+    """A copy of `track` with the given frames' pose and expression replaced (the photometric
+    refinement's results)."""
+    out = dataclasses.replace(track, euler=track.euler.copy(), translation=track.translation.copy(),
+                              expression=track.expression.copy())
+    out.euler[frames], out.translation[frames], out.expression[frames] = euler, translation, expression
+    return out
