@@ -19,7 +19,8 @@ Conventions
 - Parameters follow `mfface.state.ParameterLayout`. The head predicts `raw` and the vector is
   `reference + scale * raw`: `reference` is the mean face, frontal, at a typical distance and focal,
   under ambient light; `scale` puts every raw output at order one (mm and log-focal values differ by
-  orders of magnitude). The head's last layer and the decoders' last convolutions start at zero,
+  orders of magnitude). The distance is `reference * exp(0.2 raw)`, never behind the camera, and
+  the lateral translation is in units of it. The head's last layer and the decoders' last convolutions start at zero,
   so the first prediction is exactly the reference (the advice of DECA's and Deep3DFaceRecon's
   authors). Blend weights of blendshape models are kept in their range by a straight-through
   clamp (the forward pass clamps, the gradient passes unchanged, like the fit's projected steps).
@@ -254,7 +255,7 @@ class FaceNet(nn.Module):
 
     def decode(self, latent: torch.Tensor) -> Prediction:
         """Parameters and maps from a latent code (B, L)."""
-        vector = self.reference + self.scale * self.head(latent)
+        vector = self._vector(self.head(latent))
         if self.expression_range is not None:
             part = self.layout.slices()["expression"]
             vector = torch.cat([vector[:, :part.start],
@@ -269,6 +270,16 @@ class FaceNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Prediction:
         return self.decode(self.encode(images))
+
+    def _vector(self, raw: torch.Tensor) -> torch.Tensor:
+        """The layout vector of raw head outputs (B, P): reference + scale * raw, except the depth,
+        which is reference * exp(scale * raw) so that the face can never be put behind the camera,
+        and the lateral translation, in units of that depth (an angle, whatever the distance)."""
+        vector = self.reference + self.scale * raw
+        part = self.layout.slices()["translation"]
+        depth = self.reference[part.stop - 1] * torch.exp(self.scale[part.stop - 1] * raw[:, part.stop - 1:part.stop])
+        lateral = self.reference[part.start:part.stop - 1] + self.scale[part.start:part.stop - 1] * raw[:, part.start:part.stop - 1] * depth
+        return torch.cat([vector[:, :part.start], lateral, depth, vector[:, part.stop:]], dim=1)
 
     def state(self, prediction: Prediction, principal: torch.Tensor | None = None) -> FaceState:
         """The FaceState of a prediction for crops of `spec.crop` px whose principal point is
@@ -298,8 +309,8 @@ def reference_vector(model: MorphableModel, layout: ParameterLayout,
                      spec: NetworkSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(reference, scale), each (layout.size,): the mean face, frontal, filling `spec.fill` of a
     `spec.crop` px crop at focal `spec.focal_ratio * crop`, under white ambient light of radiance
-    1; and the scale of each raw head output (1 std for shape, 1 for the 6D rotation, 10% / 20% of
-    the distance for lateral / depth translation, 0.3 for log focal and SH)."""
+    1; and the scale of each raw head output (1 std for shape, 1 for the 6D rotation, 10% of the
+    distance for lateral translation, 0.2 for the log of the distance, 0.3 for log focal and SH)."""
     focal = spec.focal_ratio * spec.crop
     index = model.landmarks.get("mediapipe478")
     points = model.mean_shape[index[index >= 0]] if index is not None else model.mean_shape
@@ -312,7 +323,7 @@ def reference_vector(model: MorphableModel, layout: ParameterLayout,
     reference[part["log_focal"]] = math.log(focal)
     reference[part["sh"]] = initial_coefficients(spec.sh_bands, 1.0).reshape(-1)
     scale = torch.ones(layout.size)
-    scale[part["translation"]] = torch.tensor([0.1 * depth, 0.1 * depth, 0.2 * depth])
+    scale[part["translation"]] = torch.tensor([0.1, 0.1, 0.2])   # of the depth; the depth's is a log
     scale[part["log_focal"]] = 0.3
     scale[part["sh"]] = 0.3
     return reference, scale
