@@ -53,7 +53,8 @@ def export(result: Path, blender: bool, out: Path | None, envmap: str, rotate: f
             elif out.suffix == ".py":
                 targets.append(out)
             else:
-                targets.append(out / (SCRIPT_NAME if len(faces) == 1 else f"{face.folder.name}_{SCRIPT_NAME}"))
+                name = SCRIPT_NAME if len(faces) == 1 else f"{face.folder.name}_{SCRIPT_NAME}"
+                targets.append(out / name)
         for target in targets:
             if target.exists() and not target.is_file():
                 raise ExportError(f"{target} exists and is not a file; choose another -o.")

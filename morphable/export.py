@@ -89,7 +89,8 @@ def vertex_normals(vertices: np.ndarray | torch.Tensor, triangles: np.ndarray) -
         np.add.at(normals, t[:, k], face * np.arccos(np.clip(cos, -1.0, 1.0))[:, None])
     length = np.linalg.norm(normals, axis=1, keepdims=True)
     fallback = normals.sum(0)
-    fallback = fallback / np.linalg.norm(fallback) if np.linalg.norm(fallback) > 0 else np.array([0.0, 0.0, 1.0])
+    size = np.linalg.norm(fallback)
+    fallback = fallback / size if size > 0 else np.array([0.0, 0.0, 1.0])
     return np.where(length > 1e-12, normals / np.maximum(length, 1e-300), fallback)
 
 

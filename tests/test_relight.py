@@ -409,7 +409,7 @@ def test_environment_background_and_a_folder_of_results(tmp_path, lite):
     for name in ("a", "b"):
         result_folder(tmp_path / "fits" / name, lite, state)
     run = invoke(tmp_path / "fits", "-o", tmp_path / "out", "--envmap", "sunset",
-                 "--background", "environment", "--spp", 1, "--size", 24)
+                 "--background", "environment", "--spp", 1, "--size", 24, "--bounces", 1)
     assert run.exit_code == 0, run.output
     for name in ("a", "b"):
         relit = np.asarray(Image.open(tmp_path / "out" / name / "relit.png"))
