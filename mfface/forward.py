@@ -102,15 +102,19 @@ class ForwardModel:
         camera, for a `size` x `size` image."""
         return project(vertices[:, index], state.focal, size, size, state.principal)
 
-    def render(self, state: FaceState, settings: RenderSettings,
-               vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def render(self, state: FaceState, settings: RenderSettings, vertices: torch.Tensor,
+               envmap: torch.Tensor | None = None,
+               renderer: "FaceRenderer | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (B, S, S, 3), coverage (B, S, S)) of camera-space `vertices` with `state`'s maps,
-        light and camera (for callers that move the vertices themselves, e.g. a turntable)."""
+        light and camera (for callers that move the vertices themselves, e.g. a turntable).
+        `envmap` (B or 1, He, We, 3) replaces the light baked from `state.sh`, and `renderer` the
+        scene of `settings` (relighting passes its lamp scene, a `FaceRenderer` too)."""
         batch = state.batch
         maps = [m.expand(batch, -1, -1, -1) for m in (state.diffuse, state.specular, state.roughness)]
-        return self.renderer(settings).render(
-            vertices, *maps, self.envmap(state.sh, settings.envmap_height), state.focal,
-            spp=settings.spp, seed=settings.seed, principal=state.principal)
+        light = self.envmap(state.sh, settings.envmap_height) if envmap is None else envmap
+        return (renderer or self.renderer(settings)).render(
+            vertices, *maps, light, state.focal, spp=settings.spp, seed=settings.seed,
+            principal=state.principal)
 
     def __call__(self, state: FaceState, settings: RenderSettings,
                  landmark_index: torch.Tensor | None = None) -> Rendered:

@@ -605,6 +605,7 @@ class Relighter:
         zoom = self.size / face.crop_size
         self.focal = state.focal.detach() * zoom
         self.principal = None if state.principal is None else state.principal.detach() * zoom
+        self.shown = dataclasses.replace(state, focal=self.focal, principal=self.principal)  # at `size`
         self.forward = ForwardModel(face.model, state.focal.device)
         with torch.no_grad():
             self.model_vertices = face.model.vertices(state.identity, state.expression)
@@ -629,12 +630,12 @@ class Relighter:
 
     def _render(self, renderer, envmap: torch.Tensor, vertices: torch.Tensor,
                 spp: int) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self.face.state
-        device = vertices.device
+        """Through the forward model (`ForwardModel.render`), with this rig's scene and light."""
+        settings = RenderSettings(size=self.size, spp=spp, seed=self.settings.seed, integrator="path",
+                                  max_depth=renderer.settings["max_depth"])
         with torch.no_grad():
-            rgb, alpha = renderer.render(vertices, state.diffuse, state.specular, state.roughness,
-                                         envmap.to(device), self.focal, spp=spp,
-                                         seed=self.settings.seed, principal=self.principal)
+            rgb, alpha = self.forward.render(self.shown, settings, vertices,
+                                             envmap=envmap.to(vertices.device)[None], renderer=renderer)
         return rgb[0].cpu(), alpha[0].cpu()
 
     def render(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
