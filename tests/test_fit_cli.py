@@ -22,7 +22,7 @@ TINY = ["--input-max-resolution", "48", "--stage1-iterations", "20", "--stage2-i
         "--stage3-spp", "1", "--render-final-spp", "2", "--render-texture-size", "32",
         "--stage2-albedo-resolution", "16"]
 OUTPUTS = ["mesh.obj", "mesh.mtl", "mesh_diffuse.png", "mesh_specular.png", "mesh_roughness.png",
-           "mesh.glb", "envmap.exr", "envmap.png", "render.png", "overview.png", "landmarks.png",
+           "mesh.glb", "envmap.exr", "envmap.hdr", "envmap.png", "render.png", "overview.png", "landmarks.png",
            "losses.png", "params.json", "config.toml", "checkpoints/stage1.npz",
            "checkpoints/stage2.npz", "checkpoints/stage3.npz"]
 
