@@ -46,6 +46,11 @@ GAMMA = 2.2
 # light tones), and the Schlick F0 of skin for the specular map.
 MEAN_SKIN = (0.42, 0.29, 0.22)
 MEAN_SPECULAR = 0.04
+# Bounds of the predicted camera relative to the reference: log distance (0.5x to 4x), log focal
+# (0.25x to 4x), lateral offset (in units of the distance).
+DEPTH_RANGE = (math.log(0.5), math.log(4.0))
+FOCAL_RANGE = (math.log(0.25), math.log(4.0))
+LATERAL_RANGE = 0.5
 # The predicted light is kept at least LIGHT_FLOOR times its mean everywhere, checked on a
 # LIGHT_GRID x 2 LIGHT_GRID lat-long grid (exact enough for the network's few bands).
 LIGHT_FLOOR, LIGHT_GRID = 0.02, 32
@@ -189,6 +194,11 @@ class AlbedoDecoder(nn.Module):
         return self.out(self.blocks(x)).permute(0, 2, 3, 1)
 
 
+def soft_bound(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """x near 0 (slope 1 at 0), saturating smoothly at `low` < 0 < `high` (tanh on each side)."""
+    return torch.where(x >= 0, high * torch.tanh(x / high), low * torch.tanh(x / low))
+
+
 def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """clamp(x, low, high) in the forward pass, identity in the backward pass."""
     return x + (x.clamp(low, high) - x).detach()
@@ -272,14 +282,20 @@ class FaceNet(nn.Module):
         return self.decode(self.encode(images))
 
     def _vector(self, raw: torch.Tensor) -> torch.Tensor:
-        """The layout vector of raw head outputs (B, P): reference + scale * raw, except the depth,
-        which is reference * exp(scale * raw) so that the face can never be put behind the camera,
-        and the lateral translation, in units of that depth (an angle, whatever the distance)."""
+        """The layout vector of raw head outputs (B, P): reference + scale * raw, except the camera:
+        the depth is reference * exp(d) and the focal reference * exp(f) with d and f softly bounded
+        (`soft_bound`: DEPTH_RANGE, FOCAL_RANGE), so that no prediction puts the camera inside or
+        behind the head (where projections blow up and pass no gradient back), and the lateral
+        translation is in units of the depth (an angle, whatever the distance), bounded too."""
         vector = self.reference + self.scale * raw
-        part = self.layout.slices()["translation"]
-        depth = self.reference[part.stop - 1] * torch.exp(self.scale[part.stop - 1] * raw[:, part.stop - 1:part.stop])
-        lateral = self.reference[part.start:part.stop - 1] + self.scale[part.start:part.stop - 1] * raw[:, part.start:part.stop - 1] * depth
-        return torch.cat([vector[:, :part.start], lateral, depth, vector[:, part.stop:]], dim=1)
+        part = self.layout.slices()
+        t, f = part["translation"], part["log_focal"]
+        z = t.stop - 1
+        depth = self.reference[z] * torch.exp(soft_bound(self.scale[z] * raw[:, z:z + 1], *DEPTH_RANGE))
+        lateral = self.reference[t.start:z] + soft_bound(self.scale[t.start:z] * raw[:, t.start:z],
+                                                         -LATERAL_RANGE, LATERAL_RANGE) * depth
+        log_focal = self.reference[f] + soft_bound(self.scale[f] * raw[:, f], *FOCAL_RANGE)
+        return torch.cat([vector[:, :t.start], lateral, depth, log_focal, vector[:, f.stop:]], dim=1)
 
     def state(self, prediction: Prediction, principal: torch.Tensor | None = None) -> FaceState:
         """The FaceState of a prediction for crops of `spec.crop` px whose principal point is
