@@ -152,3 +152,16 @@ def test_a_statistical_albedo_model_gets_coefficients_and_a_correction(ict):
     assert torch.allclose(prediction.diffuse, baked.clamp(0, 1), atol=1e-6)   # the mean albedo at first
     state = net.state(prediction)
     assert state.albedo.shape == (1, 4)
+
+
+def test_the_camera_stays_in_a_sane_range_whatever_the_head_outputs(ict):
+    net = FaceNet(ict, SMALL).eval()
+    reference = net.state(net(torch.rand(1, 3, 64, 64)))
+    for value in (-1e4, 1e4):
+        with torch.no_grad():
+            net.head.bias.fill_(value)
+        state = net.state(net(torch.rand(1, 3, 64, 64)))
+        depth, ref_depth = float(state.translation[0, 2]), float(reference.translation[0, 2])
+        assert 0.5 * ref_depth - 1e-3 <= depth <= 4.0 * ref_depth + 1e-3
+        assert 0.25 * float(reference.focal[0]) - 1e-3 <= float(state.focal[0]) <= 4.0 * float(reference.focal[0]) + 1e-3
+        assert float(state.translation[0, :2].abs().max()) <= 0.5 * depth + 1e-3
