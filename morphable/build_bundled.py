@@ -4,8 +4,9 @@
 
 SOURCE is what `mfface models install ict --from` takes (the repository folder, its `.zip` or a
 `.tar.*`). Into OUT it writes, each atomically:
-- `ict-lite.mfmodel`: `import_ict(SOURCE)` (the `face` region) cut to the leading
-  `builtin.N_IDENTITY` identity modes, all expression shapes kept, saved compact (float16 bases,
+- `ict-lite.mfmodel`: `import_ict(SOURCE)` (the `face` region, with its parts: eyeballs, mouth
+  interior, teeth) cut to the leading `builtin.N_IDENTITY` identity modes (the parts' too), all
+  expression shapes kept, saved compact (float16 bases,
   deflated, fixed zip timestamps: the same source gives the same arrays and, with the same zlib,
   the same bytes);
 - `ict-lite.mfmodel.sha256`: its SHA256, checked whenever the built-in model is loaded;
@@ -32,8 +33,8 @@ _TEXTS = {"LICENSE": LICENSE_FILE, "CREDITS.md": CREDITS_FILE}
 
 def derive(full: MorphableModel, n_identity: int = N_IDENTITY) -> MorphableModel:
     """The built-in model from an imported ICT `face` model: its first `n_identity` identity
-    modes (upstream's order, so coefficients mean the same as in the full model), everything else
-    as it is. The float16 rounding happens when it is saved compact."""
+    modes (upstream's order, so coefficients mean the same as in the full model; the parts are
+    cut the same way), everything else as it is. The float16 rounding happens when it is saved compact."""
     if not 1 <= n_identity <= full.n_identity:
         raise ValueError(f"n_identity must be 1..{full.n_identity}, got {n_identity}.")
     derived = dataclasses.replace(
@@ -41,6 +42,7 @@ def derive(full: MorphableModel, n_identity: int = N_IDENTITY) -> MorphableModel
         name=BUILTIN_NAME,
         identity_basis=full.identity_basis[:n_identity].copy(),
         identity_std=full.identity_std[:n_identity].copy(),
+        parts=[part.leading_identity(n_identity) for part in full.parts],
         provenance=(f"{full.provenance} Built into mfface as {BUILTIN_NAME!r}: identity modes "
                     f"0..{n_identity - 1} of {full.n_identity}, all {full.n_expression} expression "
                     f"shapes, bases stored as float16 (`python -m mfface.morphable.build_bundled`)."),

@@ -8,10 +8,15 @@ Layout (format "mfface-model", version `FORMAT_VERSION`):
   float32; `triangles`, `symmetry` (optional): int32.
 - `landmark.<name>`, `region.<name>`: int32 vertex indices.
 - `diffuse.mean|basis|std`, `specular.mean|basis|std`: float32, only when the model has albedo.
+- Version 2 adds the model's parts (eyeballs, teeth, mouth interior; `ModelPart`): the header's
+  "parts" lists {"name", "material", "n_vertices", "n_triangles", "gaze"} in order, and each part
+  has `part.<name>.mean`, `.identity_basis`, `.expression_basis`, `.material_coord` (float32),
+  `.triangles` (int32) and, when "gaze" is true, `.gaze`, `.pivot_mean`, `.pivot_identity`
+  (float32). Version-1 files (written before parts existed) are read as models without parts.
 
 Installed models are uncompressed, so that loading is a plain read (an ICT model of ~11k vertices
 loads in tens of milliseconds). A *compact* file (`save_model(..., compact=True)`, the model built
-into the package) stores the identity and expression bases as float16 and deflates every member;
+into the package) stores the identity and expression bases (the face's and the parts') as float16 and deflates every member;
 the header's "storage" says which ("float32" or "float16-deflate"). Readers always return float32.
 No pickled objects (`allow_pickle=False`), so a model file cannot run code. The zip members carry
 a fixed timestamp, so the same model always gives the same bytes. Files are written atomically: a
@@ -28,10 +33,11 @@ from typing import IO
 import numpy as np
 
 from mfface.atomic import atomic_open
-from mfface.morphable.model import FORMAT_VERSION, AlbedoModel, MorphableModel
+from mfface.morphable.model import FORMAT_VERSION, AlbedoModel, ModelPart, MorphableModel
 
 FORMAT_NAME = "mfface-model"
 SUFFIX = ".mfmodel"
+READABLE_VERSIONS = (1, FORMAT_VERSION)  # 1: no parts
 
 
 class ModelFormatError(ValueError):
@@ -68,6 +74,9 @@ def _header(model: MorphableModel, storage: str) -> dict:
         "landmarks": sorted(model.landmarks),
         "regions": sorted(model.regions),
         "storage": storage,
+        "parts": [{"name": part.name, "material": part.material, "n_vertices": part.n_vertices,
+                   "n_triangles": int(part.triangles.shape[0]), "gaze": part.gaze is not None}
+                  for part in model.parts],
     }
 
 
@@ -126,6 +135,17 @@ def save_model(model: MorphableModel, path: str | os.PathLike, compact: bool = F
             arrays[f"{key}.mean"] = f32(albedo.mean)
             arrays[f"{key}.basis"] = basis(albedo.basis)
             arrays[f"{key}.std"] = f32(albedo.std)
+    for part in model.parts:
+        prefix = f"part.{part.name}"
+        arrays[f"{prefix}.mean"] = f32(part.mean)
+        arrays[f"{prefix}.identity_basis"] = basis(part.identity_basis)
+        arrays[f"{prefix}.expression_basis"] = basis(part.expression_basis)
+        arrays[f"{prefix}.triangles"] = i32(part.triangles)
+        arrays[f"{prefix}.material_coord"] = f32(part.material_coord)
+        if part.gaze is not None:
+            arrays[f"{prefix}.gaze"] = f32(part.gaze)
+            arrays[f"{prefix}.pivot_mean"] = f32(part.pivot_mean)
+            arrays[f"{prefix}.pivot_identity"] = f32(part.pivot_identity)
     with atomic_open(path, "wb") as handle:
         _write_npz(handle, arrays, compress=compact)
     return path
@@ -149,11 +169,28 @@ def read_header(path: str | os.PathLike) -> dict:
         raise _corrupt(path, f"{type(error).__name__}: {error}") from error
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise _corrupt(path, "no mfface model header")
-    if header.get("version") != FORMAT_VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise ModelFormatError(
-            f"{path} has model format version {header.get('version')}, this mfface reads version "
-            f"{FORMAT_VERSION}; reinstall the model with `mfface models install`.")
+            f"{path} has model format version {header.get('version')}, this mfface reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; reinstall the model with `mfface models install`.")
     return header
+
+
+def _parts(header: dict, arrays: dict[str, np.ndarray]) -> list[ModelPart]:
+    """The parts listed in a version-2 header (none in version 1)."""
+    parts = []
+    for entry in header.get("parts", []):
+        prefix = f"part.{entry['name']}"
+        rotating = bool(entry["gaze"])
+        parts.append(ModelPart(
+            name=entry["name"], material=entry["material"], mean=arrays[f"{prefix}.mean"],
+            identity_basis=arrays[f"{prefix}.identity_basis"],
+            expression_basis=arrays[f"{prefix}.expression_basis"],
+            triangles=arrays[f"{prefix}.triangles"], material_coord=arrays[f"{prefix}.material_coord"],
+            gaze=arrays[f"{prefix}.gaze"] if rotating else None,
+            pivot_mean=arrays[f"{prefix}.pivot_mean"] if rotating else None,
+            pivot_identity=arrays[f"{prefix}.pivot_identity"] if rotating else None))
+    return parts
 
 
 def load_model_file(path: str | os.PathLike) -> MorphableModel:
@@ -191,6 +228,7 @@ def load_model_file(path: str | os.PathLike) -> MorphableModel:
             specular_albedo=albedo["specular"],
             provenance=header["provenance"],
             license=header["license"],
+            parts=_parts(header, arrays),
         )
         model.validate()
     except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:

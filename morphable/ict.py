@@ -17,6 +17,8 @@ Facts checked on the repository at commit da5f95a607f5e6b37755b38d3385d7f2853732
   0..6705 / 0..6559, head and neck = 9409..11247 (polygons 9230..11143).
 - The 68 Multi-PIE landmark vertex indices are listed in the README and, identically, in
   `vertex_indices.json` (`idx_to_landmark_verts`).
+- Beside the face, the model's `parts` hold ICT's eyeballs, mouth interior and teeth
+  (`mfface.morphable.ict_parts`); they change nothing in the face's arrays.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import numpy as np
 
 from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, contour_subset
 from mfface.morphable.format import ModelSourceError
+from mfface.morphable.ict_parts import VERTICES_NEEDED, ict_parts
 from mfface.morphable.model import MorphableModel
 from mfface.morphable.regions import frontal_polygon_region, mirror_partners
 
@@ -42,6 +45,7 @@ REPOSITORY = "https://github.com/ICT-VGL/ICT-FaceKit"
 COMMIT = "da5f95a607f5e6b37755b38d3385d7f2853732e5"
 ARCHIVE_URL = f"{REPOSITORY}/archive/{COMMIT}.zip"
 N_VERTICES = 26719
+N_POLYGONS = 26384
 CM_TO_MM = 10.0
 N_IDENTITY = 100
 
@@ -178,18 +182,21 @@ def _read_source(source: Path, count: int) -> dict:
 
 
 def import_ict(source: str | Path, region: str = "face", name: str | None = None,
-               with_mediapipe: bool = True) -> MorphableModel:
+               with_mediapipe: bool = True, parts: bool = True) -> MorphableModel:
     """Build a MorphableModel (mm, UV-split, triangulated) from an ICT-FaceKit folder or archive.
 
     region: 'face' (default), 'narrow' or 'head' (see REGIONS). name defaults to 'ict' or
     'ict-<region>'. with_mediapipe=False skips the shipped MediaPipe table (only used when
-    regenerating that table). Raises ModelSourceError for missing or damaged sources.
+    regenerating that table). parts: import the eyeballs, mouth interior and teeth as the
+    model's `parts` (`ict_parts`; the face's arrays are the same either way). Raises
+    ModelSourceError for missing or damaged sources.
     """
-    return import_ict_indexed(source, region, name, with_mediapipe)[0]
+    return import_ict_indexed(source, region, name, with_mediapipe, parts)[0]
 
 
 def import_ict_indexed(source: str | Path, region: str = "face", name: str | None = None,
-                       with_mediapipe: bool = True) -> tuple[MorphableModel, np.ndarray]:
+                       with_mediapipe: bool = True,
+                       parts: bool = True) -> tuple[MorphableModel, np.ndarray]:
     """`import_ict` plus, for each model vertex, its original ICT vertex index (V,)."""
     if region not in REGIONS:
         raise ModelSourceError(f"unknown ICT region {region!r}; choose one of {', '.join(REGIONS)}.")
@@ -197,7 +204,7 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
     if not source.exists():
         raise ModelSourceError(f"{source} does not exist; pass the ICT-FaceKit folder or archive.")
     spec = REGIONS[region]
-    raw = _read_source(source, spec.n_vertices)
+    raw = _read_source(source, max(spec.n_vertices, VERTICES_NEEDED) if parts else spec.n_vertices)
     shapes = raw["shapes"]
     expression_names = list(raw["indices"]["expressions"])
     expression_names += sorted(s for s in shapes if s not in expression_names
@@ -213,8 +220,12 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         raise ModelSourceError(f"{source} lacks ICT-FaceKit's LICENSE file; pass the whole repository.")
 
     # Topology: polygons of the region, triangulated as fans, vertices split at UV seams.
-    vt, polygons = _neutral_topology(raw["neutral"])
-    polygons = [p for p in polygons if max(v for v, _ in p) < spec.n_vertices]
+    vt, all_polygons = _neutral_topology(raw["neutral"])
+    if len(all_polygons) != N_POLYGONS:
+        raise ModelSourceError(
+            f"{source} has {len(all_polygons)} polygons instead of ICT's {N_POLYGONS}; use an "
+            f"unmodified ICT-FaceKit download ({REPOSITORY}).")
+    polygons = [p for p in all_polygons if max(v for v, _ in p) < spec.n_vertices]
     if len(polygons) != spec.n_polygons:
         raise ModelSourceError(
             f"{source} has {len(polygons)} polygons in the {region} region instead of "
@@ -275,8 +286,12 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         symmetry=symmetry,
         provenance=(f"ICT Face Model Light from ICT-FaceKit ({REPOSITORY}, commit {COMMIT}); "
                     f"region {region}: {spec.description}; identity modes std-scaled upstream "
-                    f"(std = 1), expression coefficients are blend weights."),
+                    f"(std = 1), expression coefficients are blend weights"
+                    + ("; parts: eyeballs (gaze from the eyeLook shapes), mouth interior, teeth."
+                       if parts else ".")),
         license=license_text,
+        parts=(ict_parts(all_polygons, shapes, identity_names, expression_names, CM_TO_MM)
+               if parts else []),
     )
     model.validate()
     return model, new_to_orig

@@ -1,6 +1,7 @@
 """ICT-FaceKit importer: topology, units, bases, landmarks, regions and bad sources."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from conftest import data_file
 from mfface.morphable.format import ModelSourceError
@@ -121,3 +123,101 @@ def test_truncated_archive(tmp_path):
     broken.write_bytes(data)
     with pytest.raises(ModelSourceError, match="damaged or incomplete"):
         import_ict(broken)
+
+
+# -- parts: eyeballs, mouth interior, teeth -------------------------------------------------------
+
+def _coefficients(model, **weights: float) -> torch.Tensor:
+    expression = torch.zeros(1, model.n_expression)
+    for name, value in weights.items():
+        expression[0, model.expression_names.index(name)] = value
+    return expression
+
+
+def _iris_centre(model, part: str, expression: torch.Tensor | None = None) -> np.ndarray:
+    """Mean position (3,) mm of the part's pupil-edge vertices (material coordinate < 0.3)."""
+    rows = model.part_slices()[part]
+    pupil = np.flatnonzero(model.parts[[p.name for p in model.parts].index(part)].material_coord < 0.3)
+    vertices = model.part_vertices(None, expression)[0, rows].numpy()
+    return vertices[pupil].mean(0)
+
+
+def test_parts_are_imported_with_counts_materials_and_ranges(ict):
+    parts = {p.name: p for p in ict.parts}
+    assert list(parts) == ["eye_left", "eye_right", "mouth", "teeth"]
+    assert [p.material for p in ict.parts] == ["eyeball", "eyeball", "mouth", "teeth"]
+    # sclera 770 + iris 800 vertices, minus the cornea's 189; mouth socket 2046 + 148 shared lip
+    # vertices + gums and tongue 2977 (README ranges); teeth without molars.
+    assert [p.n_vertices for p in ict.parts] == [1381, 1381, 5097, 2142]
+    assert ict.n_part_vertices == 1381 * 2 + 5097 + 2142
+    for part in ict.parts:
+        assert part.identity_basis.shape == (100, part.n_vertices, 3)
+        assert part.expression_basis.shape == (55, part.n_vertices, 3)
+    left, right = parts["eye_left"], parts["eye_right"]
+    assert left.mean[:, 0].min() > 10 > -10 > right.mean[:, 0].max()  # left eye at +x
+    # the eye's material coordinate: pupil (< 0.3) in front, iris up to 1, sclera beyond
+    assert left.material_coord.min() < 0.2 and left.material_coord.max() > 3.0
+    iris = left.mean[left.material_coord < 1.0]
+    assert len(iris) > 200 and iris[:, 2].min() > left.pivot_mean[2] + 10.0  # all in front
+    radius = np.linalg.norm(left.mean - left.pivot_mean, axis=1)
+    assert 11.0 < radius.min() and radius.max() < 17.5  # mm: an eyeball about its pivot
+    # the cornea (up to 2 mm in front of the iris) is cut away: the iris disk is the front
+    assert np.ptp(iris[:, 2]) < 1.2 and left.mean[:, 2].max() == pytest.approx(iris[:, 2].max())
+    # face arrays, vertex order and fingerprint do not depend on the parts
+    assert dataclasses.replace(ict, parts=[]).fingerprint() == ict.fingerprint()
+
+
+def test_the_mouth_interior_stays_joined_to_the_lips(ict):
+    """The mouth socket shares its rim with the face's inner lips: those vertices coincide with
+    face vertices under any identity and expression (no crack opens when the jaw moves)."""
+    mouth = ict.parts[2]
+    distance, nearest = cKDTree(ict.mean_shape).query(mouth.mean)
+    shared = distance < 1e-4
+    assert 50 < shared.sum() < 300
+    g = torch.Generator().manual_seed(3)
+    identity = torch.randn(1, 100, generator=g)
+    expression = _coefficients(ict, jawOpen=0.8, mouthSmile_L=0.5, mouthFunnel=0.3)
+    face = ict.vertices(identity, expression)[0].numpy()
+    rows = ict.part_slices()["mouth"]
+    inside = ict.part_vertices(identity, expression)[0, rows].numpy()
+    np.testing.assert_allclose(inside[shared], face[nearest[shared]], atol=1e-3)
+
+
+def test_eye_look_turns_the_eyeballs_and_jaw_open_moves_the_teeth(ict):
+    """ICT's eyeLook shapes leave the eyeballs in place; the parts turn them (30 deg in/out,
+    25 deg up/down per unit coefficient) about the eye centre."""
+    rest = {side: _iris_centre(ict, f"eye_{side}") for side in ("left", "right")}
+    look_left = _coefficients(ict, eyeLookOut_L=1.0, eyeLookIn_R=1.0)  # both look to the subject's left
+    for side in ("left", "right"):
+        moved = _iris_centre(ict, f"eye_{side}", look_left) - rest[side]
+        assert 6.0 < moved[0] < 9.0 and abs(moved[1]) < 0.5  # mm towards +x, the face's left
+    up = _iris_centre(ict, "eye_left", _coefficients(ict, eyeLookUp_L=1.0)) - rest["left"]
+    assert 5.0 < up[1] < 8.0 and abs(up[0]) < 0.5
+    assert np.allclose(_iris_centre(ict, "eye_right", _coefficients(ict, eyeLookUp_L=1.0)), rest["right"])
+    # rigid: every eye vertex keeps its distance from the pivot
+    eye = ict.parts[0]
+    turned = ict.part_vertices(None, look_left)[0, ict.part_slices()["eye_left"]].numpy()
+    np.testing.assert_allclose(np.linalg.norm(turned - eye.pivot_mean, axis=1),
+                               np.linalg.norm(eye.mean - eye.pivot_mean, axis=1), atol=1e-3)
+    # jawOpen drops the lower teeth by millimetres and leaves the eyes alone
+    teeth = ict.part_slices()["teeth"]
+    open_jaw = ict.part_vertices(None, _coefficients(ict, jawOpen=1.0))[0].numpy()
+    closed = ict.part_vertices()[0].numpy()
+    assert (closed[teeth, 1] - open_jaw[teeth, 1]).max() > 10.0
+    eyes = slice(0, 2 * 1381)
+    np.testing.assert_allclose(open_jaw[eyes], closed[eyes], atol=1e-4)
+
+
+def test_parts_follow_identity(ict):
+    """An identity mode moves the eyeball's pivot with its vertices (the eye turns about its own
+    centre for every face shape)."""
+    identity = torch.zeros(1, 100)
+    identity[0, 0] = 2.0
+    eye = ict.parts[0]
+    moved = ict.part_vertices(identity)[0, ict.part_slices()["eye_left"]].numpy()
+    np.testing.assert_allclose(moved, eye.mean + 2.0 * eye.identity_basis[0], atol=1e-3)
+    pivot = eye.pivot_mean + 2.0 * eye.pivot_identity[0]
+    assert np.linalg.norm(pivot - eye.pivot_mean) > 0.5
+    turned = ict.part_vertices(identity, _coefficients(ict, eyeLookOut_L=1.0))[0, ict.part_slices()["eye_left"]]
+    np.testing.assert_allclose(np.linalg.norm(turned.numpy() - pivot, axis=1),
+                               np.linalg.norm(moved - pivot, axis=1), atol=1e-3)
