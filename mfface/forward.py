@@ -12,6 +12,11 @@ replay, synthetic faces, and the network's training and prediction. The chain is
 and every step is differentiable in torch. `ForwardModel` owns the Mitsuba scenes: one
 `FaceRenderer` per (image size, integrator, max_depth), built on first use and then only updated,
 so a loop that renders at a fixed size never rebuilds a scene or recompiles a kernel.
+
+The model's parts (eyeballs, teeth, mouth interior: `MorphableModel.parts`) are rendered in every
+image: `model.part_vertices` with the state's identity and expression, posed by the same
+`to_camera`, passed to the renderer without gradients (the photometric loss counts skin pixels
+only, which they never cover; docs/renderer.md, "Parts"). Models without parts render as before.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from mfface.sh import sh_to_envmap
 if TYPE_CHECKING:
     from mfface.config import FitConfig
     from mfface.scenes.bridge import FaceRenderer
+    from mfface.scenes.parts import PartMesh
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,13 @@ class ForwardModel:
         self.device = torch.device(device)
         self._renderers: dict[tuple[int, str, int], FaceRenderer] = {}
 
+    @property
+    def part_meshes(self) -> "tuple[PartMesh, ...]":
+        """The model's parts as the renderer takes them (topology and material), in model order."""
+        from mfface.scenes.parts import PartMesh
+
+        return tuple(PartMesh(p.name, p.material, p.triangles, p.material_coord) for p in self.model.parts)
+
     def renderer(self, settings: RenderSettings) -> "FaceRenderer":
         """The Mitsuba scene for `settings`' size, integrator and depth, built once."""
         key = (settings.size, settings.integrator, settings.max_depth)
@@ -83,13 +96,23 @@ class ForwardModel:
 
             self._renderers[key] = FaceRenderer(self.model.triangles, self.model.uvs, settings.size,
                                                 settings.size, integrator=settings.integrator,
-                                                max_depth=settings.max_depth)
+                                                max_depth=settings.max_depth, parts=self.part_meshes)
         return self._renderers[key]
 
     def vertices(self, state: FaceState) -> torch.Tensor:
         """Camera-space vertices (B, V, 3) mm of `state` (shared identity broadcast over B)."""
         model_space = self.model.vertices(state.identity.expand(state.batch, -1), state.expression)
         return to_camera(model_space, state.euler, state.translation)
+
+    def part_vertices(self, state: FaceState) -> torch.Tensor | None:
+        """Camera-space part vertices (B, P, 3) mm of `state`, detached (the renderer takes them
+        without gradients); None when the model has no parts."""
+        if not self.model.parts:
+            return None
+        with torch.no_grad():
+            model_space = self.model.part_vertices(state.identity.expand(state.batch, -1),
+                                                   state.expression)
+            return to_camera(model_space, state.euler, state.translation)
 
     @staticmethod
     def envmap(sh: torch.Tensor, height: int) -> torch.Tensor:
@@ -103,18 +126,23 @@ class ForwardModel:
         return project(vertices[:, index], state.focal, size, size, state.principal)
 
     def render(self, state: FaceState, settings: RenderSettings, vertices: torch.Tensor,
-               envmap: torch.Tensor | None = None,
-               renderer: "FaceRenderer | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+               envmap: torch.Tensor | None = None, renderer: "FaceRenderer | None" = None,
+               parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (B, S, S, 3), coverage (B, S, S)) of camera-space `vertices` with `state`'s maps,
         light and camera (for callers that move the vertices themselves, e.g. a turntable).
         `envmap` (B or 1, He, We, 3) replaces the light baked from `state.sh`, and `renderer` the
-        scene of `settings` (relighting passes its lamp scene, a `FaceRenderer` too)."""
+        scene of `settings` (relighting passes its lamp scene, a `FaceRenderer` too, built with
+        `part_meshes`). `parts` (B, P, 3) camera-space part vertices; None = `part_vertices(state)`,
+        which match `vertices` only when those are `vertices(state)`: a caller that moves the
+        face itself moves the parts the same way and passes them."""
         batch = state.batch
         maps = [m.expand(batch, -1, -1, -1) for m in (state.diffuse, state.specular, state.roughness)]
         light = self.envmap(state.sh, settings.envmap_height) if envmap is None else envmap
+        if parts is None:
+            parts = self.part_vertices(state)
         return (renderer or self.renderer(settings)).render(
             vertices, *maps, light, state.focal, spp=settings.spp, seed=settings.seed,
-            principal=state.principal)
+            principal=state.principal, parts=parts)
 
     def __call__(self, state: FaceState, settings: RenderSettings,
                  landmark_index: torch.Tensor | None = None) -> Rendered:

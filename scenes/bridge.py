@@ -11,6 +11,10 @@ Dr.Jit, so no value is read back to the host per call.
 
 Batches use one scene per batch item (each item has its own camera and envmap; see
 docs/renderer.md for the measurement behind this choice).
+
+Parts (eyeballs, teeth, mouth interior; `mfface.scenes.parts`) are extra meshes in the same
+scenes, their positions written from one (B, P, 3) tensor on every call like the face's. The
+forward model passes them detached (no gradients: docs/renderer.md, "Parts").
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 
 from mfface.camera import principal_point
 from mfface.scenes import face_scene as fs
+from mfface.scenes.parts import PartMesh, check_parts
 
 
 def _batched(x: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
@@ -38,12 +43,14 @@ class FaceRenderer:
     triangles (F, 3) int and uvs (V, 2) (v = 0 at the texture bottom) fix the topology; width and
     height the image in pixels. `integrator` is 'prb' (default: shading gradients only),
     'prb_projective' or 'direct_projective' (adding silhouette gradients, several times slower),
-    or 'path' (Mitsuba's C++ path tracer); max_depth=2 is direct light only.
+    or 'path' (Mitsuba's C++ path tracer); max_depth=2 is direct light only. `parts` are the
+    meshes rendered beside the face (`PartMesh`: eyeballs, teeth, mouth interior), in the order
+    of the rows of `render`'s `parts` tensor.
     """
 
     def __init__(self, triangles: np.ndarray, uvs: np.ndarray, width: int, height: int, *,
                  integrator: str = "prb", max_depth: int = 2, hide_emitters: bool = True,
-                 fresnel: str = "schlick") -> None:
+                 fresnel: str = "schlick", parts: tuple[PartMesh, ...] = ()) -> None:
         self.triangles = np.asarray(triangles)
         self.uvs = np.asarray(uvs, dtype=np.float32)
         self.width = int(width)
@@ -52,7 +59,12 @@ class FaceRenderer:
                              hide_emitters=hide_emitters, fresnel=fresnel)
         fs.check_topology(self.triangles, self.uvs)
         fs.check_spec(fs.SceneSpec(self.width, self.height, (1, 1), (1, 1), **self.settings))
+        self.parts = tuple(parts)
+        check_parts(self.parts)
+        for part in self.parts:
+            fs.check_topology(np.asarray(part.triangles), np.zeros((part.n_vertices, 2)))
         self.n_vertices = self.uvs.shape[0]
+        self.n_part_vertices = sum(part.n_vertices for part in self.parts)
         self._scenes: list[tuple[mi.Scene, mi.SceneParameters]] = []
         self._built_for: tuple | None = None
         self._wrapped = dr.wrap(source="torch", target="drjit")(self._render_drjit)
@@ -70,26 +82,34 @@ class FaceRenderer:
             scene = self._build_scene(spec)
             params = mi.traverse(scene)
             params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
-                         fs.PRINCIPAL_X, fs.PRINCIPAL_Y])
+                         fs.PRINCIPAL_X, fs.PRINCIPAL_Y] + [fs.part_positions(p) for p in self.parts])
             self._scenes.append((scene, params))
         return self._scenes[index]
 
     def _build_scene(self, spec: fs.SceneSpec) -> mi.Scene:
-        """The Mitsuba scene for `spec` (the face scene; `RelightRenderer` adds its lamps here)."""
-        return fs.build_scene(self.triangles, self.uvs, spec)
+        """The Mitsuba scene for `spec` (the face scene with the parts; `RelightRenderer` adds its
+        lamps here)."""
+        return fs.build_scene(self.triangles, self.uvs, spec, self.parts)
 
     # -- the Dr.Jit side -----------------------------------------------------------------------
     def _render_drjit(self, index: int, vertices: mi.TensorXf, diffuse: mi.TensorXf,
                       specular: mi.TensorXf, roughness: mi.TensorXf, envmap: mi.TensorXf,
-                      camera: mi.TensorXf, spp: int, seed: int) -> tuple[mi.TensorXf, mi.TensorXf]:
+                      camera: mi.TensorXf, spp: int, seed: int,
+                      parts: mi.TensorXf | None = None) -> tuple[mi.TensorXf, mi.TensorXf]:
         """Update scene `index` and render it: returns (H, W, 3) radiance and (H, W) coverage.
 
-        camera (3,) = (focal, c_x, c_y) px.
+        camera (3,) = (focal, c_x, c_y) px; parts (P, 3) the parts' vertices (None: no parts).
         """
         tex = (diffuse.shape[0], diffuse.shape[1])
         env = (envmap.shape[0], envmap.shape[1] - 2)
         scene, params = self._scene(index, tex, env)
         params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
+        start = 0
+        for part in self.parts:  # fixed slices of one buffer: the same kernel on every call
+            stop = start + 3 * part.n_vertices
+            params[fs.part_positions(part)] = dr.gather(mi.Float, parts.array,
+                                                        dr.arange(mi.UInt32, start, stop))
+            start = stop
         params[fs.DIFFUSE] = diffuse
         params[fs.SPECULAR] = specular
         params[fs.ROUGHNESS] = roughness
@@ -108,15 +128,18 @@ class FaceRenderer:
     # -- the torch side ------------------------------------------------------------------------
     def render(self, vertices: torch.Tensor, diffuse: torch.Tensor, specular: torch.Tensor,
                roughness: torch.Tensor, envmap: torch.Tensor, focal: float | torch.Tensor,
-               spp: int = 8, seed: int = 0,
-               principal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               spp: int = 8, seed: int = 0, principal: torch.Tensor | None = None,
+               parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render a batch: image (B, H, W, 3) linear RGB and mask (B, H, W) coverage in [0, 1].
 
         vertices (B, V, 3) camera-space mm; diffuse/specular (B, Ht, Wt, 3); roughness
         (B, Ht, Wt, 1); envmap (B, He, We, 3) lat-long radiance in the light frame without halo;
         focal in pixels, a scalar or (B,); principal (B, 2) or (2,) px, None = the image centre
-        (`mfface.camera`). Unbatched inputs (no leading B) give B = 1. The image is
-        differentiable w.r.t. vertices, the three textures and the envmap; the mask is not.
+        (`mfface.camera`); parts (B, P, 3) or (P, 3) camera-space mm, the vertices of
+        `self.parts` concatenated in order (required when the renderer has parts; pass them
+        detached unless their gradients are wanted). Unbatched inputs (no leading B) give B = 1.
+        The image is differentiable w.r.t. vertices, the three textures and the envmap (and
+        parts that require grad); the mask, the coverage of face and parts, is not.
         Item b uses seed `seed + b` so that the items' noise is independent.
         """
         vertices = _batched(vertices, "vertices", 3)
@@ -146,16 +169,28 @@ class FaceRenderer:
             if t.shape[0] not in (1, batch):
                 raise ValueError(f"{name} has batch size {t.shape[0]} but vertices have {batch}; "
                                  "give one per item or one for all.")
+        if self.parts:
+            if parts is None:
+                raise ValueError(f"this renderer shows {len(self.parts)} parts "
+                                 f"({', '.join(p.name for p in self.parts)}); pass their vertices as parts=.")
+            parts = _batched(parts, "parts", 3)
+            if parts.shape[1:] != (self.n_part_vertices, 3) or parts.shape[0] not in (1, batch):
+                raise ValueError(f"parts must have shape (B, {self.n_part_vertices}, 3) with B = 1 or "
+                                 f"{batch}, got {tuple(parts.shape)}.")
+        elif parts is not None and parts.numel() > 0:
+            raise ValueError("this renderer has no parts; pass parts=None.")
         if spp < 1:
             raise ValueError(f"spp={spp} renders nothing; use 1 or more samples per pixel.")
         images, masks = [], []
         for b in range(batch):
             pick = {k: t[b if t.shape[0] > 1 else 0] for k, t in items.items()}
+            part_item = (None if not self.parts
+                         else parts[b if parts.shape[0] > 1 else 0].float().contiguous())
             rgb, alpha = self._wrapped(
                 b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
-                pick["camera"].float().contiguous(), int(spp), int(seed) + b)
+                pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)
             images.append(rgb)
             masks.append(alpha.detach())
         return torch.stack(images), torch.stack(masks)

@@ -1,4 +1,6 @@
-"""The face scene: one UV-mapped triangle mesh with the `mfface` BSDF, an envmap and a pinhole camera.
+"""The face scene: one UV-mapped triangle mesh with the `mfface` BSDF, an envmap and a pinhole camera,
+plus the model's parts (eyeballs, teeth, mouth interior: `mfface.scenes.parts`), each a mesh of its
+own (`part_<name>`) with a fixed material.
 
 Camera space is Mitsuba's world space, in the OpenCV convention: camera at the origin, +z forward,
 +x to the image right, +y to the image bottom. A point (x, y, z) lands at pixel coordinates
@@ -16,8 +18,8 @@ first (a periodic halo for bilinear lookups across the u = 0/1 seam); `envmap_wi
 
 Textures are (Ht, Wt, C) images with row 0 at the top; mesh UVs follow the model convention
 (v = 0 at the texture *bottom*). Mitsuba's bitmap lookup puts v = 0 at row 0, so the mesh stores
-(u, 1 - v). The film is `rgba`: alpha is the coverage mask; the envmap is hidden from camera
-rays by default (background 0).
+(u, 1 - v). The film is `rgba`: alpha is the coverage mask (face and parts); the envmap is
+hidden from camera rays by default (background 0).
 
 A scene is built once per `SceneSpec` and then changed only through `mi.traverse` parameters.
 """
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from mfface.scenes import bsdf as _bsdf
+from mfface.scenes.parts import MATERIALS, PartMesh, check_parts, part_uvs
 
 INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path")
 MESH_KEY = "face"
@@ -46,6 +49,11 @@ ENVMAP = f"{EMITTER_KEY}.data"
 X_FOV = f"{SENSOR_KEY}.x_fov"
 PRINCIPAL_X = f"{SENSOR_KEY}.principal_point_offset_x"
 PRINCIPAL_Y = f"{SENSOR_KEY}.principal_point_offset_y"
+
+
+def part_positions(part: PartMesh) -> str:
+    """The Mitsuba parameter name of a part's vertex positions."""
+    return f"{part.key}.vertex_positions"
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,12 @@ def envmap_with_halo(envmap: torch.Tensor) -> torch.Tensor:
 
 
 def _texture(size: tuple[int, int], channels: int, value: float) -> dict:
-    data = np.full((size[0], size[1], channels), value, dtype=np.float32)
-    return {"type": "bitmap", "data": mi.TensorXf(data), "raw": True,
+    return _bitmap(np.full((size[0], size[1], channels), value, dtype=np.float32))
+
+
+def _bitmap(data: np.ndarray) -> dict:
+    """A raw (no colour conversion), bilinear, clamped bitmap texture of (H, W, C) values."""
+    return {"type": "bitmap", "data": mi.TensorXf(np.ascontiguousarray(data, np.float32)), "raw": True,
             "filter_type": "bilinear", "wrap_mode": "clamp"}
 
 
@@ -105,7 +117,7 @@ def check_topology(triangles: np.ndarray, uvs: np.ndarray) -> None:
         raise ValueError(f"triangles index vertices outside 0..{n_vertices - 1}; check the mesh topology.")
 
 
-def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh:
+def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF, name: str = MESH_KEY) -> mi.Mesh:
     """An in-memory mesh with UVs (stored as (u, 1 - v)) and smooth normals recomputed from positions."""
     triangles = np.asarray(triangles)
     uvs = np.asarray(uvs, dtype=np.float32)
@@ -113,7 +125,7 @@ def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh
     n_vertices = uvs.shape[0]
     props = mi.Properties()
     props["bsdf"] = bsdf
-    mesh = mi.Mesh(MESH_KEY, n_vertices, triangles.shape[0], props=props,
+    mesh = mi.Mesh(name, n_vertices, triangles.shape[0], props=props,
                    has_vertex_normals=True, has_vertex_texcoords=True)
     params = mi.traverse(mesh)
     params["faces"] = mi.UInt32(triangles.astype(np.uint32).reshape(-1))
@@ -126,13 +138,30 @@ def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF) -> mi.Mesh
     return mesh
 
 
-def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> dict:
+def part_mesh(part: PartMesh, fresnel: str) -> mi.Mesh:
+    """The Mitsuba mesh of a part, `part.key`, with its material (`scenes.parts.MATERIALS`) as an
+    `mfface` BSDF of constant textures; positions are set by the bridge on every render."""
+    material = MATERIALS[part.material]
+    bsdf = mi.load_dict({
+        "type": _bsdf.PLUGIN_NAME,
+        "diffuse": _bitmap(material.diffuse_profile()),
+        "specular": _texture((1, 1), 3, material.specular),
+        "roughness": _texture((1, 1), 1, material.roughness),
+        "fresnel": fresnel,
+    })
+    return build_mesh(part.triangles, part_uvs(part), bsdf, name=part.key)
+
+
+def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
+               parts: tuple[PartMesh, ...] = ()) -> dict:
     """The face scene for `spec` as a Mitsuba scene dict, with placeholder values (grey textures,
-    white light, 60 deg fov): the face mesh (`MESH_KEY`), the envmap (`EMITTER_KEY`), the camera
-    (`SENSOR_KEY`) and the integrator. Every scene that shows the face is built from this dict
-    (`build_scene`, and the relighting scene in `mfface.scenes.relight_scene`, which adds lamps),
-    so what is added here (more geometry, materials) appears in all of them."""
+    white light, 60 deg fov): the face mesh (`MESH_KEY`), one mesh per part (`part.key`), the
+    envmap (`EMITTER_KEY`), the camera (`SENSOR_KEY`) and the integrator. Every scene that shows
+    the face is built from this dict (`build_scene`, and the relighting scene in
+    `mfface.scenes.relight_scene`, which adds lamps), so what is added here (more geometry,
+    materials) appears in all of them."""
     check_spec(spec)
+    check_parts(tuple(parts))
     _bsdf.register()
     bsdf = mi.load_dict({
         "type": _bsdf.PLUGIN_NAME,
@@ -144,7 +173,7 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> dict:
     he, we = spec.envmap_size
     integrator = {"type": spec.integrator, "max_depth": spec.max_depth,
                   "hide_emitters": spec.hide_emitters}
-    return {
+    scene = {
         "type": "scene",
         "integrator": integrator,
         MESH_KEY: build_mesh(triangles, uvs, bsdf),
@@ -165,8 +194,13 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> dict:
                      "sample_border": spec.integrator.endswith("_projective")},
         },
     }
+    for part in parts:
+        scene[part.key] = part_mesh(part, spec.fresnel)
+    return scene
 
 
-def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec) -> mi.Scene:
-    """The face scene for `spec`, with placeholder values (grey textures, white light, 60 deg fov)."""
-    return mi.load_dict(scene_dict(triangles, uvs, spec))
+def build_scene(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
+                parts: tuple[PartMesh, ...] = ()) -> mi.Scene:
+    """The face scene for `spec`, with placeholder values (grey textures, white light, 60 deg fov)
+    and the meshes of `parts`."""
+    return mi.load_dict(scene_dict(triangles, uvs, spec, parts))

@@ -30,6 +30,7 @@ import numpy as np
 
 from mfface.scenes import face_scene as fs
 from mfface.scenes.bridge import FaceRenderer
+from mfface.scenes.parts import PartMesh
 
 Vec3 = tuple[float, float, float]
 
@@ -117,21 +118,21 @@ class RelightRenderer(FaceRenderer):
     the face. `environment` False gives the envmap no light samples (use it when the envmap is
     black: then every light sample goes to the lamps). The envmap is hidden from camera rays, so
     the image's alpha is the face's coverage; `render` is `FaceRenderer.render` (call it under
-    `torch.no_grad()`).
+    `torch.no_grad()`). `parts` (eyeballs, teeth, mouth interior) are rendered as in the fit.
     """
 
     def __init__(self, triangles: np.ndarray, uvs: np.ndarray, width: int, height: int,
                  lamps: tuple[Lamp, ...] = (), *, max_depth: int = 2, environment: bool = True,
-                 fresnel: str = "schlick") -> None:
+                 fresnel: str = "schlick", parts: tuple[PartMesh, ...] = ()) -> None:
         super().__init__(triangles, uvs, width, height, integrator="path", max_depth=max_depth,
-                         hide_emitters=True, fresnel=fresnel)
+                         hide_emitters=True, fresnel=fresnel, parts=parts)
         self.lamps = tuple(lamps)
         self.environment = bool(environment)
         for lamp in self.lamps:  # refuse bad lamps now, not at the first render
             lamp_dict(lamp)
 
     def _build_scene(self, spec: fs.SceneSpec) -> mi.Scene:
-        scene = fs.scene_dict(self.triangles, self.uvs, spec)
+        scene = fs.scene_dict(self.triangles, self.uvs, spec, self.parts)
         if not self.environment:
             scene[fs.EMITTER_KEY]["sampling_weight"] = 0.0
         for k, lamp in enumerate(self.lamps):

@@ -5,6 +5,8 @@ loss is a fixed random weighting of the image so that every pixel's gradient mat
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -145,10 +147,33 @@ def test_silhouette_gradient_only_with_a_projective_integrator(variant: str, int
         assert dz == pytest.approx(expected, rel=0.15)
 
 
-def test_no_kernel_is_compiled_after_two_iterations(setup) -> None:
+def _parts(radius: float = 6.0) -> tuple[list, torch.Tensor]:
+    """Two small spheres as parts ('eyeball' with its material coordinate growing from the front,
+    'teeth'), and their vertices (P, 3) in front of the big sphere's centre, camera space."""
+    from mfface.scenes.parts import PartMesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=radius)
+    v = np.asarray(mesh.vertices, np.float32)
+    coord = (np.hypot(v[:, 0], v[:, 1]) / (0.4 * radius)).astype(np.float32)
+    coord[v[:, 2] > 0] = 3.0  # only the side facing the camera (-z) shows the iris
+    faces = np.asarray(mesh.faces, np.int32)
+    parts = [PartMesh("eye", "eyeball", faces, coord), PartMesh("tooth", "teeth", faces, np.zeros(len(v), np.float32))]
+    offset = [np.array([-8.0, 0.0, 110.0], np.float32), np.array([8.0, 6.0, 110.0], np.float32)]
+    return parts, torch.from_numpy(np.concatenate([v + o for o in offset]))
+
+
+@pytest.mark.parametrize("with_parts", [False, True])
+def test_no_kernel_is_compiled_after_two_iterations(setup, with_parts) -> None:
+    """Changing seed, focal, principal point, every differentiable input and (with parts) the
+    parts' vertices compiles no kernel after the first iterations."""
     import drjit as dr
 
+    from mfface.scenes import FaceRenderer
+
     renderer, inputs, weights = setup
+    parts, part_vertices = _parts()
+    if with_parts:
+        renderer = FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE, parts=tuple(parts))
     params = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
     opt = torch.optim.Adam(params.values(), lr=1e-3)
     dr.set_flag(dr.JitFlag.KernelHistory, True)
@@ -156,8 +181,10 @@ def test_no_kernel_is_compiled_after_two_iterations(setup) -> None:
         for it in range(5):
             dr.kernel_history()   # clears the history
             opt.zero_grad()
+            moved = part_vertices + torch.tensor([0.3 * it, -0.2 * it, 0.0]) if with_parts else None
             img, _ = renderer.render(focal=60.0 + 3 * it, spp=2, seed=it, **params,
-                                     principal=torch.tensor([SIZE / 2 + it, SIZE / 2 - 0.5 * it]))
+                                     principal=torch.tensor([SIZE / 2 + it, SIZE / 2 - 0.5 * it]),
+                                     parts=moved)
             (img * weights).sum().backward()
             opt.step()
             history = [k for k in dr.kernel_history() if k["type"] == dr.KernelType.JIT]
@@ -214,6 +241,52 @@ def test_texture_and_envmap_sizes_may_change_between_calls(setup) -> None:
               "envmap": torch.ones(4, 8, 3)}
     img, _ = renderer.render(focal=70.0, spp=2, **bigger)
     assert img.shape == (1, SIZE, SIZE, 3) and float(img.max()) > 0
+
+
+def test_parts_are_rendered_with_their_materials_and_covered(setup) -> None:
+    """Parts are opaque meshes in the same scene: they cover pixels beyond the face, hide what is
+    behind them, and show their material (an eyeball's dark pupil where its coordinate is small,
+    light sclera beyond; off-white teeth)."""
+    from mfface.camera import project
+    from mfface.scenes import FaceRenderer
+
+    renderer, inputs, _ = setup
+    parts, part_vertices = _parts(radius=8.0)
+    with_parts = FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE, parts=tuple(parts))
+    far = {**inputs, "vertices": inputs["vertices"] + torch.tensor([0.0, 0.0, 1e4])}  # face out of view
+    img, mask = with_parts.render(focal=70.0, spp=16, **far, parts=part_vertices)
+    (eye_centre, tooth_centre), rim = project(torch.tensor([[[-8.0, 0.0, 102.0], [8.0, 6.0, 102.0]]]),
+                                              torch.tensor([70.0]), SIZE, SIZE)[0], 5.0
+    assert float(mask.sum()) > 40 and float(mask.max()) == 1.0
+    (ex, ey), (tx, ty) = eye_centre.long().tolist(), tooth_centre.long().tolist()
+    assert float(mask[0, ey, ex]) == 1.0 and float(mask[0, ty, tx]) == 1.0
+    pupil = float(img[0, ey, ex].mean())
+    sclera = float(img[0, ey, ex + int(rim)].mean())
+    tooth = img[0, ty, tx]
+    assert pupil < 0.2 * sclera and float(tooth.mean()) > 0.3 and float(tooth[0]) > float(tooth[2])
+    # without parts the same pixels are empty; with parts the face still renders where they are not
+    _, empty = renderer.render(focal=70.0, spp=4, **far)
+    assert float(empty.sum()) == 0.0
+    _, mask_both = with_parts.render(focal=70.0, spp=4, **inputs, parts=part_vertices)
+    _, mask_face = renderer.render(focal=70.0, spp=4, **inputs)
+    assert torch.all(mask_both >= mask_face - 1e-6)
+
+
+def test_parts_must_be_given_with_the_renderer_s_shape(setup) -> None:
+    from mfface.scenes import FaceRenderer
+
+    renderer, inputs, _ = setup
+    parts, part_vertices = _parts()
+    with_parts = FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE, parts=tuple(parts))
+    with pytest.raises(ValueError, match="shows 2 parts \\(eye, tooth\\); pass their vertices"):
+        with_parts.render(focal=70.0, spp=1, **inputs)
+    with pytest.raises(ValueError, match="parts must have shape"):
+        with_parts.render(focal=70.0, spp=1, **inputs, parts=part_vertices[:-1])
+    with pytest.raises(ValueError, match="has no parts"):
+        renderer.render(focal=70.0, spp=1, **inputs, parts=part_vertices)
+    with pytest.raises(ValueError, match="material 'glass'"):
+        FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE,
+                     parts=(dataclasses.replace(parts[0], material="glass"),))
 
 
 @pytest.mark.parametrize("change,match", [

@@ -39,10 +39,13 @@ def test_forward_model_matches_the_renderer_called_directly(ict, variant):
         out = ForwardModel(ict)(state, settings, index)
         vertices = to_camera(ict.vertices(state.identity.expand(2, -1), state.expression), state.euler,
                              state.translation)
-        image, coverage = FaceRenderer(ict.triangles, ict.uvs, SIZE, SIZE).render(
+        parts = to_camera(ict.part_vertices(state.identity.expand(2, -1), state.expression), state.euler,
+                          state.translation)
+        image, coverage = FaceRenderer(ict.triangles, ict.uvs, SIZE, SIZE,
+                                       parts=ForwardModel(ict).part_meshes).render(
             vertices, state.diffuse.expand(2, -1, -1, -1), state.specular.expand(2, -1, -1, -1),
             state.roughness.expand(2, -1, -1, -1), sh_to_envmap(state.sh, 16, 32), state.focal,
-            spp=4, seed=7, principal=state.principal)
+            spp=4, seed=7, principal=state.principal, parts=parts)
     assert torch.allclose(out.vertices, vertices)
     assert torch.allclose(out.image, image, atol=1e-5) and torch.allclose(out.coverage, coverage, atol=1e-5)
     assert torch.allclose(out.landmarks, project(vertices[:, index], state.focal, SIZE, SIZE, state.principal))
@@ -64,6 +67,72 @@ def test_forward_model_is_differentiable_in_the_state(ict, variant):
     out = ForwardModel(ict)(state, RenderSettings(32, spp=2), torch.tensor([100, 200]))
     (out.image.mean() + out.landmarks.mean()).backward()
     assert state.sh.grad.abs().sum() > 0 and state.expression.grad.abs().sum() > 0
+
+
+EYE_SIZE = 96
+
+
+def _frontal(model, expression: torch.Tensor | None = None) -> FaceState:
+    """A frontal face centred on its eyes, 400 mm away, under even light with a skin-like albedo."""
+    return FaceState(identity=torch.zeros(1, model.n_identity),
+                     expression=torch.zeros(1, model.n_expression) if expression is None else expression,
+                     euler=torch.zeros(1, 3), translation=torch.tensor([[0.0, 36.0, 400.0]]),
+                     focal=torch.tensor([2.5 * EYE_SIZE]), sh=initial_coefficients(3, 0.8, batch=1),
+                     diffuse=torch.tensor([0.5, 0.38, 0.3]).expand(1, 8, 8, 3).clone(),
+                     specular=torch.full((1, 8, 8, 3), 0.04), roughness=torch.full((1, 8, 8, 1), 0.5))
+
+
+def _eye_pixels(model, state: FaceState) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """For each eye: (pupil centre, a sclera point) as (row, col) pixels. The pupil centre is the
+    mean of the eye part's pupil-edge vertices; the sclera point lies 55 % of the way from it
+    to the eye's outer corner landmark (iBUG 36 / 45)."""
+    forward = ForwardModel(model)
+    parts, face = forward.part_vertices(state), forward.vertices(state)
+    slices = model.part_slices()
+    out = []
+    for name, corner in (("eye_right", 36), ("eye_left", 45)):
+        part = model.parts[list(slices).index(name)]
+        pupil = parts[:, slices[name]][:, torch.from_numpy(part.material_coord < 0.3)].mean(1, keepdim=True)
+        points = torch.cat([pupil, face[:, model.landmarks["ibug68"][corner]][:, None]], 1)
+        (pc, pr), (cc, cr) = project(points, state.focal, EYE_SIZE, EYE_SIZE)[0].tolist()
+        sc, sr = pc + 0.55 * (cc - pc), pr + 0.55 * (cr - pr)
+        out.append(((int(pr), int(pc)), (int(sr), int(sc))))
+    return out
+
+
+def test_eyes_fill_the_eye_openings_and_show_a_dark_iris(ict, variant):
+    """No holes where the eyes are: the coverage is 1 at the pupil centres of a frontal face (it
+    was about 0 before the model had parts), and the iris/pupil renders darker than the sclera."""
+    state = _frontal(ict)
+    settings = RenderSettings(EYE_SIZE, spp=16, envmap_height=16)
+    out = ForwardModel(ict)(state, settings)
+    bare = ForwardModel(dataclasses.replace(ict, parts=[]))(state, settings)
+    for (pupil, sclera) in _eye_pixels(ict, state):
+        assert float(out.coverage[0][pupil]) == 1.0 and float(out.coverage[0][sclera]) == 1.0
+        assert float(bare.coverage[0][pupil]) < 0.5   # the hole a face-only model leaves
+        dark, light = out.image[0][pupil].mean(), out.image[0][sclera].mean()
+        assert float(dark) < 0.5 * float(light)
+        assert float(light) > 0.6 * float(out.image[0][pupil[0] + 12, pupil[1]].mean())  # ~ skin below
+
+
+def test_part_vertices_follow_the_state_and_carry_no_gradient(ict):
+    """The forward model poses the parts with the face's rotation and translation (rigidly with
+    it) and hands them on detached."""
+    state = _state(ict)
+    state.expression.requires_grad_(True)
+    forward = ForwardModel(ict)
+    parts = forward.part_vertices(state)
+    assert parts.shape == (2, ict.n_part_vertices, 3) and not parts.requires_grad
+    model_space = ict.part_vertices(state.identity.expand(2, -1), state.expression.detach())
+    torch.testing.assert_close(parts, to_camera(model_space, state.euler, state.translation))
+    # one rigid motion for face and parts: distances between a face and a part vertex are kept
+    face = forward.vertices(state).detach()
+    unposed = ict.vertices(state.identity.expand(2, -1), state.expression.detach())
+    for b in range(2):
+        d_posed = torch.cdist(face[b, :50], parts[b, :50])
+        d_model = torch.cdist(unposed[b, :50], model_space[b, :50])
+        torch.testing.assert_close(d_posed, d_model, atol=1e-3, rtol=0)
+    assert ForwardModel(dataclasses.replace(ict, parts=[])).part_vertices(state) is None
 
 
 def test_rotation_6d_round_trip():

@@ -1,6 +1,7 @@
 """Model file format and model store: round trips, damaged files, install/remove/default, download."""
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import sys
 import threading
@@ -14,7 +15,7 @@ import pytest
 from conftest import data_file
 from mfface.morphable.format import (ModelFormatError, ModelSourceError, load_model_file,
                                      read_header, save_model)
-from mfface.morphable.model import AlbedoModel, MorphableModel
+from mfface.morphable.model import AlbedoModel, ModelPart, MorphableModel
 from mfface.morphable.builtin import BUILTIN_NAME, N_IDENTITY
 from mfface.morphable.store import (BuiltinModelError, DownloadError, ModelNameError,
                                     ModelNotInstalledError, ModelStore, default_root, download,
@@ -48,6 +49,91 @@ def test_round_trip(tmp_path, albedo):
         np.testing.assert_array_equal(back.diffuse_albedo.basis, model.diffuse_albedo.basis)
     assert read_header(path)["n_vertices"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["m.mfmodel"]  # no temporary left behind
+
+
+def tiny_part(model: MorphableModel, name: str = "eye_left", v: int = 4, gaze: bool = True) -> ModelPart:
+    """A part of `model`'s component counts: a tetrahedron, with a gaze rotation when `gaze`."""
+    rng = np.random.default_rng(2)
+    f32 = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    return ModelPart(name=name, material="eyeball" if gaze else "teeth", mean=f32(v, 3),
+                     identity_basis=f32(model.n_identity, v, 3),
+                     expression_basis=f32(model.n_expression, v, 3),
+                     triangles=np.array([[0, 1, 2], [0, 2, 3], [0, 3, 1], [1, 3, 2]], np.int32),
+                     material_coord=rng.random(v).astype(np.float32),
+                     gaze=f32(2, model.n_expression) if gaze else None,
+                     pivot_mean=f32(3) if gaze else None,
+                     pivot_identity=f32(model.n_identity, 3) if gaze else None)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_round_trip_with_parts(tmp_path, compact):
+    """Parts are stored (float16 bases when compact) and evaluate the same after loading; the
+    fingerprint ignores them."""
+    import torch
+
+    model = tiny_model()
+    model.parts = [tiny_part(model), tiny_part(model, "teeth", v=5, gaze=False)]
+    path = save_model(model, tmp_path / "m.mfmodel", compact=compact)
+    back = load_model_file(path)
+    assert [p.name for p in back.parts] == ["eye_left", "teeth"] and back.parts[1].gaze is None
+    header = read_header(path)
+    assert header["version"] == 2 and [p["n_vertices"] for p in header["parts"]] == [4, 5]
+    for mine, theirs in zip(model.parts, back.parts):
+        np.testing.assert_array_equal(theirs.triangles, mine.triangles)
+        np.testing.assert_array_equal(theirs.material_coord, mine.material_coord)
+        tol = 2e-3 if compact else 0.0
+        np.testing.assert_allclose(theirs.identity_basis, mine.identity_basis, atol=tol)
+    identity, expression = torch.randn(2, 3), 0.3 * torch.randn(2, 2)
+    torch.testing.assert_close(back.part_vertices(identity, expression),
+                               model.part_vertices(identity, expression), atol=2e-2 if compact else 1e-5,
+                               rtol=0)
+    assert back.part_vertices(identity, expression).shape == (2, 9, 3)
+    assert back.fingerprint() == dataclasses.replace(back, parts=[]).fingerprint()
+    if not compact:
+        assert back.fingerprint() == tiny_model().fingerprint()
+    bad = tiny_part(model)
+    bad.gaze = None
+    model.parts = [bad]
+    with pytest.raises(ValueError, match="gaze, pivot_mean and pivot_identity go together"):
+        save_model(model, tmp_path / "bad.mfmodel")
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """Rewrite the JSON header of a model file in place with `change(header)`."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path) as archive, archive.open("header.npy") as member:
+        header = json.loads(np.lib.format.read_array(member).tobytes().decode())
+    change(header)
+    raw = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            if name == "header.npy":
+                with archive.open(name, "w") as member:
+                    np.lib.format.write_array(member, raw)
+            else:
+                archive.writestr(name, data)
+
+
+def test_version_1_files_are_read_as_models_without_parts(tmp_path):
+    """A file written before parts existed (format version 1: no "parts" in the header) loads,
+    with no parts; a newer version than this mfface knows is refused with the fix."""
+    path = save_model(tiny_model(), tmp_path / "old.mfmodel")
+
+    def version_1(header):
+        header["version"] = 1
+        del header["parts"]
+    _rewrite_header(path, version_1)
+    old = load_model_file(path)
+    assert old.parts == [] and old.n_part_vertices == 0
+    assert old.part_vertices().shape == (1, 0, 3)
+    np.testing.assert_array_equal(old.mean_shape, tiny_model().mean_shape)
+    _rewrite_header(path, lambda header: header.update(version=3))
+    with pytest.raises(ModelFormatError, match="format version 3, this mfface reads versions 1, 2"):
+        load_model_file(path)
 
 
 def test_damaged_model_files(tmp_path):
