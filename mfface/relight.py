@@ -609,6 +609,7 @@ class Relighter:
         self.forward = ForwardModel(face.model, state.focal.device)
         with torch.no_grad():
             self.model_vertices = face.model.vertices(state.identity, state.expression)
+            self.model_parts = face.model.part_vertices(state.identity, state.expression)
             posed = self.forward.vertices(state)
             self.centre = head_centre(posed)[0]  # the bounding-box centre of the posed face
         self.rig = build_rig(face, settings, self.centre)
@@ -616,7 +617,8 @@ class Relighter:
         model = face.model
         self.renderer = RelightRenderer(model.triangles, model.uvs, self.size, self.size,
                                         self.rig.lamps, max_depth=2 + settings.bounces,
-                                        environment=self.rig.environment)
+                                        environment=self.rig.environment,
+                                        parts=self.forward.part_meshes)
         self.photo: PhotoSource | None = (load_photo(face, settings.photo_file)
                                           if settings.needs_photo else None)
         self._background: torch.Tensor | None = None
@@ -628,19 +630,34 @@ class Relighter:
                 return self.forward.vertices(self.face.state)
             return turned_vertices(self.model_vertices, self.face.state, yaw)
 
-    def _render(self, renderer, envmap: torch.Tensor, vertices: torch.Tensor,
-                spp: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Through the forward model (`ForwardModel.render`), with this rig's scene and light."""
+    def part_vertices(self, yaw: float = 0.0) -> torch.Tensor | None:
+        """Camera-space vertices (1, P, 3) of the model's parts (eyes, teeth, mouth), turned with
+        the face by `yaw` rad; None when the model has none."""
+        if not self.face.model.parts:
+            return None
+        with torch.no_grad():
+            if yaw == 0.0:
+                return self.forward.part_vertices(self.face.state)
+            return turned_vertices(self.model_parts, self.face.state, yaw,
+                                   head_centre(self.model_vertices))
+
+    def _render(self, renderer, envmap: torch.Tensor, vertices: torch.Tensor, spp: int,
+                parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Through the forward model (`ForwardModel.render`), with this rig's scene and light;
+        `parts` the part vertices that go with `vertices` (None: those of the fitted pose)."""
         settings = RenderSettings(size=self.size, spp=spp, seed=self.settings.seed, integrator="path",
                                   max_depth=renderer.settings["max_depth"])
         with torch.no_grad():
             rgb, alpha = self.forward.render(self.shown, settings, vertices,
-                                             envmap=envmap.to(vertices.device)[None], renderer=renderer)
+                                             envmap=envmap.to(vertices.device)[None], renderer=renderer,
+                                             parts=parts)
         return rgb[0].cpu(), alpha[0].cpu()
 
-    def render(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(radiance (S, S, 3) premultiplied by coverage, coverage (S, S)) under the rig."""
-        return self._render(self.renderer, self.rig.envmap, vertices, self.settings.spp)
+    def render(self, vertices: torch.Tensor,
+               parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(radiance (S, S, 3) premultiplied by coverage, coverage (S, S)) under the rig, of the
+        face `vertices` and the `parts` that go with them (None: those of the fitted pose)."""
+        return self._render(self.renderer, self.rig.envmap, vertices, self.settings.spp, parts)
 
     def background(self) -> torch.Tensor | None:
         """The linear background (S, S, 3) of `settings.background`, None for transparent."""
@@ -676,7 +693,7 @@ class Relighter:
         frames = []
         n = self.settings.turntable
         for k, yaw in enumerate(yaw_offsets(n, self.settings.yaw_range).tolist()):
-            image, _ = self.composite(*self.render(self.vertices(yaw)))
+            image, _ = self.composite(*self.render(self.vertices(yaw), self.part_vertices(yaw)))
             frames.append(to_display(image.numpy(), self.gamma))
             if on_frame is not None:
                 on_frame(k + 1, n)
@@ -690,7 +707,8 @@ class Relighter:
         assert self.photo is not None
         model = self.face.model
         fitted_renderer = RelightRenderer(model.triangles, model.uvs, self.size, self.size, (),
-                                          max_depth=self.face.config.render.max_depth)
+                                          max_depth=self.face.config.render.max_depth,
+                                          parts=self.forward.part_meshes)
         fitted_env = ForwardModel.envmap(self.face.state.sh.detach().cpu(),
                                          self.face.config.light.envmap_height)[0]
         vertices = self.vertices()

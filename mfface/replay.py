@@ -6,7 +6,8 @@ the model store and renders the face with the camera fixed while the head swings
 vertical axis (model +y) through the head centre (the centre of the model-space bounding box):
 frame k of N has yaw offset (yaw_range / 2) * sin(2 pi k / N) rad, so the first frame is the fitted
 pose and the animation loops seamlessly. Frames are linear renders, gamma-encoded with the fit's
-input gamma; the background is black. Outputs (`turntable.gif`, `turntable.mp4`) are written
+input gamma; the background is black. The model's parts (eyes, teeth, mouth interior) turn with
+the face. Outputs (`turntable.gif`, `turntable.mp4`) are written
 atomically into the result folder. See docs/replay.md.
 """
 from __future__ import annotations
@@ -208,11 +209,15 @@ def head_centre(vertices: torch.Tensor) -> torch.Tensor:
     return 0.5 * (vertices.amin(-2) + vertices.amax(-2))
 
 
-def turned_vertices(model_vertices: torch.Tensor, state: FaceState, yaw: float) -> torch.Tensor:
+def turned_vertices(model_vertices: torch.Tensor, state: FaceState, yaw: float,
+                    centre: torch.Tensor | None = None) -> torch.Tensor:
     """Camera-space vertices (1, V, 3) mm of model-space ones (1, V, 3) with the head turned by
-    `yaw` rad about its own vertical axis (model +y) through `head_centre`, then posed by `state`.
-    Positive yaw turns the nose towards the subject's left, like the pose's own yaw."""
-    centre = head_centre(model_vertices)[:, None, :]
+    `yaw` rad about its own vertical axis (model +y) through `centre` (1, 3) mm, by default
+    `head_centre(model_vertices)`, then posed by `state`. Positive yaw turns the nose towards the
+    subject's left, like the pose's own yaw. The model's parts (eyes, teeth, mouth) turn with the
+    face when they are given the face's centre: `turned_vertices(parts, state, yaw,
+    head_centre(face))`."""
+    centre = (head_centre(model_vertices) if centre is None else centre)[:, None, :]
     turn = head_rotation(torch.tensor([[yaw, 0.0, 0.0]], dtype=model_vertices.dtype,
                                       device=model_vertices.device))
     turned = (model_vertices - centre) @ turn.transpose(-1, -2) + centre
@@ -250,9 +255,12 @@ def render_turntable(face: FittedFace, settings: ReplaySettings,
     frames = []
     with torch.no_grad():
         model_vertices = face.model.vertices(state.identity, state.expression)
+        model_parts = face.model.part_vertices(state.identity, state.expression)
+        centre = head_centre(model_vertices)
         for k, yaw in enumerate(yaw_offsets(settings.frames, settings.yaw_range).tolist()):
-            vertices = turned_vertices(model_vertices, state, yaw)
-            rgb, _ = forward.render(shown, render_settings, vertices)
+            vertices = turned_vertices(model_vertices, state, yaw, centre)
+            parts = turned_vertices(model_parts, state, yaw, centre) if face.model.parts else None
+            rgb, _ = forward.render(shown, render_settings, vertices, parts=parts)
             frames.append(to_display(rgb[0].cpu().numpy(), face.config.input.gamma))
             if on_frame is not None:
                 on_frame(k + 1, settings.frames)

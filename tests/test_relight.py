@@ -219,6 +219,28 @@ def test_constant_environment_gives_the_lambert_render_of_the_albedo(tmp_path, l
     assert float((fitted.image[mask].mean(0) / expected - 1.0).abs().max()) < 0.01
 
 
+def test_relit_face_has_eyes_and_no_holes_in_every_frame(tmp_path, lite):
+    """The relit still and a turned turntable pose show the eyes and the mouth interior: the
+    coverage is solid inside the head's outline, and 1 at the pupils of the still."""
+    from scipy import ndimage
+
+    from mfface.camera import project
+
+    face = load_fitted_face(result_folder(tmp_path / "face", lite, face_state(lite)))
+    relighter = Relighter(face, RelightSettings(spp=4, size=64))
+    for yaw in (0.0, 0.5):
+        _, coverage = relighter.render(relighter.vertices(yaw), relighter.part_vertices(yaw))
+        solid = ndimage.binary_fill_holes(coverage.numpy() > 0.5)
+        assert int((solid & (coverage.numpy() < 0.5)).sum()) == 0, yaw
+    _, still = relighter.render(relighter.vertices())
+    parts, slices = relighter.part_vertices(), lite.part_slices()
+    for name in ("eye_left", "eye_right"):
+        part = lite.parts[list(slices).index(name)]
+        pupil = parts[:, slices[name]][:, torch.from_numpy(part.material_coord < 0.3)].mean(1, keepdim=True)
+        col, row = project(pupil, relighter.focal, 64, 64)[0, 0].long().tolist()
+        assert float(still[row, col]) == 1.0
+
+
 def test_lamp_colour_is_the_radiance_of_a_facing_white_surface(tmp_path, lite):
     state = face_state(lite, specular=0.0, roughness=0.0)
     face = load_fitted_face(result_folder(tmp_path / "face", lite, state))

@@ -1,6 +1,7 @@
 """`mfface replay`: turntable GIF/MP4 from result folders, relighting presets, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -110,6 +111,54 @@ def test_turned_vertices_rotate_rigidly_about_the_head_centre(ict):
     nose = int(vertices[0, :, 2].argmax())
     assert turned[0, nose, 0] > posed[0, nose, 0] + 10.0              # nose towards image right
     assert torch.allclose(turned[0, :, 1], posed[0, :, 1], atol=1e-9)  # vertical axis: y unchanged
+
+
+def test_parts_turn_with_the_face(ict):
+    """Eyes, teeth and mouth turn about the face's own head centre, rigidly with the face."""
+    state = _state(ict)
+    state.euler, state.translation = state.euler.double(), state.translation.double()
+    face = ict.vertices(state.identity, state.expression).double()
+    parts = ict.part_vertices(state.identity, state.expression).double()
+    centre = head_centre(face)
+    yaw = math.radians(25.0)
+    turned_face = turned_vertices(face, state, yaw, centre)
+    turned_parts = turned_vertices(parts, state, yaw, centre)
+    torch.testing.assert_close(turned_face, turned_vertices(face, state, yaw))  # default centre
+    sample = torch.arange(0, ict.n_part_vertices, 97)
+    dist = lambda a, b: torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")  # noqa: E731
+    before = dist(face[0, ::50], parts[0, sample])
+    torch.testing.assert_close(dist(turned_face[0, ::50], turned_parts[0, sample]), before,
+                               atol=1e-9, rtol=0)
+
+
+def test_turntable_frames_have_no_holes_where_the_eyes_are(variant, result, monkeypatch):
+    """Every turntable frame's coverage is solid inside the head's outline; without the parts
+    the eyes and mouth leave holes (what replay showed before)."""
+    from scipy import ndimage
+
+    from mfface.forward import ForwardModel
+
+    coverages = []
+    original = ForwardModel.render
+
+    def recording(self, *args, **kwargs):
+        image, coverage = original(self, *args, **kwargs)
+        coverages.append(coverage[0].numpy())
+        return image, coverage
+
+    monkeypatch.setattr(ForwardModel, "render", recording)
+    face = load_fitted_face(result)
+    settings = ReplaySettings(frames=4, spp=4, size=64)
+    render_turntable(face, settings)
+    bare = dataclasses.replace(face, model=dataclasses.replace(face.model, parts=[]))
+    render_turntable(bare, settings)
+
+    def holes(coverage: np.ndarray) -> int:
+        solid = ndimage.binary_fill_holes(coverage > 0.5)
+        return int((solid & (coverage < 0.5)).sum())
+
+    assert [holes(c) for c in coverages[:4]] == [0, 0, 0, 0]
+    assert all(holes(c) > 0 for c in coverages[4:])
 
 
 # -- light presets ------------------------------------------------------------------------------
