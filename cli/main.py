@@ -18,6 +18,7 @@ from mfface.cli.prepare import prepare  # noqa: E402
 from mfface.cli.relight import relight  # noqa: E402
 from mfface.cli.replay import replay  # noqa: E402
 from mfface.cli.synth import synth  # noqa: E402
+from mfface.cli.track import track  # noqa: E402
 from mfface.cli.train import train  # noqa: E402
 
 
@@ -37,4 +38,5 @@ cli.add_command(prepare)
 cli.add_command(relight)
 cli.add_command(replay)
 cli.add_command(synth)
+cli.add_command(track)
 cli.add_command(train)

@@ -56,23 +56,33 @@ class SelectConfig:
 class TrackStageConfig:
     """Per-frame head pose and expression from landmarks, identity and focal fixed.
 
-    Frames are optimised `window` at a time (Adam, as stage 1), warm-started from the last
-    tracked frame, with temporal terms on the frame-to-frame differences of rotation (deg),
-    translation (mm) and expression (blend weights or std units); their weights are in working
-    px^2 (the landmark loss's unit) per squared unit per frame."""
-    window: int = _f(16, "Frames optimised jointly (smoothness acts across them and the frames before).", 1, 4096)
-    iterations: int = _f(60, "Adam iterations per window.", 1, 100_000)
-    lr: float = _f(0.02, "Adam learning rate (angles in rad, coefficients in std units).", 0.0, 10.0)
+    Frames are optimised `window` at a time with stage 1's objective, each window's poses started
+    from PnP and its expressions from the last tracked frame, with temporal terms on the
+    frame-to-frame differences (order 1) or accelerations (order 2) of rotation (deg), translation
+    (mm) and expression (blend weights or std units); their weights are in working px^2 (the
+    landmark loss's unit) per squared unit. Defaults measured in bench/RESULTS.md ("track")."""
+    window: int = _f(8, "Frames optimised jointly (smoothness acts across them and the frames before).", 1, 4096)
+    solver: Literal["gauss-newton", "adam"] = _f(
+        "gauss-newton", "Optimiser of each window: Levenberg-Marquardt with Gauss-Newton steps "
+        "(mfface.tracking.solver, converges in a few iterations) or stage 1's Adam (fit_landmarks).")
+    iterations: int = _f(20, "Most Levenberg-Marquardt iterations per window (it stops earlier once "
+                         "converged).", 1, 100_000)
+    tolerance: float = _f(1e-5, "Levenberg-Marquardt stops when the loss changes by less than this "
+                          "fraction.", 0.0, 1.0)
+    adam_iterations: int = _f(300, "Adam iterations per window (solver = adam).", 1, 1_000_000)
+    lr: float = _f(0.02, "Adam learning rate (solver = adam; angles in rad, coefficients in std units).",
+                   0.0, 10.0)
     expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (as stage 1).", 0.0)
-    rotation_smoothness: float = _f(2.0, "Weight of the squared frame-to-frame rotation change (deg).", 0.0)
-    translation_smoothness: float = _f(0.5, "Weight of the squared frame-to-frame translation change (mm).", 0.0)
-    expression_smoothness: float = _f(20.0, "Weight of the squared frame-to-frame expression change.", 0.0)
+    rotation_smoothness: float = _f(4.0, "Weight of the squared frame-to-frame change (order 1) or "
+                                    "acceleration (order 2) of the rotation (deg).", 0.0)
+    translation_smoothness: float = _f(0.5, "The same for the translation (mm).", 0.0)
+    expression_smoothness: float = _f(20.0, "The same for the expression (blend weights or std units).", 0.0)
     order: int = _f(2, "What the smoothness terms penalise: 1 = velocity (first differences), 2 = "
                     "acceleration (second differences, keeps steady motion unbiased).", 1, 2)
     max_rms: float = _f(12.0, "A frame whose landmarks the fit misses by more than this RMS (working px) "
                         "is marked lost and interpolated.", 0.0)
-    reinit_gap: int = _f(5, "After more lost frames than this in a row, the pose restarts from a PnP solve "
-                         "instead of the last tracked frame.", 0, 1_000_000)
+    reinit_gap: int = _f(5, "After more lost frames than this in a row, the expression restarts from 0 "
+                         "instead of the last tracked frame's.", 0, 1_000_000)
     focal: float = _f(0.0, "Known focal length in px of the video frame; 0 = from the identity fit.", 0.0)
 
 

@@ -31,6 +31,16 @@ def finite_differences(values: torch.Tensor, order: int) -> torch.Tensor:
     return out[1:] - out[:-1] if order == 2 else out
 
 
+def difference_matrix(length: int, order: int) -> torch.Tensor:
+    """D^order of a sequence of `length` frames as a matrix (length - order, length)."""
+    eye = torch.eye(length)
+    if length <= order:
+        return torch.zeros(0, length)
+    if order == 1:
+        return eye[1:] - eye[:-1]
+    return eye[2:] - 2 * eye[1:-1] + eye[:-2]
+
+
 def smoothness(values: torch.Tensor, history: torch.Tensor | None, order: int) -> torch.Tensor:
     """S_order of `values` (T, D) preceded by the fixed frames `history` (H, D) (None or H = 0: none):
     the mean over the differences that involve `values`, of their squared norm (0 when there are
@@ -71,6 +81,23 @@ class TemporalPrior:
         if self.expression_weight:
             total = total + self.expression_weight * smoothness(expression, self.history_expression, self.order)
         return total
+
+    def hessian(self, batch: int, k: int) -> torch.Tensor:
+        """The term's Hessian (it is quadratic) with respect to B frames of (euler rad (3),
+        translation mm (3), expression (k)), frame-major: (B (6 + k), B (6 + k)).
+
+        S = mean_r || sum_j D_rj s_j ||^2 over the rows r of D^order on [history; frames], so its
+        Hessian in the frames is 2 / R D_x^T D_x per component, D_x the frames' columns."""
+        history = 0 if self.history_euler is None else min(len(self.history_euler), self.order)
+        d = difference_matrix(history + batch, self.order)
+        size = 6 + k
+        if not len(d):
+            return torch.zeros(batch * size, batch * size)
+        dx = d[:, history:]
+        time = 2.0 / len(d) * dx.T @ dx
+        scales = torch.cat([torch.full((3,), self.rotation_weight * DEG ** 2),
+                            torch.full((3,), self.translation_weight), torch.full((k,), self.expression_weight)])
+        return torch.kron(time, torch.diag(scales))
 
 
 def jitter(values: np.ndarray) -> float:

@@ -1,12 +1,15 @@
 """Per-frame head pose and expression from landmarks, identity and camera fixed, smooth in time.
 
 The frames with a face are cut into runs of consecutive frames; each run is fitted `window`
-frames at a time with stage 1's optimisation (`mfface.fitting.landmark_stage.fit_landmarks`:
-the same landmark loss, parametrisation, expression bounds and priors) with the identity and the
-focal length fixed and a `TemporalPrior` across the window and the frames tracked just before it.
-Each window is warm-started from the last tracked frame (its pose and expression for every frame
-of the window); the first window of a run that follows more than `reinit_gap` lost frames (and
-the very first) starts from a PnP solve instead, so the tracker recovers when a face comes back.
+frames at a time with stage 1's objective (the same landmark loss, parametrisation, expression
+bounds and prior as `mfface.fitting.landmark_stage.fit_landmarks`) with the identity and the
+focal length fixed and a `TemporalPrior` across the window and the frames tracked just before it,
+minimised by `WindowSolver` (Levenberg-Marquardt, the default) or by `fit_landmarks` itself
+(`solver = "adam"`, its `prior` argument). Each window starts from a PnP solve of every frame's
+pose (`fit_landmarks` with 0 iterations: the identity and focal are known, so it is quick and
+cannot drift) and the last tracked frame's expression; after more than `reinit_gap` lost frames
+(and at the very start) the expression starts at 0 instead, so the tracker recovers when a face
+comes back.
 Frames whose fitted landmarks miss the detected ones by more than `max_rms` working px are
 marked lost too. Lost frames are filled by `interpolate_gaps` (slerp for rotation, linear for
 the rest, the nearest tracked frame held at the ends).
@@ -26,10 +29,12 @@ import numpy as np
 import torch
 
 from mfface.config import LandmarkConfig, Stage1Config
-from mfface.fitting.landmark_stage import Stage1Result, fit_landmarks
+from mfface.fitting.landmark_stage import fit_landmarks
 from mfface.interrupt import raise_if_requested
 from mfface.morphable.model import MorphableModel
+from mfface.objectives import landmark_weights
 from mfface.tracking.config import TrackStageConfig
+from mfface.tracking.solver import WindowSolver
 from mfface.tracking.temporal import TemporalPrior, interpolate_gaps
 
 # Frame status in the outputs.
@@ -94,6 +99,22 @@ def track_landmarks(model: MorphableModel, landmarks: np.ndarray, found: np.ndar
     `on_window(done_frames, total_frames)` after each window. Raises ValueError when no frame has
     a face.
     """
+    threads = torch.get_num_threads()
+    # A window's tensors are small (B x 468 x 61 values): torch's thread pool costs more than it
+    # saves, and on a busy 2-core machine its spinning threads made an iteration 10x slower
+    # (measured: 100 ms with 2 threads, 9 ms with 1).
+    torch.set_num_threads(1)
+    try:
+        return _track(model, landmarks, found, landmark_index, identity, focal_px, width, height, scale,
+                      config, loss, unreadable, on_window)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, landmark_index: np.ndarray,
+           identity: torch.Tensor, focal_px: float, width: int, height: int, scale: float,
+           config: TrackStageConfig, loss: LandmarkConfig | None, unreadable: np.ndarray | None,
+           on_window: WindowCallback | None) -> Track:
     started = time.perf_counter()
     found = np.asarray(found, dtype=bool)
     total = len(found)
@@ -104,14 +125,18 @@ def track_landmarks(model: MorphableModel, landmarks: np.ndarray, found: np.ndar
     translation = np.zeros((total, 3))
     expression = np.zeros((total, k_exp))
     rms = np.full(total, np.nan)
-    stage = Stage1Config(iterations=config.iterations, lr=config.lr, expression_prior=config.expression_prior,
+    stage = Stage1Config(iterations=config.adam_iterations, lr=config.lr, expression_prior=config.expression_prior,
                          fit_identity=False, identity_components=0, fit_focal=False,
                          focal=focal_px * scale)
     index = torch.as_tensor(landmark_index, dtype=torch.long)
     principal = torch.tensor([[width * scale / 2.0, height * scale / 2.0]])
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
     identity = identity.detach().float().cpu()
-    last: Stage1Result | None = None   # the last tracked frame (batch 1)
+    loss = loss or LandmarkConfig()
+    solver = WindowSolver(model, index, landmark_weights("mediapipe478", len(index), loss.contour_weight),
+                          identity, focal_px * scale, w, h, principal, loss.robust_scale,
+                          config.expression_prior)
+    last = None                        # the last window's fit (its last row: the last tracked frame)
     last_frame = -10 ** 9
     history: list[int] = []            # tracked frames just before the window, in order
     done, windows, reinitialised = 0, 0, []
@@ -123,25 +148,28 @@ def track_landmarks(model: MorphableModel, landmarks: np.ndarray, found: np.ndar
             stop = min(start + config.window, run_stop)
             batch = stop - start
             target = torch.from_numpy(landmarks[start:stop] * scale).float()
-            init = None
-            if not (restart and start == run_start):
-                init = Stage1Result(euler=last.euler.expand(batch, 3), translation=last.translation.expand(batch, 3),
-                                    focal=last.focal.expand(batch), expression=last.expression.expand(batch, k_exp),
-                                    identity=None, rms=last.rms.expand(batch))
+            # Pose from a PnP solve per frame (identity and focal known: no drift, any speed of
+            # motion), expression warm-started from the last tracked frame.
+            init = fit_landmarks(model, target, index, w, h, dataclasses.replace(stage, iterations=0),
+                                 identity=identity, principal=principal.expand(batch, 2), loss=loss)
+            if last is not None and not (restart and start == run_start):
+                init.expression = last.expression[-1:].expand(batch, k_exp).clone()
             elif start == run_start:
                 reinitialised.append(start)
             prior = TemporalPrior(config.rotation_smoothness, config.translation_smoothness,
                                   config.expression_smoothness, config.order,
                                   *(_rows(a, history) for a in (euler, translation, expression)))
-            fitted = fit_landmarks(model, target, index, w, h, stage, init=init, identity=identity,
-                                   principal=principal.expand(batch, 2), loss=loss, prior=prior)
+            if config.solver == "adam":
+                fitted = fit_landmarks(model, target, index, w, h, stage, init=init, identity=identity,
+                                       principal=principal.expand(batch, 2), loss=loss, prior=prior)
+            else:
+                fitted = solver.solve(target, init.euler, init.translation, init.expression, prior,
+                                      config.iterations, config.tolerance)
             euler[start:stop] = fitted.euler.numpy()
             translation[start:stop] = fitted.translation.numpy()
             expression[start:stop] = fitted.expression.numpy()
             rms[start:stop] = fitted.rms.numpy() / scale
-            last = Stage1Result(euler=fitted.euler[-1:], translation=fitted.translation[-1:],
-                                focal=fitted.focal[-1:], expression=fitted.expression[-1:], identity=None,
-                                rms=fitted.rms[-1:])
+            last = fitted
             last_frame = stop - 1
             history = (history + list(range(start, stop)))[-2:]
             windows += 1
