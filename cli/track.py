@@ -1,6 +1,7 @@
 """`mfface track`: head pose and ARKit expression curves from a video or a folder of numbered frames."""
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class PhaseProgress:
 @click.option("--photometric", type=click.IntRange(0, 100_000), default=None, metavar="N",
               help="Refine each frame with N photometric iterations through the renderer (same as "
                    "--photometric-iterations; 0 = landmarks only).")
-@config_options
+@functools.partial(config_options, root=TrackConfig)
 def track(source: Path, output: Path, name: str | None, overwrite: bool, config_file: Path | None,
           model_name: str | None, device: str | None, photometric: int | None, **kwargs) -> None:
     """Track head pose and expression (ARKit curves for ICT) through SOURCE, a video file (MP4, MOV,
