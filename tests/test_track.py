@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from mfface.tracking.clips import rotation_error_deg
 from mfface.tracking.config import TrackConfig
 from mfface.tracking.temporal import TemporalPrior, interpolate_gaps, jitter, smoothness
 
@@ -47,15 +48,6 @@ def _track(model, clip, landmarks, **track):
     scale = working_scale(landmarks, found, config.input.max_resolution)
     return track_landmarks(model, landmarks, found, _index(model), clip.identity, clip.focal, SIZE, SIZE, scale,
                            dataclasses.replace(config.track, **track), config.landmarks)
-
-
-def rotation_error_deg(euler: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Angle (T,) of the rotation between the two head rotations of each frame, degrees."""
-    from mfface.camera import head_rotation
-
-    a, b = head_rotation(torch.as_tensor(euler)), head_rotation(torch.as_tensor(truth))
-    cos = ((a.transpose(-1, -2) @ b).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    return np.degrees(np.arccos(np.clip(cos.numpy(), -1, 1)))
 
 
 def test_exact_landmarks_give_the_truth(model, clip) -> None:
@@ -180,25 +172,30 @@ def test_frame_folder_reports_missing_and_unreadable_frames(tmp_path) -> None:
     assert np.array_equal(got[5].image, frames[5]) and got[5].time == pytest.approx(5 / 12)
 
 
-def test_video_drops_a_corrupt_frame_and_reports_it(tmp_path) -> None:
-    """An MJPEG AVI whose 8th frame's data is destroyed: the decoder drops it, the probe's
-    timestamps show the gap, and that grid frame comes back without an image."""
+def write_corrupt_avi(path, frames: list[np.ndarray], broken: int, fps: float = 10.0) -> None:
+    """An MJPEG AVI of `frames` whose frame `broken` has its first 300 bytes of JPEG data zeroed."""
     import imageio.v2 as iio2
 
-    from mfface.tracking.video import open_frames
-
-    rng = np.random.default_rng(1)
-    frames = [(rng.integers(0, 60, (64, 80, 3)) + 12 * i).astype(np.uint8) for i in range(14)]
-    path = tmp_path / "clip.avi"
-    writer = iio2.get_writer(path, format="FFMPEG", fps=10, codec="mjpeg", pixelformat="yuvj420p",
+    writer = iio2.get_writer(path, format="FFMPEG", fps=fps, codec="mjpeg", pixelformat="yuvj420p",
                              macro_block_size=1)
     for frame in frames:
         writer.append_data(frame)
     writer.close()
     data = bytearray(path.read_bytes())
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
-    data[starts[7]:starts[7] + 300] = bytes(300)
+    data[starts[broken]:starts[broken] + 300] = bytes(300)
     path.write_bytes(bytes(data))
+
+
+def test_video_drops_a_corrupt_frame_and_reports_it(tmp_path) -> None:
+    """An MJPEG AVI whose 8th frame's data is destroyed: the decoder drops it, the probe's
+    timestamps show the gap, and that grid frame comes back without an image."""
+    from mfface.tracking.video import open_frames
+
+    rng = np.random.default_rng(1)
+    frames = [(rng.integers(0, 60, (64, 80, 3)) + 12 * i).astype(np.uint8) for i in range(14)]
+    path = tmp_path / "clip.avi"
+    write_corrupt_avi(path, frames, 7)
     source = open_frames(path)
     assert source.count == 14 and source.fps == pytest.approx(10.0)
     assert list(source.problems) == [7]

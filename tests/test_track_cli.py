@@ -167,18 +167,10 @@ def test_photometric_refinement(video: Path, tmp_path: Path) -> None:
 
 
 def test_corrupt_frame_in_a_video_is_skipped_and_reported(frames: np.ndarray, tmp_path: Path) -> None:
-    import imageio.v2 as iio2
+    from test_track import write_corrupt_avi
 
     path = tmp_path / "broken.avi"
-    writer = iio2.get_writer(path, format="FFMPEG", fps=30, codec="mjpeg", pixelformat="yuvj420p",
-                             macro_block_size=1)
-    for frame in frames:
-        writer.append_data(frame)
-    writer.close()
-    data = bytearray(path.read_bytes())
-    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
-    data[starts[6]:starts[6] + 400] = bytes(400)
-    path.write_bytes(bytes(data))
+    write_corrupt_avi(path, list(frames), 6, fps=30.0)
     result = run(str(path), "-o", str(tmp_path / "out"), *TINY, "--no-output-video")
     assert result.exit_code == 0, result.output
     assert "frame 6 skipped" in " ".join(result.output.split())

@@ -158,6 +158,17 @@ def affine_clip(photo: np.ndarray, frames: int, size: tuple[int, int] | None = N
     return np.stack(out)
 
 
+def rotation_error_deg(euler: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Angle (T,) in degrees of the rotation between the head rotations R_head(euler) and
+    R_head(truth) of each frame (euler (T, 3) rad): the geodesic distance on SO(3)."""
+    from mfface.camera import head_rotation
+
+    a = head_rotation(torch.as_tensor(np.asarray(euler), dtype=torch.float64))
+    b = head_rotation(torch.as_tensor(np.asarray(truth), dtype=torch.float64))
+    cos = ((a.transpose(-1, -2) @ b).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    return np.degrees(np.arccos(np.clip(cos.numpy(), -1.0, 1.0)))
+
+
 def write_frames(folder, frames: np.ndarray, pattern: str = "frame_{:04d}.png", start: int = 1) -> list:
     """Write uint8 frames as numbered PNGs into `folder` (created); returns the paths."""
     from pathlib import Path
