@@ -211,22 +211,40 @@ def envmap_to_sh(envmap: torch.Tensor, bands: int = 9) -> torch.Tensor:
     return torch.einsum("hwn,hw,...hwc->...nc", basis, omega, envmap)
 
 
-def nonnegative(coeffs: torch.Tensor, floor: float = 0.02, height: int = 64) -> torch.Tensor:
-    """SH coefficients (..., n, 3) whose light is nowhere below `floor` times its mean radiance:
-    the constant term of each channel is raised by just enough (zero when the light already is).
+def nonnegative(coeffs: torch.Tensor, floor: float = 0.02, height: int = 64, rounds: int = 12) -> torch.Tensor:
+    """The SH light (..., n, 3) nearest to `coeffs` that is nowhere below `floor` times its mean
+    radiance on the `height` x 2 `height` grid it is rendered on (`light.envmap_height`).
 
-    The fit projects its light onto this set after every step (as it clamps blend weights), so the
-    envmap never needs clamping: every texel keeps its gradient, and the light handed to other
-    tools is the one that was rendered. Checked on the `height` x 2 `height` grid the light is
-    rendered on (`light.envmap_height`).
-    Differentiable (the network applies it to its prediction)."""
-    env = sh_to_envmap(coeffs, height, 2 * height, clamp=False)          # (..., H, W, 3)
+    Alternating projections (POCS) between the non-negative lights (clamp the map at the floor)
+    and the band-limited ones (project the map back onto the bands) move the light only where it
+    was negative, mostly behind the head where the photo cannot see, instead of adding light
+    everywhere; a last raise of each channel's constant term covers what the `rounds` left (the
+    result is exactly above the floor). Unchanged when the light already is. The fit projects its
+    light onto this set after every step (as it clamps blend weights), so the envmap never needs
+    clamping: every texel keeps its gradient and the light handed to other tools is the rendered
+    one. Differentiable (the network applies it to its prediction)."""
+    bands = _check_coeffs(coeffs)
+    basis = envmap_basis(height, 2 * height, bands, coeffs.dtype, coeffs.device)
     omega = envmap_solid_angles(height, 2 * height, coeffs.dtype, coeffs.device)
-    mean = (env * omega[..., None]).sum((-3, -2)) / (4.0 * math.pi)      # (..., 3)
-    lowest = env.amin((-3, -2))
-    raise_by = (floor * mean.clamp_min(0.0) - lowest).clamp_min(0.0) / (1.0 - floor)
+    weighted = basis * omega[..., None]
+
+    def field(c: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("hwn,...nc->...hwc", basis, c)
+
+    def lowest_allowed(env: torch.Tensor) -> torch.Tensor:
+        mean = (env * omega[..., None]).sum((-3, -2), keepdim=True) / (4.0 * math.pi)
+        return floor * mean.clamp_min(0.0)
+
+    env = field(coeffs)
+    if bool((env >= lowest_allowed(env)).all()):
+        return coeffs
+    for _ in range(rounds):
+        env = torch.maximum(env, lowest_allowed(env))
+        coeffs = torch.einsum("hwn,...hwc->...nc", weighted, env)
+        env = field(coeffs)
+    shortfall = (lowest_allowed(env) - env).amax((-3, -2)).clamp_min(0.0) / (1.0 - floor)
     dc = torch.zeros_like(coeffs)
-    dc[..., 0, :] = raise_by * math.sqrt(4.0 * math.pi)                  # 1 / Y_00
+    dc[..., 0, :] = shortfall * math.sqrt(4.0 * math.pi)                 # 1 / Y_00
     return coeffs + dc
 
 
