@@ -76,9 +76,14 @@ class Rendered:
 class ForwardModel:
     """The differentiable forward model of one morphable model on one torch device."""
 
-    def __init__(self, model: MorphableModel, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: MorphableModel, device: torch.device | str = "cpu",
+                 part_gradients: bool = False) -> None:
+        """`part_gradients` renders the parts differentiably (their vertices keep the autograd
+        graph to identity, expression and pose); off by default: the fit's loss never counts them
+        and detached parts cost less (docs/renderer.md, "Parts")."""
         self.model = model
         self.device = torch.device(device)
+        self.part_gradients = bool(part_gradients)
         self._renderers: dict[tuple[int, str, int], FaceRenderer] = {}
 
     @property
@@ -105,11 +110,11 @@ class ForwardModel:
         return to_camera(model_space, state.euler, state.translation)
 
     def part_vertices(self, state: FaceState) -> torch.Tensor | None:
-        """Camera-space part vertices (B, P, 3) mm of `state`, detached (the renderer takes them
-        without gradients); None when the model has no parts."""
+        """Camera-space part vertices (B, P, 3) mm of `state`, detached unless `part_gradients`;
+        None when the model has no parts."""
         if not self.model.parts:
             return None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.part_gradients and torch.is_grad_enabled()):
             model_space = self.model.part_vertices(state.identity.expand(state.batch, -1),
                                                    state.expression)
             return to_camera(model_space, state.euler, state.translation)

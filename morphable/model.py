@@ -25,6 +25,7 @@ import torch
 
 FORMAT_VERSION = 2  # 2 added `parts`; version-1 files (no parts) are still read
 PART_MATERIALS = ("eyeball", "teeth", "mouth")
+PUPIL_COORD = 0.3  # eyeball vertices with a smaller material coordinate ring the pupil
 
 
 @dataclass
@@ -53,9 +54,9 @@ class ModelPart:
     coefficients as the face, same K); triangles (Fp, 3) int32 into this part's vertices,
     counter-clockwise seen from outside.
     `material` is one of PART_MATERIALS; `material_coord` (Vp,) is the coordinate its material is
-    looked up by: for 'eyeball', the distance from the eye's optical axis in units of the iris
-    radius, measured in the rest pose (0 the pupil centre, 1 the limbus, > 1 the sclera); unused
-    (zeros) by 'teeth' and 'mouth'.
+    looked up by: for 'eyeball', the distance from the eye's optical axis in units of the limbus
+    (visible iris) radius, measured in the rest pose (0 the pupil centre, 1 the limbus, > 1 the
+    sclera, growing towards the back of the eye); unused (zeros) by 'teeth' and 'mouth'.
     Gaze (eyeballs): when `gaze` (2, K_exp) is set, after the linear shape the part turns rigidly
     about its pivot, `pivot_mean` (3,) mm + identity @ (std-scaled) `pivot_identity` (K_id, 3), by
     yaw = expression @ (std-scaled) gaze[0] rad about model +y (positive: the eye's front turns
@@ -316,6 +317,21 @@ class MorphableModel:
                     piece = (piece - pivot[:, None]) @ rotation.transpose(-1, -2) + pivot[:, None]
             turned.append(piece)
         return torch.cat(turned, dim=1) if turned else out
+
+    def pupil_centres(self, identity: torch.Tensor | None = None,
+                      expression: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Model-space pupil centres (B, 3) mm of the eyeball parts, by part name: the mean of each
+        eyeball's vertices with material coordinate < PUPIL_COORD (the ring around the pupil).
+        This is the point MediaPipe's iris-centre landmarks mark (468: the subject's right eye,
+        473: the left; ICT's `eye_right` / `eye_left`). Differentiable in the coefficients, gaze
+        included; empty for a model without eyeballs."""
+        eyes = [(part, rows) for part, rows in zip(self.parts, self.part_slices().values())
+                if part.material == "eyeball"]
+        if not eyes:
+            return {}
+        vertices = self.part_vertices(identity, expression)
+        return {part.name: vertices[:, rows][:, torch.from_numpy(part.material_coord < PUPIL_COORD)].mean(1)
+                for part, rows in eyes}
 
     def clamp_expression_(self, expression: torch.Tensor) -> torch.Tensor:
         """Clamp expression coefficients in place to `expression_range` (a no-op when None).

@@ -25,6 +25,7 @@ from mfface.morphable.store import ModelStore
 from mfface.sample import NOTICE_FILE, SOURCE_SHA256, derive_example_photo, example_photo_path
 
 SHIPPED = Path(builtin.__file__).parent / "data"
+FACE_FINGERPRINT = "1cca1cd802e589ce"  # ict-lite's fingerprint since it shipped (without parts)
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -65,7 +66,7 @@ def test_build_is_deterministic(rebuilt, ict, tmp_path):
 def test_shipped_model_content(ict):
     header = read_header(SHIPPED / MODEL_FILE)
     assert header["name"] == BUILTIN_NAME and header["storage"] == STORAGE_COMPACT
-    assert (SHIPPED / MODEL_FILE).stat().st_size < 6_000_000
+    assert (SHIPPED / MODEL_FILE).stat().st_size < 8_000_000  # 4.2 MB face + 3.1 MB parts
     model = load_builtin()
     assert (model.n_vertices, model.n_identity, model.n_expression) == (9547, N_IDENTITY, 55)
     assert model.identity_basis.dtype == np.float32 and model.expression_basis.dtype == np.float32
@@ -83,6 +84,15 @@ def test_shipped_model_content(ict):
     assert "MIT License" in model.license and "Copyright (c) 2020" in model.license
     assert "da5f95a607f5e6b37755b38d3385d7f2853732e5" in model.provenance
     assert f"identity modes 0..{N_IDENTITY - 1} of 100" in model.provenance
+    # the parts (eyeballs, mouth interior, teeth) ship too, cut to the same identity modes
+    assert [p.name for p in model.parts] == [p.name for p in ict.parts]
+    for part, full in zip(model.parts, ict.parts):
+        assert part.identity_basis.shape == (N_IDENTITY, part.n_vertices, 3)
+        np.testing.assert_array_equal(part.triangles, full.triangles)
+        assert np.abs(part.identity_basis - full.identity_basis[:N_IDENTITY]).max() < 0.02
+        assert np.abs(part.expression_basis - full.expression_basis).max() < 0.02
+    # the face is what it was before the model had parts: fits and checkpoints stay valid
+    assert model.fingerprint() == FACE_FINGERPRINT
     assert "MIT" in (SHIPPED / LICENSE_FILE).read_text()
     assert "ICT-FaceKit - Credits" in (SHIPPED / CREDITS_FILE).read_text()
 

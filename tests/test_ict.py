@@ -221,3 +221,19 @@ def test_parts_follow_identity(ict):
     turned = ict.part_vertices(identity, _coefficients(ict, eyeLookOut_L=1.0))[0, ict.part_slices()["eye_left"]]
     np.testing.assert_allclose(np.linalg.norm(turned.numpy() - pivot, axis=1),
                                np.linalg.norm(moved - pivot, axis=1), atol=1e-3)
+
+
+def test_pupil_centres_follow_the_gaze(ict):
+    """`pupil_centres` is the middle of each eye's pupil: on the optical axis in front of the
+    eye's centre, and turned with the eye-look coefficients."""
+    rest = ict.pupil_centres()
+    assert set(rest) == {"eye_left", "eye_right"} and rest["eye_left"].shape == (1, 3)
+    for name in rest:
+        eye = ict.parts[[p.name for p in ict.parts].index(name)]
+        offset = rest[name][0].numpy() - eye.pivot_mean
+        assert 14.0 < offset[2] < 17.0 and np.hypot(offset[0], offset[1]) < 2.5  # ~15.7 mm in front
+    turned = ict.pupil_centres(None, _coefficients(ict, eyeLookOut_L=1.0, eyeLookIn_R=1.0))
+    for name in rest:
+        assert 6.0 < float(turned[name][0, 0] - rest[name][0, 0]) < 9.0
+    assert ict.part_vertices().shape[1] == ict.n_part_vertices
+    assert dataclasses.replace(ict, parts=[]).pupil_centres() == {}
