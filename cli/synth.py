@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
 
+from mfface.cli.dataset_run import (CONSOLE, dataset_command, kind_rows, print_merge_hint, print_report,
+                                    result_rows, rows_table, run_progress, share_rows)
 from mfface.cli.errors import UserError
-from mfface.cli.prepare import _RateColumn, _sigterm_as_interrupt, _stop
 from mfface.config import config_options
 from mfface.synthetic import SynthConfig
 
-_CONSOLE = Console(stderr=True)
 _SHOWN_REJECTED = 10  # rows of the rejected table; the file's report has them all
 
 
@@ -58,20 +55,12 @@ def synth(count: int, output: Path, size: int, spp: int, seed: int, model_name: 
     seed gives the same dataset; running again with a larger N adds the new samples. Under
     torchrun each rank writes its own shard (OUTPUT.rank<r>-of-<w>.h5); join them with
     `mfface prepare --merge`."""
-    from mfface.learning.dataset_format import DatasetError
     from mfface.learning.prepare import PrepareError
     from mfface.learning.synth import SynthError
 
-    try:
-        with _sigterm_as_interrupt():
-            _synth(count, output, size, spp, seed, model_name, backgrounds, workers,
-                   None if device == "auto" else device, truth_vertices, config_file, kwargs)
-    except (DatasetError, SynthError, PrepareError) as e:
-        raise UserError(str(e)) from None
-    except OSError as e:
-        raise UserError(f"could not write {output} ({e.strerror or e}); nothing half-written was "
-                        "left and an earlier dataset there is unchanged. Check free space and "
-                        "permissions.") from None
+    with dataset_command(output, (SynthError, PrepareError)):
+        _synth(count, output, size, spp, seed, model_name, backgrounds, workers,
+               None if device == "auto" else device, truth_vertices, config_file, kwargs)
 
 
 def _config(config_file: Path | None, kwargs: dict[str, Any]) -> SynthConfig:
@@ -110,83 +99,36 @@ def _synth(count: int, output: Path, size: int, spp: int, seed: int, model_name:
         raise UserError(str(e)) from None
     target = output_for_rank(output, rank, world)
     label = f"rank {rank}/{world} " if world > 1 else ""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=_CONSOLE, transient=False)
-    tasks: dict[str, Any] = {}
-
-    def on_backgrounds(i: int, n: int) -> None:
-        if "backgrounds" not in tasks:
-            progress.start()
-            tasks["started"] = True
-            tasks["backgrounds"] = progress.add_task(f"{label}finding faces in backgrounds", total=n)
-        progress.update(tasks["backgrounds"], completed=i)
-
-    def on_start(n: int) -> None:
-        if not tasks.get("started"):
-            progress.start()
-            tasks["started"] = True
-        tasks["bar"] = progress.add_task(f"{label}synth {target.name}", total=n)
-
-    def on_result(done: int, n: int, result: Any) -> None:
-        progress.update(tasks["bar"], completed=done)
-
     started = time.perf_counter()
-    try:
+    with run_progress(target) as progress:
+        def on_backgrounds(i: int, n: int) -> None:
+            if "backgrounds" not in progress.bars:
+                progress.add("backgrounds", f"{label}finding faces in backgrounds", n)
+            progress.update("backgrounds", i)
+
+        on_start, on_result = progress.run_callbacks(f"{label}synth {target.name}")
         summary = synth_dataset(model, target, settings, rank_indices(count, rank, world),
                                 shard=(rank, world) if world > 1 else None, background_files=files,
                                 on_backgrounds=on_backgrounds, on_start=on_start, on_result=on_result)
-    except KeyboardInterrupt:
-        _stop(progress, tasks)
-        click.echo(f"Interrupted; {target} keeps every sample finished so far. Run the same "
-                   "command again to continue.", err=True)
-        raise click.exceptions.Exit(130) from None
-    finally:
-        _stop(progress, tasks)
-    _CONSOLE.print(_summary_table(summary, model.name, settings, time.perf_counter() - started))
-    if summary.rejected:
-        table = Table(title=f"rejected by the detector ({len(summary.rejected)})")
-        table.add_column("sample")
-        table.add_column("why")
-        for entry in summary.rejected[:_SHOWN_REJECTED]:
-            table.add_row(entry.path, f"{entry.kind}: {entry.reason}")
-        _CONSOLE.print(table)
-        if len(summary.rejected) > _SHOWN_REJECTED:
-            _CONSOLE.print(f"... and {len(summary.rejected) - _SHOWN_REJECTED} more: all are listed "
-                           f"in {target}'s report (docs/datasets.md).")
-    if world > 1:
-        pattern = target.with_name(f"{output.stem}.rank*-of-{world}{output.suffix or '.h5'}")
-        _CONSOLE.print(f"rank {rank} of {world} wrote {target}. When every rank has finished, join "
-                       f"the shards: mfface prepare --merge {pattern} -o {output}")
+    CONSOLE.print(_summary_table(summary, model.name, settings, time.perf_counter() - started))
+    print_report("rejected by the detector", "sample", summary.rejected, _SHOWN_REJECTED, target)
+    print_merge_hint(output, target, rank, world)
 
 
 def _summary_table(summary: Any, model: str, settings: Any, wall: float) -> Table:
     """The end-of-run table: counts, rejected renders, samples in the file, time and images/s."""
-    table = Table(title=f"mfface synth -> {summary.output}")
-    table.add_column("")
-    table.add_column("", justify="right")
     rows = [("model, size, spp, seed", f"{model}, {settings.size} px, {settings.spp}, {settings.seed}"),
             ("renders asked for (N)", str(summary.requested))]
-    if summary.world_size > 1:
-        rows.append((f"this rank's share (rank {summary.rank} of {summary.world_size})", str(summary.share)))
-    rows.append(("already in the dataset", str(summary.already)))
+    rows += share_rows(summary, summary.share)
     if summary.rejected_before:
         rows.append(("rejected in an earlier run", str(summary.rejected_before)))
-    kinds: dict[str, int] = {}
-    for entry in summary.rejected:
-        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
     rows.append(("added", str(summary.added)))
-    rows += [(f"rejected: {kind.replace('_', ' ')}", str(n)) for kind, n in sorted(kinds.items())]
+    rows += kind_rows("rejected", summary.rejected)
     if summary.processed:
         rows.append(("rejected fraction", f"{100 * summary.rejected_fraction:.1f}%"))
     if summary.backgrounds:
         rows.append(("background photos", str(summary.backgrounds)))
-    rows += [("samples in the dataset", str(summary.count)),
-             ("workers", str(summary.workers)),
-             ("time", f"{wall:.1f} s (start-up {summary.startup:.1f} s)"),
-             ("images/s after the first", f"{summary.images_per_second:.2f}" if summary.processed else "-")]
+    rows += result_rows(summary, wall, ".2f")
     if summary.processed:
         rows.append(("MediaPipe's share of the time", f"{100 * summary.detector_share:.0f}%"))
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    return rows_table(f"mfface synth -> {summary.output}", rows)

@@ -28,6 +28,11 @@ else:  # Python 3.10
     import tomli as tomllib
 
 
+# The choices of the `device` and `integrator` settings (of the fit and of training).
+Device = Literal["auto", "cpu", "cuda"]
+Integrator = Literal["prb", "prb_projective", "direct_projective"]
+
+
 class ConfigError(ValueError):
     """A configuration file or override the user must fix; the message says what and where."""
 
@@ -52,9 +57,9 @@ class InputConfig:
 @dataclass
 class RenderConfig:
     """The differentiable renderer."""
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "Where to render and optimise: auto, cpu or cuda.")
+    device: Device = _f("auto", "Where to render and optimise: auto, cpu or cuda.")
     max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only (NextFace's one bounce).", 1, 16)
-    integrator: Literal["prb", "prb_projective", "direct_projective"] = _f(
+    integrator: Integrator = _f(
         "prb", "Differentiable integrator: prb (shading gradients, fastest) or a projective one that "
         "adds silhouette gradients (measured ~150x slower per iteration on a 2-core CPU).")
     texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16, 8192)

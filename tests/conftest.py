@@ -1,8 +1,13 @@
-"""Shared test set-up: the shared test data folder, an isolated model store, the Mitsuba variant."""
+"""Shared test set-up: the shared test data folder, an isolated model store, the Mitsuba variant,
+and helpers to run `mfface` commands (click's runner, torchrun)."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 # mfface sets torch's OpenMP wait policy on import, so it must load before any test module imports
 # torch: spinning OpenMP threads made a 0.6 s stage-1 fit take 17-21 s on a loaded 2-core machine.
@@ -10,6 +15,8 @@ import mfface  # noqa: F401,E402
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+MFFACE = Path(sys.executable).parent / "mfface"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def test_data_dir() -> Path:
@@ -67,3 +74,56 @@ def installed_ict(ict):
     save_model(ict, store.root / "ict.mfmodel")
     store.set_default("ict")
     return store
+
+
+def not_photos(folder: Path) -> tuple[Path, Path]:
+    """Two paths under `folder` that a dataset command refuses: a folder `empty` holding no image
+    (a text file only), and an empty plain file `file` (no path below it can be written)."""
+    empty = folder / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no photos here")
+    blocker = folder / "file"
+    blocker.write_text("")
+    return empty, blocker
+
+
+def run_command(command: str, *args: str) -> Any:
+    """`mfface COMMAND ARGS` through click's runner (exceptions propagate); the click Result."""
+    from click.testing import CliRunner
+
+    from mfface.cli.main import cli
+
+    return CliRunner().invoke(cli, [command, *args], catch_exceptions=False)
+
+
+def command_fails(command: str, *args: str) -> str:
+    """Run `mfface COMMAND ARGS`, which must fail with one clear `Error:` line and a non-zero
+    exit (no traceback); its output."""
+    from click.testing import CliRunner
+
+    from mfface.cli.main import cli
+
+    result = CliRunner().invoke(cli, [command, *args])
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert "Error:" in result.output
+    return result.output
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_mfface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`mfface ARGS` as two ranks under torchrun on this machine (one OpenMP thread each, no
+    RANK / WORLD_SIZE / LOCAL_RANK inherited from this process); output captured as text."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    return subprocess.run(
+        [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "--no-python", str(MFFACE), *args],
+        capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,6 +1,7 @@
 """`mfface fit` through click's runner: outputs, folder batches, resuming, and every bad input."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import trimesh
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import data_file
+from conftest import command_fails, data_file, run_command
 from mfface.cli.main import cli
 from mfface.config import load_config
 from mfface.checkpoints import load_checkpoint
@@ -27,17 +28,8 @@ OUTPUTS = ["mesh.obj", "mesh.mtl", "mesh_diffuse.png", "mesh_specular.png", "mes
            "checkpoints/stage2.npz", "checkpoints/stage3.npz"]
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, ["fit", *args], catch_exceptions=False)
-
-
-def fail(*args: str) -> str:
-    """Run a fit that must fail with one clear `Error:` line and a non-zero exit."""
-    result = CliRunner().invoke(cli, ["fit", *args])
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
-    assert "Error:" in result.output
-    return result.output
+run = functools.partial(run_command, "fit")
+fail = functools.partial(command_fails, "fit")  # a fit that must fail with one clear `Error:` line
 
 
 @pytest.fixture(scope="module")

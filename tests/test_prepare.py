@@ -6,9 +6,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import data_file
+from conftest import MFFACE, data_file, not_photos, torchrun_mfface
 from mfface.cli.main import cli
 from mfface.learning import prepare as prepare_module
 from mfface.learning.dataset_format import (FORMAT_NAME, FORMAT_VERSION, DatasetError, read_info,
@@ -30,8 +28,6 @@ SHARED = ("images/astronaut.png", "images/takeo.ppm", "images/people/obama_a.jpg
           "images/people/obama_b.jpg", "images/people/obama_c.jpg", "images/people/obama_d.jpg",
           "images/people/biden_a.jpg")
 EXTRA = "images/people/biden_b.jpg"  # added in a later run
-MFFACE = Path(sys.executable).parent / "mfface"
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _link_photos(folder: Path, names=SHARED) -> list[Path]:
@@ -308,24 +304,11 @@ def test_killed_append(base, tmp_path, how):
 
 # -- distributed runs ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_shards_and_merge(photos, base, tmp_path):
     """Two ranks under torchrun each prepare every second photo into a shard; --merge joins them
     into the same samples as a one-process run."""
     out = tmp_path / "faces.h5"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
-    result = subprocess.run(
-        [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "--no-python", str(MFFACE), "prepare", str(photos),
-         "-o", str(out), "--size", "64", "--workers", "1"],
-        capture_output=True, text=True, env=env, timeout=600)
+    result = torchrun_mfface("prepare", str(photos), "-o", str(out), "--size", "64", "--workers", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     shards = [shard_path(out, r, 2) for r in range(2)]
     assert [s.name for s in shards] == ["faces.rank0-of-2.h5", "faces.rank1-of-2.h5"]
@@ -426,11 +409,7 @@ def test_help_lists_every_option():
 def test_bad_input_gives_one_line(case, tmp_path):
     out = tmp_path / "faces.h5"
     photo = str(data_file(SHARED[0]))
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "readme.txt").write_text("no photos here")
-    blocker = tmp_path / "file"
-    blocker.write_text("")
+    empty, blocker = not_photos(tmp_path)
     args, env, expected = {
         "no inputs": (["-o", str(out)], None, "give the photos"),
         "missing input": ([str(tmp_path / "nope.jpg"), "-o", str(out)], None, "does not exist"),

@@ -6,11 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -19,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import data_file
+from conftest import data_file, not_photos, torchrun_mfface
 from mfface.cli.main import cli
 from mfface.learning import synth as synth_module
 from mfface.learning.dataset_format import FORMAT_VERSION, read_info, read_report, shard_path
@@ -27,8 +23,6 @@ from mfface.learning.dataset_format import FORMAT_VERSION, read_info, read_repor
 MODEL = "ict-lite"  # the built-in model: no install, same in every test session
 SIZE = 64
 BASE = ("--size", str(SIZE), "--spp", "32", "--model", MODEL, "--workers", "1")
-MFFACE = Path(sys.executable).parent / "mfface"
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _invoke(*args: str, env: dict | None = None):
@@ -357,22 +351,10 @@ def test_rank_shards_merge_into_the_one_process_dataset(base, tmp_path):
     assert refused.exit_code == 1 and "synth_seed" in refused.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_ranks_write_shards(base, tmp_path):
     """Two ranks under torchrun write their shards; merged, they equal the one-process run."""
     out = tmp_path / "synth.h5"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
-    result = subprocess.run(
-        [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "--no-python", str(MFFACE), "synth", "2", "-o", str(out),
-         *BASE, "--device", "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    result = torchrun_mfface("synth", "2", "-o", str(out), *BASE, "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
     shards = [shard_path(out, r, 2) for r in range(2)]
     merged = CliRunner().invoke(cli, ["prepare", "--merge", *map(str, shards), "-o", str(out)])
@@ -390,11 +372,7 @@ def test_torchrun_ranks_write_shards(base, tmp_path):
                                   "unknown model", "bad rank"])
 def test_bad_input_gives_one_line(case, tmp_path):
     out = tmp_path / "synth.h5"
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "readme.txt").write_text("no photos here")
-    blocker = tmp_path / "file"
-    blocker.write_text("")
+    empty, blocker = not_photos(tmp_path)
     args, env, expected = {
         "n zero": (["0", "-o", str(out)], None, "N must be at least 1"),
         "n negative": (["-o", str(out), "--", "-3"], None, "N must be at least 1"),

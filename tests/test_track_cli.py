@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import data_file
-from mfface.cli.main import cli
+from conftest import command_fails, data_file, run_command
 
 # Tiny settings: 64 px identity crops, stage 1 only, small renders; what is checked is the plumbing.
 TINY = ["--model", "ict-lite", "--input-max-resolution", "64", "--stage1-iterations", "20", "--select-frames", "2",
@@ -21,17 +20,8 @@ N_FRAMES = 12
 ENTRIES = {"animation.json", "animation.csv", "tracked.mp4", "config.toml", "identity"}
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, ["track", *args], catch_exceptions=False)
-
-
-def fail(*args: str) -> str:
-    """Run a tracking that must fail with one clear `Error:` line and a non-zero exit."""
-    result = CliRunner().invoke(cli, ["track", *args])
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
-    assert "Error:" in result.output
-    return result.output
+run = functools.partial(run_command, "track")
+fail = functools.partial(command_fails, "track")  # a tracking that must fail with one clear `Error:` line
 
 
 @pytest.fixture(scope="module")

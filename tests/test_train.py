@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import data_file
+from conftest import data_file, free_port
 from mfface.cli.main import cli
 
 TINY_NET = ["--data-batch", "2", "--render-spp", "1", "--network-albedo-size", "16", "--network-latent", "32",
@@ -140,12 +139,6 @@ def test_train_bad_inputs(dataset, tmp_path):
                "--backbone-weights", tmp_path / "weights.pth"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import hashlib, json, sys
 from pathlib import Path
@@ -178,7 +171,7 @@ def test_two_cpu_ranks_keep_identical_weights(dataset, tmp_path):
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "ddp.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(dataset),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(dataset),
                str(tmp_path / "run"), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mfface.config import LandmarkConfig, _f
+from mfface.config import Device, Integrator, LandmarkConfig, _f
 
 # Keys whose change does not make a run a different run: a resumed run may extend its schedule
 # and change how it logs; everything else must match the run it resumes.
@@ -49,9 +49,9 @@ class NetworkConfig:
 @dataclass
 class TrainRenderConfig:
     """The differentiable renders of the training loss."""
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "Where to train and render: auto, cpu or cuda.")
+    device: Device = _f("auto", "Where to train and render: auto, cpu or cuda.")
     spp: int = _f(4, "Samples per pixel of each training render (DeepNextFace: 8).", 1, 1024)
-    integrator: Literal["prb", "prb_projective", "direct_projective"] = _f(
+    integrator: Integrator = _f(
         "prb", "Differentiable integrator (prb: shading gradients only, the fastest).")
     max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only.", 2, 16)
     envmap_height: int = _f(32, "Height of the lat-long envmap the SH light is baked into.", 4, 1024)

@@ -27,10 +27,8 @@ samples is that of the sorted photo list whatever the number of workers.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -41,13 +39,13 @@ from mfface.images import IMAGE_SUFFIXES
 from mfface.distributed import rank_info
 from mfface.learning.dataset_format import (DatasetError, DatasetSpec, DatasetWriter, ReportEntry,
                                             sample_columns, shard_path)
+from mfface.learning.dataset_run import (DEFAULT_SIZE, LANDMARK_DETECTOR, RunSummary, capped_workers,
+                                         pool_results, write_results_as_they_come)
 
-DEFAULT_SIZE = 224
 DEFAULT_MARGIN = 0.25
 # Fewer photos than this per worker: fewer workers. A spawned worker takes 5-12 s to start
 # (importing torch and MediaPipe, bench/prepare.py), which pays off only over some hundred photos.
 PHOTOS_PER_WORKER = 128
-LANDMARK_DETECTOR = "MediaPipe face mesh with irises (mediapipe 0.10.21, mfface.landmarks.LandmarkDetector)"
 
 
 class PrepareError(ValueError):
@@ -133,7 +131,7 @@ def default_workers(environ: dict[str, str] | None = None) -> int:
 def worker_count(settings: PrepareSettings, photos: int) -> int:
     """Processes used for `photos` photos: settings.workers, but at most one per
     PHOTOS_PER_WORKER photos (at least 1; 1 means this process)."""
-    return min(settings.workers, max(1, photos // PHOTOS_PER_WORKER))
+    return capped_workers(settings.workers, photos, PHOTOS_PER_WORKER)
 
 
 def file_digest(path: Path) -> str:
@@ -264,47 +262,21 @@ def _results(paths: list[Path], settings: PrepareSettings) -> Iterator[PhotoSamp
         finally:
             torch.set_num_threads(threads)
         return
-    pool = multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_init_worker, initargs=(settings.size, settings.margin))
-    try:
-        yield from pool.imap(_work, paths, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    yield from pool_results(_work, paths, workers, _init_worker, (settings.size, settings.margin))
 
 
-@dataclass
-class PrepareSummary:
-    """What one `prepare` run did. Times in seconds: `seconds` from the start of processing
-    (detector or worker start-up included) to the last photo, `startup` until the first photo
-    was done; `images_per_second` is the steady rate after the first photo."""
-    output: Path
+@dataclass(kw_only=True)
+class PrepareSummary(RunSummary):
+    """What one `prepare` run did: RunSummary's counts and times (an item is a photo), plus
+    the photos found, skipped and not added."""
     found: int                  # photos in this rank's share
-    already: int = 0            # skipped: already in the dataset
     failed_before: int = 0      # skipped: failed in an earlier run and unchanged since
-    added: int = 0
     not_added: list[ReportEntry] = field(default_factory=list)  # this run's, with reasons
-    count: int = 0              # samples in the dataset after the run
-    seconds: float = 0.0
-    startup: float = 0.0
-    workers: int = 1
-    rank: int = 0
-    world_size: int = 1
-    interrupted: bool = False
 
     @property
     def processed(self) -> int:
         """Photos read and tried this run (added or failed; `changed` ones are not tried)."""
         return self.added + sum(1 for e in self.not_added if e.kind != "changed")
-
-    @property
-    def images_per_second(self) -> float:
-        """Steady rate after the first photo (or overall, for fewer than two photos)."""
-        steady = self.seconds - self.startup
-        if self.processed >= 2 and steady > 0:
-            return (self.processed - 1) / steady
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
 ProgressCallback = Callable[[int, int, "PhotoSample | PhotoFailure"], None]
@@ -356,27 +328,15 @@ def prepare_dataset(photos: Sequence[Path], output: str | os.PathLike, settings:
                     f"(sample {key.row} kept); write a new dataset to include the new version."))
         summary.not_added = writer.report
         summary.workers = worker_count(settings, len(todo))
-        if on_start is not None:
-            on_start(len(todo))
-        started = time.perf_counter()
-        try:
-            for done, result in enumerate(_results(todo, settings), start=1):
-                if isinstance(result, PhotoSample):
-                    writer.append(result.values)
-                else:
-                    writer.report.append(result.entry())
-                if done == 1:
-                    summary.startup = time.perf_counter() - started
-                summary.added = writer.added
-                if on_result is not None:
-                    on_result(done, len(todo), result)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            raise
-        finally:
-            summary.seconds = time.perf_counter() - started
-            summary.added = writer.added
-            summary.count = writer.count
+
+        def store(result: PhotoSample | PhotoFailure) -> None:
+            if isinstance(result, PhotoSample):
+                writer.append(result.values)
+            else:
+                writer.report.append(result.entry())
+
+        write_results_as_they_come(writer, _results(todo, settings), len(todo), summary, store,
+                                   on_start, on_result)
     return summary
 
 

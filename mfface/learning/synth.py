@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import signal
 import time
@@ -45,12 +44,13 @@ import numpy as np
 
 from mfface.learning.dataset_format import (_SMALL_BLOCK, Column, DatasetSpec, DatasetWriter,
                                             ReportEntry, truth_columns)
+from mfface.learning.dataset_run import (DEFAULT_SIZE, LANDMARK_DETECTOR, RunSummary, capped_workers,
+                                         pool_results, write_results_as_they_come)
 from mfface.synthetic import BACKGROUND_KINDS, ENVIRONMENTS, BackgroundPhoto, BackgroundPhotos, SynthConfig
 
 if TYPE_CHECKING:
     from mfface.state import FaceState
 
-DEFAULT_SIZE = 224
 DEFAULT_SPP = 64
 # Fewer samples than this per worker: fewer workers. A spawned worker takes ~10 s to start
 # (torch, Mitsuba, MediaPipe, the model, the first kernel), about 10-20 renders' worth.
@@ -58,7 +58,6 @@ SAMPLES_PER_WORKER = 24
 # Detected landmarks whose median distance from the true ones exceeds this fraction of the true
 # landmarks' larger extent are a detection of something else, not a landmark error: rejected.
 MAX_LANDMARK_OFFSET = 0.25
-LANDMARK_DETECTOR = "MediaPipe face mesh with irises (mediapipe 0.10.21, mfface.landmarks.LandmarkDetector)"
 
 
 class SynthError(ValueError):
@@ -106,7 +105,7 @@ def sample_name(seed: int, index: int) -> str:
 def worker_count(settings: SynthSettings, samples: int) -> int:
     """Processes used for `samples` renders: settings.workers, but at most one per
     SAMPLES_PER_WORKER samples (at least 1; 1 means this process)."""
-    return min(settings.workers, max(1, samples // SAMPLES_PER_WORKER))
+    return capped_workers(settings.workers, samples, SAMPLES_PER_WORKER)
 
 
 def synth_truth_columns(model: Any, settings: SynthSettings) -> list[Column]:
@@ -338,54 +337,29 @@ def _results(indices: list[int], model: Any, settings: SynthSettings, columns: l
         return
     light_model = dataclasses.replace(model)  # a copy without the torch cache: tensors are made again there
     photos = backgrounds.photos if backgrounds is not None else None
-    pool = multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_init_worker, initargs=(light_model, settings, columns, photos))
-    try:
-        yield from pool.imap(_work, indices, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+    yield from pool_results(_work, indices, workers, _init_worker, (light_model, settings, columns, photos))
 
 
 # -- the run -------------------------------------------------------------------------------------
 
-@dataclass
-class SynthSummary:
-    """What one synth run did. `share`: this rank's indices below N; `already` of them stored,
-    `rejected_before` in the report from an earlier run; `added` and `rejected` this run (with
-    reasons). Seconds: `seconds` from the start of rendering (start-up included) to the last
-    sample, `startup` until the first was done; `render_s` / `detect_s` summed over samples."""
-    output: Path
+@dataclass(kw_only=True)
+class SynthSummary(RunSummary):
+    """What one synth run did: RunSummary's counts and times (an item is a render, start-up is
+    the renderer's), plus: `share`: this rank's indices below N; `already` of them stored,
+    `rejected_before` in the report from an earlier run; `rejected` this run (with reasons);
+    `render_s` / `detect_s` summed over samples; `backgrounds`: background photos indexed."""
     requested: int
     share: int
-    already: int = 0
     rejected_before: int = 0
-    added: int = 0
     rejected: list[ReportEntry] = field(default_factory=list)
-    count: int = 0
-    seconds: float = 0.0
-    startup: float = 0.0
     render_s: float = 0.0
     detect_s: float = 0.0
-    workers: int = 1
-    rank: int = 0
-    world_size: int = 1
     backgrounds: int = 0
-    interrupted: bool = False
 
     @property
     def processed(self) -> int:
         """Samples rendered this run (added or rejected)."""
         return self.added + len(self.rejected)
-
-    @property
-    def images_per_second(self) -> float:
-        """Steady rate of renders after the first (or overall, for fewer than two)."""
-        steady = self.seconds - self.startup
-        if self.processed >= 2 and steady > 0:
-            return (self.processed - 1) / steady
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def rejected_fraction(self) -> float:
@@ -445,29 +419,17 @@ def synth_dataset(model: Any, output: str | os.PathLike, settings: SynthSettings
         writer.history_extra = {"seed": settings.seed, "indices": [min(todo), max(todo)] if todo else []}
         summary.rejected = writer.report
         summary.workers = worker_count(settings, len(todo))
-        if on_start is not None:
-            on_start(len(todo))
-        started = time.perf_counter()
-        try:
-            for done, result in enumerate(_results(todo, model, settings, columns, backgrounds), start=1):
-                if isinstance(result, SynthSample):
-                    writer.append(result.values)
-                else:
-                    writer.report.append(result.entry)
-                summary.render_s += result.render_s
-                summary.detect_s += result.detect_s
-                if done == 1:
-                    summary.startup = time.perf_counter() - started
-                summary.added = writer.added
-                if on_result is not None:
-                    on_result(done, len(todo), result)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            raise
-        finally:
-            summary.seconds = time.perf_counter() - started
-            summary.added = writer.added
-            summary.count = writer.count
+
+        def store(result: SynthSample | SynthRejection) -> None:
+            if isinstance(result, SynthSample):
+                writer.append(result.values)
+            else:
+                writer.report.append(result.entry)
+            summary.render_s += result.render_s
+            summary.detect_s += result.detect_s
+
+        write_results_as_they_come(writer, _results(todo, model, settings, columns, backgrounds),
+                                   len(todo), summary, store, on_start, on_result)
     return summary
 
 

@@ -1,11 +1,11 @@
 """Every setting of `mfface track`, on the same config machinery as `FitConfig` (TOML and flags).
 
-`TrackConfig` holds the fit's own sections for the identity fit ([input], [render], [light],
-[landmarks], [stage1], [stage2], [stage3]: the same dataclasses, so a fit setting has one home)
-and the tracker's: [video] (frames in), [detect] (MediaPipe on video), [select] (which frames the
-identity is fitted from), [track] (per-frame pose and expression from landmarks, with temporal
-smoothness), [photometric] (the optional per-frame refinement through the renderer) and [output]
-(what is written). `mfface track --help` lists every field as `--<section>-<field>`.
+`TrackConfig` extends `FitConfig`: it holds the fit's own sections for the identity fit ([input],
+[render], [light], [landmarks], [stage1], [stage2], [stage3]: inherited, so a fit setting has one
+home) and, after them, the tracker's: [video] (frames in), [detect] (MediaPipe on video), [select]
+(which frames the identity is fitted from), [track] (per-frame pose and expression from landmarks,
+with temporal smoothness), [photometric] (the optional per-frame refinement through the renderer)
+and [output] (what is written). `mfface track --help` lists every field as `--<section>-<field>`.
 
 Units of the tracker: landmark distances are in "working pixels", the video's pixels scaled so
 that the face's crop (the fit's crop, `input.max_resolution` px) has the size it has in a fit.
@@ -14,11 +14,11 @@ for a 360p one.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mfface.config import (FitConfig, InputConfig, LandmarkConfig, LightConfig, RenderConfig, Stage1Config,
-                           Stage2Config, Stage3Config, _f)
+from mfface.config import FitConfig, _f
 
 
 @dataclass
@@ -118,15 +118,9 @@ class OutputConfig:
 
 
 @dataclass
-class TrackConfig:
-    """All settings of `mfface track`: the identity fit's sections (as `FitConfig`) and the tracker's."""
-    input: InputConfig = field(default_factory=InputConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    light: LightConfig = field(default_factory=LightConfig)
-    landmarks: LandmarkConfig = field(default_factory=LandmarkConfig)
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    stage3: Stage3Config = field(default_factory=Stage3Config)
+class TrackConfig(FitConfig):
+    """All settings of `mfface track`: the identity fit's sections (inherited from `FitConfig`,
+    first) and the tracker's."""
     video: VideoConfig = field(default_factory=VideoConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
@@ -135,6 +129,5 @@ class TrackConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def fit_config(self) -> FitConfig:
-        """The identity fit's FitConfig (the shared sections, as given)."""
-        return FitConfig(input=self.input, render=self.render, light=self.light, landmarks=self.landmarks,
-                         stage1=self.stage1, stage2=self.stage2, stage3=self.stage3)
+        """The identity fit's FitConfig (the shared sections, as given), without the tracker's."""
+        return FitConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FitConfig)})
