@@ -17,7 +17,8 @@ written as an H.264 MP4 and tracked through the same passes as `mfface track`
   (wall clock, and per second of this process's CPU time: the tracker runs on one thread, so the
   latter is what an idle core gives when the machine is shared) and the identity fit's seconds, and of the photometric refinement (`--photometric N` on the
   first `--photometric-frames` frames, its errors on those frames beside the landmark tracker's);
-- the same for variants: no smoothing, stage 1's Adam (`track.solver = adam`), the true identity
+- the same for variants: no smoothing, stage 1's Adam (`track.solver = adam`), a stronger
+  expression prior (`track.expression_prior` 1, 5, 20), the true identity
   and focal length (what the identity fit costs), the model's exact projected landmarks instead
   of MediaPipe's (what the detector's disagreement with the model costs).
 Real clip: the shared photos (astronaut, obama_a, biden_a) moved by a small smooth affine motion
@@ -141,6 +142,8 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
     track("no_smoothing", rotation_smoothness=0.0, translation_smoothness=0.0, expression_smoothness=0.0)
     track("velocity_order_1", order=1)
     track("adam", solver="adam")
+    for weight in (1.0, 5.0, 20.0):  # how strongly the expression prior must pull undriven shapes to 0
+        track(f"expression_prior_{weight:g}", expression_prior=weight)
     track("true_identity_and_focal", identity_=clip.identity, focal=clip.focal)
     track("exact_model_landmarks", landmarks=clip.landmarks.astype(np.float32), identity_=clip.identity,
           focal=clip.focal)
