@@ -72,7 +72,9 @@ class TrackStageConfig:
     adam_iterations: int = _f(300, "Adam iterations per window (solver = adam).", 1, 1_000_000)
     lr: float = _f(0.02, "Adam learning rate (solver = adam; angles in rad, coefficients in std units).",
                    0.0, 10.0)
-    expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (as stage 1).", 0.0)
+    expression_prior: float = _f(5.0, "Weight of the expression prior, mean of c^2 (as stage 1). Stronger "
+                                 "than the fit's 0.1: it keeps shapes the actor does not move near 0 "
+                                 "where MediaPipe and the model disagree (bench/RESULTS.md, \"track\").", 0.0)
     rotation_smoothness: float = _f(4.0, "Weight of the squared frame-to-frame change (order 1) or "
                                     "acceleration (order 2) of the rotation (deg).", 0.0)
     translation_smoothness: float = _f(0.5, "The same for the translation (mm).", 0.0)
