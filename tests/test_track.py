@@ -304,3 +304,22 @@ def test_track_config_round_trips_through_toml(tmp_path) -> None:
     assert load_config(path, root=TrackConfig) == config
     assert config.fit_config().stage2.iterations == 7
     assert json.loads(json.dumps(dataclasses.asdict(config)))["track"]["window"] == 4
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_cut_is_tracked_not_lost(model, clip, retry) -> None:
+    """A cut mid-window (from frame 9 the head is rolled by 35 degrees and moved: the image's
+    landmarks turned about the frame centre) is fitted again without the temporal prior, so the
+    frames after it are tracked; without the retry the smoothed fit misses them and marks them lost."""
+    landmarks = clip.landmarks.astype(np.float64).copy()
+    angle = math.radians(35.0)
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    centre = np.array([SIZE / 2.0, SIZE / 2.0])
+    landmarks[9:] = (landmarks[9:] - centre) @ turn.T + centre + np.array([8.0, -5.0])
+    track = _track(model, clip, landmarks, retry_missed=retry)
+    assert track.status[:8] == ["tracked"] * 8
+    if retry:
+        assert track.status == ["tracked"] * N_FRAMES
+        assert np.nanmax(track.rms) < 1.0
+    else:
+        assert "lost" in track.status[8:]

@@ -83,6 +83,9 @@ class TrackStageConfig:
                     "acceleration (second differences, keeps steady motion unbiased).", 1, 2)
     max_rms: float = _f(12.0, "A frame whose landmarks the fit misses by more than this RMS (working px) "
                         "is marked lost and interpolated.", 0.0)
+    retry_missed: bool = _f(True, "A window whose smoothed fit misses frames by more than max_rms (a cut in the "
+                            "video, or motion faster than the smoothness lets through) is fitted again without "
+                            "the frames before it, then without smoothing; off = such frames are marked lost.")
     reinit_gap: int = _f(5, "After more lost frames than this in a row, the expression restarts from 0 "
                          "instead of the last tracked frame's.", 0, 1_000_000)
     focal: float = _f(0.0, "Known focal length in px of the video frame; 0 = from the identity fit.", 0.0)

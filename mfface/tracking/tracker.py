@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from mfface.config import LandmarkConfig, Stage1Config
-from mfface.fitting.landmark_stage import fit_landmarks
+from mfface.fitting.landmark_stage import Stage1Result, fit_landmarks
 from mfface.interrupt import raise_if_requested
 from mfface.morphable.model import MorphableModel
 from mfface.objectives import landmark_weights
 from mfface.tracking.config import TrackStageConfig
-from mfface.tracking.solver import WindowSolver
+from mfface.tracking.solver import WindowFit, WindowSolver
 from mfface.tracking.temporal import TemporalPrior, interpolate_gaps
 
 # Frame status in the outputs.
@@ -156,15 +156,21 @@ def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, land
                 init.expression = last.expression[-1:].expand(batch, k_exp).clone()
             elif start == run_start:
                 reinitialised.append(start)
-            prior = TemporalPrior(config.rotation_smoothness, config.translation_smoothness,
-                                  config.expression_smoothness, config.order,
-                                  *(_rows(a, history) for a in (euler, translation, expression)))
-            if config.solver == "adam":
-                fitted = fit_landmarks(model, target, index, w, h, stage, init=init, identity=identity,
-                                       principal=principal.expand(batch, 2), loss=loss, prior=prior)
-            else:
-                fitted = solver.solve(target, init.euler, init.translation, init.expression, prior,
-                                      config.iterations, config.tolerance)
+            def solve(before: list[int], smooth: bool = True) -> WindowFit | Stage1Result:
+                """The window fitted with the temporal prior over `before` and the window itself
+                (none at all when not `smooth`)."""
+                prior = TemporalPrior(config.rotation_smoothness, config.translation_smoothness,
+                                      config.expression_smoothness, config.order,
+                                      *(_rows(a, before) for a in (euler, translation, expression))) if smooth else None
+                if config.solver == "adam":
+                    return fit_landmarks(model, target, index, w, h, stage, init=init, identity=identity,
+                                         principal=principal.expand(batch, 2), loss=loss, prior=prior)
+                return solver.solve(target, init.euler, init.translation, init.expression, prior,
+                                    config.iterations, config.tolerance)
+
+            fitted = solve(history)
+            if config.retry_missed:
+                fitted = _retry_missed(fitted, solve, history, config.max_rms)
             euler[start:stop] = fitted.euler.numpy()
             translation[start:stop] = fitted.translation.numpy()
             expression[start:stop] = fitted.expression.numpy()
@@ -188,6 +194,29 @@ def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, land
     rms[~good] = np.nan
     return Track(euler, translation, expression, status, rms, time.perf_counter() - started, windows,
                  reinitialised)
+
+
+Fit = WindowFit | Stage1Result   # a solved window: euler, translation, expression, rms per frame
+
+
+def _missed(fitted: Fit, max_rms: float) -> int:
+    """How many of a window's frames miss their landmarks by more than `max_rms` working px."""
+    return int((fitted.rms > max_rms).sum())
+
+
+def _retry_missed(fitted: Fit, solve: Callable[[list[int], bool], Fit], history: list[int],
+                  max_rms: float) -> Fit:
+    """A window some of whose frames the smoothed fit misses (a cut in the video, or motion faster
+    than the temporal prior lets through) is fitted again without the frames before it, then
+    without any temporal prior; the fit that misses fewest frames is kept, so the frames after
+    a cut are tracked (unsmoothed within that window) instead of marked lost."""
+    for before, smooth in (([], True), ([], False)):
+        if not _missed(fitted, max_rms) or (smooth and not history):
+            continue
+        retry = solve(before, smooth)
+        if _missed(retry, max_rms) < _missed(fitted, max_rms):
+            fitted = retry
+    return fitted
 
 
 def _rows(values: np.ndarray, frames: list[int]) -> torch.Tensor | None:
