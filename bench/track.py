@@ -17,6 +17,7 @@ written as an H.264 MP4 and tracked through the same passes as `mfface track`
   (wall clock, and per second of this process's CPU time: the tracker runs on one thread, so the
   latter is what an idle core gives when the machine is shared) and the identity fit's seconds, and of the photometric refinement (`--photometric N` on the
   first `--photometric-frames` frames, its errors on those frames beside the landmark tracker's);
+- the trivial baseline (a frontal head, every weight 0) measured the same way;
 - the same for variants: no smoothing, stage 1's Adam (`track.solver = adam`), a stronger
   expression prior (`track.expression_prior` 1, 5, 20), the true identity
   and focal length (what the identity fit costs), the model's exact projected landmarks instead
@@ -147,6 +148,10 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
     track("true_identity_and_focal", identity_=clip.identity, focal=clip.focal)
     track("exact_model_landmarks", landmarks=clip.landmarks.astype(np.float32), identity_=clip.identity,
           focal=clip.focal)
+    # The trivial baseline, measured the same way: a frontal head with every weight 0.
+    result["baseline_frontal_neutral"] = errors(np.zeros_like(clip.euler), np.zeros_like(clip.expression), clip)
+    print(f"  {'baseline: frontal, all weights 0':34s} " + "  ".join(
+        f"{k} {v}" for k, v in result["baseline_frontal_neutral"].items()), flush=True)
     result["truth_jitter_rotation_deg"] = _r(jitter(np.degrees(clip.euler)), 5)
     result["truth_jitter_blendshape"] = _r(jitter(clip.expression[:, clip.active]), 5)
     if args.photometric > 0:
