@@ -182,20 +182,47 @@ def _mtl(stem: str, images: dict[str, Image.Image]) -> str:
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
+def read_glb(data: bytes) -> tuple[dict, bytes]:
+    """(JSON tree, binary chunk) of a GLB file's bytes; ValueError when it is not GLB 2.0."""
+    if len(data) < 20:
+        raise ValueError("not a GLB file (too short).")
+    magic, version, _ = struct.unpack_from("<4sII", data, 0)
+    length, kind = struct.unpack_from("<I4s", data, 12)
+    if magic != b"glTF" or version != 2 or kind != b"JSON":
+        raise ValueError("not a glTF 2.0 binary (GLB) file.")
+    tree = json.loads(data[20:20 + length])
+    rest = 20 + length
+    binary = b""
+    if rest + 8 <= len(data):
+        size, kind = struct.unpack_from("<I4s", data, rest)
+        if kind != b"BIN\0":
+            raise ValueError("the GLB's second chunk is not its binary buffer.")
+        binary = data[rest + 8:rest + 8 + size]
+    return tree, binary
+
+
+def pack_glb(tree: dict, binary: bytes) -> bytes:
+    """GLB 2.0 bytes of a JSON tree and its binary buffer (both chunks padded to 4 bytes)."""
+    binary = binary + b"\0" * (-len(binary) % 4)
+    if binary:
+        if not tree.get("buffers"):
+            tree["buffers"] = [{}]
+        tree["buffers"][0]["byteLength"] = len(binary)
+    text = json.dumps(tree, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + (8 + len(binary) if binary else 0)
+    out = struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
+    return out + (struct.pack("<I4s", len(binary), b"BIN\0") + binary if binary else b"")
+
+
 def _finish_glb(glb: bytes, specular_png: bytes | None) -> bytes:
     """A GLB from trimesh, completed: every bufferView of vertex or index data gets its `target`
     (the validator's hint), and a specular PNG, when given, is appended to the binary chunk and
     referenced via KHR_materials_specular (trimesh cannot write that extension)."""
-    magic, version, _ = struct.unpack_from("<4sII", glb, 0)
-    json_length, json_type = struct.unpack_from("<I4s", glb, 12)
-    if magic != b"glTF" or version != 2 or json_type != b"JSON":
-        raise ValueError("trimesh wrote an unexpected GLB layout; cannot complete it.")
-    tree = json.loads(glb[20:20 + json_length])
-    rest = 20 + json_length
-    binary = b""
-    if rest < len(glb):
-        bin_length, _ = struct.unpack_from("<I4s", glb, rest)
-        binary = glb[rest + 8:rest + 8 + bin_length]
+    try:
+        tree, binary = read_glb(glb)
+    except ValueError as error:
+        raise ValueError(f"trimesh wrote an unexpected GLB layout ({error}); cannot complete it.") from error
     binary += b"\0" * (-len(binary) % 4)
     views, accessors = tree.get("bufferViews", []), tree.get("accessors", [])
     for mesh in tree.get("meshes", []):
@@ -218,15 +245,7 @@ def _finish_glb(glb: bytes, specular_png: bytes | None) -> bytes:
                 "specularColorFactor": [factor, factor, factor]}
         used = set(tree.get("extensionsUsed", [])) | {"KHR_materials_specular"}
         tree["extensionsUsed"] = sorted(used)
-    if binary:
-        if not tree.get("buffers"):
-            tree["buffers"] = [{}]
-        tree["buffers"][0]["byteLength"] = len(binary)
-    text = json.dumps(tree, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + (8 + len(binary) if binary else 0)
-    out = struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
-    return out + (struct.pack("<I4s", len(binary), b"BIN\0") + binary if binary else b"")
+    return pack_glb(tree, binary)
 
 
 def write_glb(path: str | Path, vertices: np.ndarray | torch.Tensor, triangles: np.ndarray,

@@ -44,6 +44,19 @@ class AlbedoModel:
         return int(self.basis.shape[0])
 
 
+def _linear_shape(buffers: dict[str, torch.Tensor], batch: int, identity: torch.Tensor | None,
+                  expression: torch.Tensor | None) -> torch.Tensor:
+    """mean + identity @ B_id^T + expression @ B_exp^T as (B, V, 3) mm, from flat (3V,) / (3V, K)
+    `buffers` ("mean", "identity", "expression"); None coefficients count as zeros and fewer
+    columns than components use the leading ones."""
+    flat = buffers["mean"].expand(batch, -1)
+    if identity is not None:
+        flat = flat + identity @ buffers["identity"][:, :identity.shape[1]].T
+    if expression is not None:
+        flat = flat + expression @ buffers["expression"][:, :expression.shape[1]].T
+    return flat.reshape(batch, -1, 3)
+
+
 @dataclass
 class ModelPart:
     """A mesh beside the face surface (an eyeball, the teeth, the mouth interior), driven by the
@@ -231,14 +244,7 @@ class MorphableModel:
         device = ref.device if ref is not None else torch.device("cpu")
         buf = self.torch_buffers(device)
         batch = ref.shape[0] if ref is not None else 1
-        flat = buf["mean"].expand(batch, -1)
-        if identity is not None:
-            k = identity.shape[1]
-            flat = flat + identity @ buf["identity"][:, :k].T
-        if expression is not None:
-            k = expression.shape[1]
-            flat = flat + expression @ buf["expression"][:, :k].T
-        return flat.reshape(batch, -1, 3)
+        return _linear_shape(buf, batch, identity, expression)
 
     @property
     def n_part_vertices(self) -> int:
@@ -297,12 +303,7 @@ class MorphableModel:
         device = ref.device if ref is not None else torch.device("cpu")
         buf = self.part_torch_buffers(device)
         batch = ref.shape[0] if ref is not None else 1
-        flat = buf["mean"].expand(batch, -1)
-        if identity is not None:
-            flat = flat + identity @ buf["identity"][:, :identity.shape[1]].T
-        if expression is not None:
-            flat = flat + expression @ buf["expression"][:, :expression.shape[1]].T
-        out = flat.reshape(batch, -1, 3)
+        out = _linear_shape(buf, batch, identity, expression)
         turned = []
         for part, rows in zip(self.parts, self.part_slices().values()):
             piece = out[:, rows]

@@ -22,10 +22,8 @@ glTF viewers show upright and facing the camera at the frontal pose.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 import tempfile
 from pathlib import Path
 
@@ -34,42 +32,11 @@ import torch
 
 from mfface.atomic import write_bytes
 from mfface.camera import head_rotation
-from mfface.morphable.export import vertex_normals, write_glb
+from mfface.morphable.export import ARRAY_BUFFER, pack_glb, read_glb, vertex_normals, write_glb
 from mfface.morphable.model import MorphableModel
 
-FLOAT, ARRAY_BUFFER = 5126, 34962
+FLOAT = 5126
 _TYPES = {1: "SCALAR", 3: "VEC3", 4: "VEC4"}
-
-
-def read_glb(data: bytes) -> tuple[dict, bytes]:
-    """(JSON tree, binary chunk) of a GLB file's bytes; ValueError when it is not GLB 2.0."""
-    if len(data) < 20:
-        raise ValueError("not a GLB file (too short).")
-    magic, version, _ = struct.unpack_from("<4sII", data, 0)
-    length, kind = struct.unpack_from("<I4s", data, 12)
-    if magic != b"glTF" or version != 2 or kind != b"JSON":
-        raise ValueError("not a glTF 2.0 binary (GLB) file.")
-    tree = json.loads(data[20:20 + length])
-    rest = 20 + length
-    binary = b""
-    if rest + 8 <= len(data):
-        size, kind = struct.unpack_from("<I4s", data, rest)
-        if kind != b"BIN\0":
-            raise ValueError("the GLB's second chunk is not its binary buffer.")
-        binary = data[rest + 8:rest + 8 + size]
-    return tree, binary
-
-
-def pack_glb(tree: dict, binary: bytes) -> bytes:
-    """GLB 2.0 bytes of a JSON tree and its binary buffer (both chunks padded to 4 bytes)."""
-    binary = binary + b"\0" * (-len(binary) % 4)
-    if binary:
-        tree.setdefault("buffers", [{}])[0]["byteLength"] = len(binary)
-    text = json.dumps(tree, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 4)
-    total = 12 + 8 + len(text) + (8 + len(binary) if binary else 0)
-    out = struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(text), b"JSON") + text
-    return out + (struct.pack("<I4s", len(binary), b"BIN\0") + binary if binary else b"")
 
 
 class _Buffer:
