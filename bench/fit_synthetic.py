@@ -1,12 +1,21 @@
 """Quality and speed of the three-stage fit on synthetic faces with known truth and on real photos.
 
-Synthetic: N seeded faces of the default model (`mfface.synthetic.random_face`: random identity,
-expression, pose, focal, smooth albedo texture, SH light, rendered at `--photo-spp`), each fitted
-with `FitConfig()` (plus any `--set section.key=value`) through `prepare_photo` and
-`Reconstructor.fit`, exactly as `mfface fit` does. Per face it measures
+Synthetic: N faces drawn as `mfface synth` draws them (`mfface.synthetic.synth_face`, seed
+BENCH_SEED, sample i = face i: identity from the model's prior, sparse expressions, yaw up to 30
+deg, focal 500-5000 px at 224 px, skin tones, procedural light environments and backgrounds,
+painted eye and mouth openings), rendered at `--photo-spp` from a copy of the model whose mean face
+carries a smooth random displacement (`mfface.synthetic.displaced_model`, `--displacement-mm`
+amplitude; its part that the model's bases cannot express is printed as `out_of_span_mm`), so the
+truth is not in the span the fit searches. The fit gets MediaPipe's landmarks detected on the
+render (`--landmarks mediapipe`, the default), or, as a labelled second mode, the model's exactly
+projected points (`--landmarks exact`). Each face is fitted with `FitConfig()` (plus any `--set
+section.key=value`) through `prepare_photo` and `Reconstructor.fit`, exactly as `mfface fit`
+does. Per face it measures
 - vertex error: median distance (mm) between fitted and true model-space vertices of the model's
   'skin' region (ICT: its fitting area without eyes and mouth) after rigid alignment, after
-  stage 1, 2 and 3, in two conventions (`mfface.metrics.align_points`):
+  stage 1, 2 and 3, and for two trivial baselines: the model's mean face (`_mean_face`: identity
+  and expression 0) and the mean identity with the fit's final expression (`_mean_identity`), in
+  two conventions (`mfface.metrics.align_points`):
   `vertex_mm` aligns by rotation, translation and scale, as the NoW benchmark does (one photo
   cannot tell the head's size: scaling the face and its distance by k renders the same image);
   `vertex_mm_noscale` aligns by rotation and translation only, so it adds the size error, and
@@ -56,6 +65,7 @@ from mfface.textures import resize_texture, sample_texture
 
 GAMMA = 2.2
 EVAL_SEED = 4_000_000
+BENCH_SEED = 14  # the synth seed of the benchmark faces (sample i = face i)
 QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations": 20}
 
 
@@ -102,41 +112,83 @@ def fit_one(recon: Reconstructor, image: PreparedImage) -> tuple[FitResult, dict
     return result, result.stages, time.perf_counter() - started
 
 
+def shape_errors(model, fitted_identity, fitted_expression, truth: np.ndarray, region: np.ndarray) -> dict:
+    """Median vertex error (mm) of a fitted shape against `truth` (V_region, 3): with scale
+    alignment, without, and the size ratio."""
+    fitted = model.vertices(fitted_identity, fitted_expression)[0].numpy()[region]
+    similar, ratio = align_points(fitted, truth, scale=True)
+    return {"vertex_mm": float(np.median(np.linalg.norm(similar - truth, axis=1))),
+            "vertex_mm_noscale": float(np.median(aligned_distances(fitted, truth))), "size_ratio": ratio}
+
+
+def synthetic_photo(model, seed: int, index: int, size: int, spp: int, displacement_mm: float, detector):
+    """One benchmark face: `synth_face` of the model displaced out of its span (seeded by `index`),
+    with yaw up to 30 deg; (face, photo (S, S, 3) display-referred float, MediaPipe's landmarks
+    or None when it finds no face, the true model-space vertices (V, 3), out-of-span mm)."""
+    from mfface.landmarks import NoFaceError
+    from mfface.synthetic import PoseVariation, SynthConfig, displaced_model, synth_face
+
+    displaced = displaced_model(model, seed * 1000 + index, displacement_mm) if displacement_mm > 0 else None
+    render_model = displaced.model if displaced else model
+    config = SynthConfig(pose=PoseVariation(max_yaw=30.0))
+    face = synth_face(render_model, size, seed, index, spp=spp, config=config)
+    photo = torch.from_numpy(face.image.astype(np.float32) / 255.0)
+    try:
+        detected = detector.detect(face.image, name=f"synthetic face {index}")
+    except NoFaceError:
+        detected = None
+    truth = render_model.vertices(face.state.identity, face.state.expression)[0].numpy()
+    return face, photo, detected, truth, displaced.out_of_span_mm if displaced else 0.0
+
+
 def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: int, eval_spp: int,
-                  noise_px: float, first_seed: int) -> list[dict]:
-    from mfface.synthetic import random_face
+                  first_seed: int, landmarks: str, displacement_mm: float) -> list[dict]:
+    from mfface.landmarks import LandmarkDetector
 
     region = model.regions["skin"]
     recon = Reconstructor(model, config)
-    maker = ForwardModel(model)
     rows = []
-    for seed in range(first_seed, first_seed + faces):
-        face = random_face(model, size, seed, spp=photo_spp, landmark_noise_px=noise_px, forward=maker)
-        image = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, f"synthetic{seed}")
-        result, states, seconds = fit_one(recon, image)
-        truth = face.vertices.numpy()[region]
-        clean = np.asarray(image.to_crop.apply(face.clean_landmarks))
-        row = {"seed": seed, "crop_px": image.target.shape[0], "seconds": seconds,
-               "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
-        for stage, st in states.items():
-            fitted = model.vertices(st.identity, st.expression)[0].numpy()[region]
-            similar, ratio = align_points(fitted, truth, scale=True)
-            row[f"vertex_mm_s{stage}"] = float(np.median(np.linalg.norm(similar - truth, axis=1)))
-            row[f"vertex_mm_noscale_s{stage}"] = float(np.median(aligned_distances(fitted, truth)))
-            row[f"size_ratio_s{stage}"] = ratio
-            row[f"landmark_px_s{stage}"] = landmark_error(result, st, clean)
-        for stage in (2, 3):
-            if stage in states:
-                row.update({f"{k}_s{stage}": v for k, v in image_metrics(result, states[stage], image,
-                                                                         eval_spp).items()})
-        final = result.state
-        row.update(albedo_error(model, final.diffuse, face.state.diffuse, region))
-        last = max(states)
-        row.update(vertex_mm=row[f"vertex_mm_s{last}"], vertex_mm_noscale=row[f"vertex_mm_noscale_s{last}"],
-                   size_ratio=row[f"size_ratio_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
-                   psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    with LandmarkDetector(1) as detector:
+        for index in range(first_seed, first_seed + faces):
+            face, photo, detected, truth_all, out_of_span = synthetic_photo(
+                model, BENCH_SEED, index, size, photo_spp, displacement_mm, detector)
+            if landmarks == "mediapipe" and detected is None:
+                print(json.dumps({"index": index, "skipped": "MediaPipe found no face"}), flush=True)
+                continue
+            exact = face.landmarks.astype(np.float64)
+            used = detected if landmarks == "mediapipe" else exact
+            image = prepare_photo(photo, used, "mediapipe478", config, f"synthetic{index}")
+            result, states, seconds = fit_one(recon, image)
+            truth = truth_all[region]
+            clean = np.asarray(image.to_crop.apply(exact))
+            row = {"index": index, "crop_px": image.target.shape[0], "seconds": seconds,
+                   "yaw_deg": round(float(np.degrees(face.state.euler[0, 0])), 1),
+                   "out_of_span_mm": round(out_of_span, 3),
+                   "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
+            if detected is not None:
+                row["mediapipe_px"] = float(np.median(np.linalg.norm(
+                    np.asarray(image.to_crop.apply(detected)) - clean, axis=1)[:468]))
+            zeros = torch.zeros(1, model.n_identity)
+            last = max(states)
+            baselines = {"mean_face": (zeros, torch.zeros(1, model.n_expression)),
+                         "mean_identity": (zeros, states[last].expression)}
+            for name, (identity, expression) in baselines.items():
+                row.update({f"{k}_{name}": v for k, v in shape_errors(model, identity, expression, truth,
+                                                                      region).items()})
+            for stage, st in states.items():
+                row.update({f"{k}_s{stage}": v for k, v in shape_errors(model, st.identity, st.expression,
+                                                                        truth, region).items()})
+                row[f"landmark_px_s{stage}"] = landmark_error(result, st, clean)
+            for stage in (2, 3):
+                if stage in states:
+                    row.update({f"{k}_s{stage}": v for k, v in image_metrics(result, states[stage], image,
+                                                                             eval_spp).items()})
+            row.update(albedo_error(model, result.state.diffuse, face.state.diffuse, region))
+            row.update(vertex_mm=row[f"vertex_mm_s{last}"], vertex_mm_noscale=row[f"vertex_mm_noscale_s{last}"],
+                       size_ratio=row[f"size_ratio_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
+                       psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -194,7 +246,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="synthetic photo side in px")
     parser.add_argument("--photo-spp", type=int, default=256, help="spp of the synthetic photos")
     parser.add_argument("--eval-spp", type=int, default=256, help="spp of the re-renders measured")
-    parser.add_argument("--noise-px", type=float, default=0.5, help="landmark noise std in px")
+    parser.add_argument("--landmarks", choices=("mediapipe", "exact"), default="mediapipe",
+                        help="synthetic faces' landmarks: MediaPipe on the render (default), or the "
+                             "model's exactly projected points (a labelled second mode)")
+    parser.add_argument("--displacement-mm", type=float, default=3.0,
+                        help="amplitude of the smooth out-of-span displacement (0: in the model's span)")
     parser.add_argument("--quick", action="store_true",
                         help=f"2 faces, 64 spp photos/evaluation, iterations {QUICK} (development only)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -218,17 +274,23 @@ def main() -> None:
     print(f"model {model.name}, variant {variant}, torch threads {torch.get_num_threads()}, "
           f"load {load[0]:.2f}, overrides {overrides or 'none (defaults)'}", flush=True)
     synthetic = [] if args.no_synthetic else run_synthetic(
-        model, config, args.faces, args.size, args.photo_spp, args.eval_spp, args.noise_px, args.first_seed)
+        model, config, args.faces, args.size, args.photo_spp, args.eval_spp, args.first_seed, args.landmarks,
+        args.displacement_mm)
     folder = Path(os.environ.get("MFFACE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "images"
     photos = [] if args.no_photos else run_photos(model, config, folder, args.eval_spp)
     summary = {"model": model.name, "variant": variant, "overrides": overrides, "faces": len(synthetic),
                "size": args.size, "photo_spp": args.photo_spp, "eval_spp": args.eval_spp,
-               "noise_px": args.noise_px, "load_start": round(load[0], 2),
+               "landmarks": args.landmarks, "displacement_mm": args.displacement_mm, "load_start": round(load[0], 2),
                "load_end": round(os.getloadavg()[0], 2)}
-    for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "vertex_mm_noscale", "vertex_mm_noscale_s1",
-                "vertex_mm_noscale_s2", "landmark_px", "landmark_px_s1",
+    for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "vertex_mm_mean_face", "vertex_mm_mean_identity",
+                "vertex_mm_noscale", "vertex_mm_noscale_s1", "vertex_mm_noscale_s2",
+                "vertex_mm_noscale_mean_face", "landmark_px", "landmark_px_s1", "mediapipe_px", "out_of_span_mm",
                 "psnr_db", "psnr_db_s2", "ssim", "ssim_s2", "albedo_mae", "albedo_rel", "seconds"):
         summary[f"synthetic_median_{key}"] = _median(synthetic, key)
+    gains = [1 - r["vertex_mm_s2"] / r["vertex_mm_s1"] for r in synthetic if "vertex_mm_s2" in r]
+    ratios = [r["vertex_mm"] / r["vertex_mm_mean_face"] for r in synthetic]
+    summary["synthetic_median_stage2_gain"] = round(statistics.median(gains), 4) if gains else None
+    summary["synthetic_median_ratio_to_mean_face"] = round(statistics.median(ratios), 4) if ratios else None
     summary["photos"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                          for r in photos]
     print(json.dumps(summary))

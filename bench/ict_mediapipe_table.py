@@ -1,10 +1,21 @@
-"""Regenerate `morphable/data/ict_mediapipe478.txt`: MediaPipe's 478 landmarks -> ICT vertices.
+"""Regenerate ICT's MediaPipe landmark tables in `morphable/data/`.
 
-Usage: python bench/ict_mediapipe_table.py ICT_SOURCE CANONICAL_MESH [OUT]
-ICT_SOURCE is the ICT-FaceKit folder or archive, CANONICAL_MESH MediaPipe's
-canonical_face_model.obj. The table holds original ICT vertex indices (face area, before UV
-splitting) so that every ICT region variant can use it; -1 marks the 10 iris points.
-Prints the distances of the mapped vertices from the aligned canonical mesh (mm).
+    python bench/ict_mediapipe_table.py geometric ICT_SOURCE CANONICAL_MESH [OUT]
+    python bench/ict_mediapipe_table.py calibrate ICT_SOURCE TRAIN.h5 HELDOUT.h5 [OUT]
+
+`geometric` writes `ict_mediapipe478.txt`: MediaPipe's canonical_face_model.obj aligned to ICT's
+neutral face, each point's nearest vertex (mfface.morphable.correspondence); it prints the
+distances of the mapped vertices from the aligned canonical mesh (mm).
+
+`calibrate` writes `ict_mediapipe478_calibrated.txt`, the table ICT models use: the geometric
+table moved, landmark by landmark, to the vertex that best explains MediaPipe's points on the
+renders of TRAIN.h5 (mfface.morphable.landmark_calibration), and prints the residuals (px,
+true face projected vs. detected, no fitting) of both tables on HELDOUT.h5. The datasets are
+`mfface synth` renders of the model `ict` with different seeds, e.g.
+    mfface synth 400 -o calib256.h5 --size 256 --spp 16 --seed 101
+    mfface synth 120 -o held256.h5 --size 256 --spp 16 --seed 202
+Both tables hold original ICT vertex indices (face area, before UV splitting) so that every
+ICT region variant can use them; -1 marks the 10 iris points.
 """
 from __future__ import annotations
 
@@ -14,33 +25,80 @@ from pathlib import Path
 
 import numpy as np
 
-from mfface.morphable.correspondence import mediapipe_correspondence
-from mfface.morphable.ict import COMMIT, MEDIAPIPE_TABLE, import_ict_indexed
+from mfface.learning.dataset_format import read_calibration_samples
+from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, mediapipe_correspondence
+from mfface.morphable.ict import (CALIBRATED_TABLE, COMMIT, MEDIAPIPE_TABLE, import_ict_indexed,
+                                  mediapipe_table)
+from mfface.morphable.landmark_calibration import calibrate_landmarks, residuals
 
+DATA = Path(__file__).resolve().parents[1] / "morphable" / "data"
 HEADER = f"""# MediaPipe face-mesh landmark (478, one per line, in order) -> ICT Face Model vertex index
 # (original ICT-FaceKit numbering, commit {COMMIT}); -1 = not covered (iris points 468-477).
-# Derived data: computed by bench/ict_mediapipe_table.py with mfface.morphable.correspondence
+"""
+GEOMETRIC = """# Derived data: computed by bench/ict_mediapipe_table.py with mfface.morphable.correspondence
 # from MediaPipe's canonical_face_model.obj (Apache-2.0) and ICT's neutral face (MIT).
+"""
+CALIBRATED = """# Derived data: the geometric table (ict_mediapipe478.txt) calibrated by
+# bench/ict_mediapipe_table.py (mfface.morphable.landmark_calibration) against MediaPipe's points
+# on {count} renders of ICT's face model (mfface synth, seed {seed}).
 """
 
 
-def table_for(source: Path, canonical_mesh: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(478,) original ICT indices and (468,) distances (mm) for the ICT face region."""
+def write_table(out: Path, header: str, table: np.ndarray) -> None:
+    out.write_text(HEADER + header + "\n".join(str(int(v)) for v in table) + "\n")
+
+
+def geometric(source: Path, mesh: Path, out: Path) -> dict:
     model, to_orig = import_ict_indexed(source, with_mediapipe=False)
-    corr = mediapipe_correspondence(model, canonical_mesh)
+    corr = mediapipe_correspondence(model, mesh)
     table = np.where(corr.indices >= 0, to_orig[np.maximum(corr.indices, 0)], -1)
-    return table, corr.distances
+    write_table(out, GEOMETRIC, table)
+    dist = corr.distances
+    return {"median_mm": round(float(np.median(dist)), 3), "p95_mm": round(float(np.percentile(dist, 95)), 3),
+            "max_mm": round(float(dist.max()), 3), "written": str(out)}
+
+
+def residual_figures(values: np.ndarray) -> dict:
+    """Median and mean over renders of the per-render median residual (px), and the p90 overall."""
+    per_render = np.nanmedian(values, axis=1)
+    return {"median_px": round(float(np.median(per_render)), 3),
+            "mean_px": round(float(np.mean(per_render)), 3),
+            "p90_px": round(float(np.nanpercentile(values, 90)), 3)}
+
+
+def calibrate(source: Path, train: Path, heldout: Path, out: Path) -> dict:
+    model, to_orig = import_ict_indexed(source, with_mediapipe=False, parts=False)
+    orig_to_new = np.full(int(to_orig.max()) + 1, -1)
+    orig_to_new[to_orig] = np.arange(len(to_orig))
+    geometric_table = mediapipe_table(calibrated=False)
+    start = np.where(geometric_table >= 0, orig_to_new[np.maximum(geometric_table, 0)], -1)
+    samples = read_calibration_samples(train)
+    found = calibrate_landmarks(model, samples, start, model.regions["fit"], MEDIAPIPE_CONTOUR)
+    table = np.where(found.table >= 0, to_orig[np.maximum(found.table, 0)], -1)
+    import h5py
+    with h5py.File(train, "r") as f:
+        seed = int(f.attrs["synth_seed"])
+    write_table(out, CALIBRATED.format(count=len(samples), seed=seed), table)
+    held = read_calibration_samples(heldout)
+    moved = found.moved_mm[start >= 0]
+    return {"train_renders": len(samples), "heldout_renders": len(held),
+            "moved_mm_median": round(float(np.median(moved)), 3),
+            "moved_mm_max": round(float(moved.max()), 3),
+            "landmarks_moved": int((moved > 0).sum()),
+            "heldout_geometric": residual_figures(residuals(model, held, start)),
+            "heldout_calibrated": residual_figures(residuals(model, held, found.table)),
+            "written": str(out)}
 
 
 def main(argv: list[str]) -> None:
-    source, mesh = Path(argv[0]), Path(argv[1])
-    default = Path(__file__).resolve().parents[1] / "morphable" / "data" / MEDIAPIPE_TABLE
-    out = Path(argv[2]) if len(argv) > 2 else default
-    table, dist = table_for(source, mesh)
-    out.write_text(HEADER + "\n".join(str(int(v)) for v in table) + "\n")
-    print(json.dumps({"median_mm": round(float(np.median(dist)), 3),
-                      "p95_mm": round(float(np.percentile(dist, 95)), 3),
-                      "max_mm": round(float(dist.max()), 3), "written": str(out)}))
+    mode, args = argv[0], [Path(a) for a in argv[1:]]
+    if mode == "geometric":
+        print(json.dumps(geometric(args[0], args[1], args[2] if len(args) > 2 else DATA / MEDIAPIPE_TABLE)))
+    elif mode == "calibrate":
+        print(json.dumps(calibrate(args[0], args[1], args[2],
+                                   args[3] if len(args) > 3 else DATA / CALIBRATED_TABLE)))
+    else:
+        sys.exit(__doc__)
 
 
 if __name__ == "__main__":

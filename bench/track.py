@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -96,7 +97,10 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
 
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cache = OUT / f"synthetic_{model.name}_{args.frames}_{args.size}_{args.seed}_{args.spp}.pkl"
+    # the renders paint the eyes and mouth from the landmark table, and the exact landmarks are its
+    # vertices: a clip cached with another table is not this one
+    table = hashlib.sha256(np.ascontiguousarray(model.landmarks["mediapipe478"]).tobytes()).hexdigest()[:8]
+    cache = OUT / f"synthetic_{model.name}_{table}_{args.frames}_{args.size}_{args.seed}_{args.spp}.pkl"
     if cache.exists():  # rendering is the slow part; the clip is deterministic per these settings
         clip = pickle.loads(cache.read_bytes())
     else:

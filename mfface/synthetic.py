@@ -22,6 +22,7 @@ eyes and mouth interior), every draw made from a generator seeded by (seed, inde
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -221,6 +222,53 @@ def random_face(model: MorphableModel, size: int, seed: int, *, spp: int = 64,
     noisy = clean + landmark_noise_px * torch.randn(clean.shape, generator=g, dtype=torch.float64).numpy()
     return SyntheticFace(photo=photo, landmarks=noisy, clean_landmarks=clean, state=state,
                          vertices=vertices.to(device), coverage=coverage[0])
+
+
+@dataclass
+class DisplacedModel:
+    """`displaced_model`'s result: `model` (the copy whose mean face carries the displacement),
+    `displacement` (V, 3) mm, and `out_of_span_mm`: the RMS over the skin region of what is left
+    of the displacement after its least-squares fit by the identity and expression bases (the
+    part no fitted coefficient can reproduce)."""
+    model: MorphableModel
+    displacement: np.ndarray
+    out_of_span_mm: float
+
+
+def displaced_model(model: MorphableModel, seed: int, amplitude_mm: float, width_mm: float = 25.0,
+                    bumps: int = 12) -> DisplacedModel:
+    """A copy of `model` whose mean face carries a smooth random displacement: a face shape the
+    model's own span does not contain, so that a benchmark does not only test fitting the model
+    to itself (`bench/fit_synthetic.py`).
+
+    The displacement is along the mean face's normals: sum_k a_k exp(-|x - c_k|^2 / (2 w^2)) with
+    `bumps` centres c_k on random skin vertices, a_k ~ N(0, amplitude_mm^2), w = `width_mm`,
+    faded to 0 within 5-15 mm of the eyes and mouth regions (so the eyelids and lips keep
+    closing over the model's eyeballs and teeth). Deterministic per `seed`.
+    """
+    from mfface.morphable.export import vertex_normals
+
+    rng = np.random.default_rng(seed)
+    mean = model.mean_shape.astype(np.float64)
+    skin = model.regions.get("skin", model.regions.get("face", np.arange(model.n_vertices)))
+    centres = mean[rng.choice(skin, bumps, replace=False)]
+    heights = rng.normal(0.0, amplitude_mm, bumps)
+    squared = ((mean[:, None, :] - centres[None]) ** 2).sum(-1)
+    field_mm = (heights * np.exp(-squared / (2.0 * width_mm ** 2))).sum(1)
+    keep_clear = np.concatenate([model.regions.get(name, np.zeros(0, dtype=np.int64)) for name in ("eyes", "mouth")])
+    if len(keep_clear):
+        from scipy.spatial import cKDTree
+        gap = cKDTree(mean[keep_clear]).query(mean)[0]
+        field_mm *= np.clip((gap - 5.0) / 10.0, 0.0, 1.0)
+    displacement = field_mm[:, None] * vertex_normals(mean, model.triangles)
+    rows = (skin[:, None] * 3 + np.arange(3)).reshape(-1)
+    basis = np.concatenate([model.identity_basis.reshape(model.n_identity, -1),
+                            model.expression_basis.reshape(model.n_expression, -1)]).T[rows]
+    flat = displacement.reshape(-1)[rows]
+    residual = flat - basis @ np.linalg.lstsq(basis, flat, rcond=None)[0]
+    out_of_span = float(np.sqrt((residual.reshape(-1, 3) ** 2).sum(1).mean()))
+    copy = dataclasses.replace(model, mean_shape=(mean + displacement).astype(model.mean_shape.dtype))
+    return DisplacedModel(model=copy, displacement=displacement, out_of_span_mm=out_of_span)
 
 
 # =================================================================================================

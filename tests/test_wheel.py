@@ -29,7 +29,8 @@ from mfface.morphable.builtin import CHECKSUM_FILE, CREDITS_FILE, LICENSE_FILE, 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "mfface", "morphable", "scenes", "cli")
 PACKAGE_DATA = [f"mfface/morphable/data/{name}" for name in
-                (MODEL_FILE, CHECKSUM_FILE, LICENSE_FILE, CREDITS_FILE, "ict_mediapipe478.txt")]
+                (MODEL_FILE, CHECKSUM_FILE, LICENSE_FILE, CREDITS_FILE, "ict_mediapipe478.txt",
+                 "ict_mediapipe478_calibrated.txt")]
 PACKAGE_DATA += ["mfface/data/example_face.jpg", "mfface/data/example_face.txt", "mfface/py.typed",
                  "mfface/data/mediapipe_mirror478.txt"]
 TINY = ["--input-max-resolution", "64", "--stage1-iterations", "20", "--stage2-iterations", "3",

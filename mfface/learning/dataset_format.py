@@ -820,3 +820,22 @@ def _check_shards_complete(infos: Iterable[Mapping[str, Any]]) -> None:
             raise DatasetError(f"the shards of a {world}-process run are incomplete: rank(s) "
                                f"{', '.join(map(str, missing))} missing; give every "
                                f"*.rank<r>-of-{world} file (or wait for those ranks to finish).")
+
+
+def read_calibration_samples(path: str | os.PathLike) -> "CalibrationSamples":
+    """The detected landmarks and the truth of a synthetic dataset (`mfface synth`) as the
+    samples that `mfface.morphable.landmark_calibration` calibrates a landmark table on."""
+    from mfface.morphable.landmark_calibration import CalibrationSamples
+
+    path = Path(path)
+    with _open_h5(path) as f:
+        if "truth" not in f:
+            raise DatasetError(f"{path} has no truth (it was not made by mfface synth); calibrating "
+                               "landmarks needs renders with known faces.")
+        truth = f["truth"]
+        return CalibrationSamples(
+            detected=f["landmarks"][()].astype(np.float64),
+            identity=truth["identity"][()], expression=truth["expression"][()],
+            euler=truth["euler"][()].astype(np.float64), translation=truth["translation"][()],
+            focal=truth["focal"][()], principal=truth["principal"][()],
+            size=int(f.attrs["crop_size"]))
