@@ -93,6 +93,7 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
                 "stage_figures": {stage: rep.figures for stage, rep in result.reports.items() if rep.figures},
                 "seconds": result.seconds,
                 "photometric_l1_in_mask": render_rms},
+        "uncertainty": result.uncertainty[b] if result.uncertainty else None,
     }
 
 

@@ -75,6 +75,10 @@ class Calibration:
 
 def camera_vertices(model: MorphableModel, samples: CalibrationSamples) -> torch.Tensor:
     """(S, V, 3) float32 camera-space vertices (mm) of every sample's true face."""
+    if samples.identity.shape[1] > model.n_identity or samples.expression.shape[1] != model.n_expression:
+        raise ValueError(f"the renders have {samples.identity.shape[1]} identity and "
+                         f"{samples.expression.shape[1]} expression coefficients, model {model.name!r} "
+                         f"{model.n_identity} and {model.n_expression}; use renders of this model.")
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     with torch.no_grad():
         vertices = model.vertices(as_tensor(samples.identity), as_tensor(samples.expression))

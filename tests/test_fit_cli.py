@@ -50,6 +50,10 @@ def test_fit_writes_every_output(fitted: Path) -> None:
     assert len(params["light"]["sh_rgb"]) == 81
     assert set(params["expression"]) == set(params["model"]["expression_names"])
     assert 0 < params["camera"]["focal_px_crop"] < 10_000
+    uncertainty = params["uncertainty"]   # README "Reading the uncertainty"
+    assert len(uncertainty["identity_std"]) == params["model"]["identity_components"]
+    assert set(uncertainty["expression_std"]) == set(params["expression"])
+    assert uncertainty["scale_std"] > 0 and uncertainty["visible_landmarks"] > 100
     width, height = params["image"]["size_px"]  # the principal point is the photo's centre
     assert params["camera"]["principal_px_image"] == pytest.approx([width / 2, height / 2], abs=1e-3)
     box, scale = params["image"]["crop_box_px"], params["image"]["crop_scale"]

@@ -78,6 +78,9 @@ def test_calibration_refuses_a_table_of_another_scheme(lite):
     samples = _samples(lite, 3, np.random.default_rng(0))
     with pytest.raises(ValueError, match="478 detected points per render, but the table has 68"):
         calibrate_landmarks(lite, samples, lite.landmarks["ibug68"], lite.regions["fit"])
+    samples.identity = np.zeros((3, lite.n_identity + 50))
+    with pytest.raises(ValueError, match="use renders of this model"):
+        calibrate_landmarks(lite, samples, lite.landmarks["mediapipe478"], lite.regions["fit"])
 
 
 def test_reading_samples_needs_a_synthetic_dataset(tmp_path):

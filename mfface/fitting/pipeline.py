@@ -25,6 +25,7 @@ from mfface.fitting.landmark_stage import run_landmark_stage
 from mfface.fitting.photometric_stage import StageReport, fit_photometric
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_stage import fit_texels
+from mfface.fitting.uncertainty import fit_uncertainty
 from mfface.forward import ForwardModel
 from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
 from mfface.landmarks import LandmarkDetector, check_landmarks, read_landmarks, scheme_for_count
@@ -143,6 +144,7 @@ class FitResult:
     last_stage: int = 0  # the last stage whose result `state` holds (a resumed checkpoint's counts)
     owner: CheckpointOwner | None = None  # what the fit's checkpoints belong to
     source: dict = field(default_factory=lambda: {"method": "fit"})  # how the state was made
+    uncertainty: list[dict] = field(default_factory=list)  # per image, mfface.fitting.uncertainty
 
 
 class Reconstructor:
@@ -260,6 +262,7 @@ class Reconstructor:
             state, result.reports["stage3"] = fit_texels(self.forward, targets, state, cfg, step("stage3"))
             state = finish(3, state, started)
         result.state = state
+        result.uncertainty = fit_uncertainty(self.model, targets, state)
         return result
 
 
