@@ -10,7 +10,8 @@ Figures
   within 80 mm of the mean face's nose tip (MediaPipe point 1), compared after similarity alignment
   (NoW-style: a photo does not fix the head's size); the median vertex distance of each pair of
   fits; `intra_mm` (pairs of one person), `inter_mm` (pairs of different people), `ratio` = intra /
-  inter. A shape that follows the person makes the ratio small; the mean face would give 0 / 0. For
+  inter (`_s1`: the same for the stage-1 identities, the baseline of the later stages). A shape that
+  follows the person makes the ratio small; the mean face would give 0 / 0. For
   the shared fits: distance to the same person's single-photo fits and to the other person's.
 - PSNR (dB) of the re-render against the photo inside the skin mask (display-referred, as
   bench/fit_synthetic.py), stage 1's start (stage-2 input) and the final fit.
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_synthetic import image_metrics  # noqa: E402
 
 from mfface.backend import select_variant  # noqa: E402
-from mfface.config import FitConfig, apply_overrides  # noqa: E402
+from mfface.config import FitConfig, apply_overrides, load_config  # noqa: E402
 from mfface.metrics import aligned_distances  # noqa: E402
 from mfface.sh import negative_fraction, sh_to_envmap  # noqa: E402
 
@@ -74,6 +75,8 @@ def light_figures(sh: torch.Tensor) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML config to start from instead of FitConfig() "
+                        "(e.g. bench/defaults_2026-12-02.toml, the defaults before the geometry work)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--model", default=None)
     parser.add_argument("--eval-spp", type=int, default=64)
@@ -85,7 +88,7 @@ def main() -> None:
 
     variant = select_variant()
     overrides = parse_set(args.set)
-    config = apply_overrides(FitConfig(), overrides)
+    config = apply_overrides(load_config(args.config) if args.config else FitConfig(), overrides)
     model = ModelStore().load(args.model)
     folder = Path(os.environ.get("MFFACE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     photos = sorted((folder / "images" / "people").glob("*.jpg"))
@@ -93,7 +96,7 @@ def main() -> None:
     region = np.flatnonzero(np.linalg.norm(model.mean_shape - nose, axis=1) <= RADIUS_MM)
     recon = Reconstructor(model, config)
     load_start = os.getloadavg()[0]
-    rows, shapes, prepared = [], {}, {}
+    rows, shapes, shapes_s1, prepared = [], {}, {}, {}
     with LandmarkDetector(config.input.max_faces) as detector:
         for path in photos:
             image = prepare_image(path, config, detector)
@@ -102,6 +105,7 @@ def main() -> None:
             result = recon.fit([image])
             seconds = time.perf_counter() - started
             shapes[path.stem] = identity_shape(model, result.state.identity, region)
+            shapes_s1[path.stem] = identity_shape(model, result.stages[1].identity, region)
             row = {"photo": path.stem, "person": path.stem.split("_")[0], "crop_px": image.target.shape[0],
                    "seconds": seconds, "psnr_db_start": image_metrics(result, result.stages[1], image, args.eval_spp)["psnr_db"],
                    "psnr_db": image_metrics(result, result.state, image, args.eval_spp)["psnr_db"],
@@ -109,13 +113,22 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     person = {r["photo"]: r["person"] for r in rows}
-    intra, inter = [], []
-    for a, b in itertools.combinations(sorted(shapes), 2):
-        (intra if person[a] == person[b] else inter).append(pair_distance(shapes[a], shapes[b]))
-    summary = {"model": model.name, "variant": variant, "overrides": overrides, "photos": len(rows),
+
+    def consistency(fitted: dict) -> tuple[list[float], list[float]]:
+        intra, inter = [], []
+        for a, b in itertools.combinations(sorted(fitted), 2):
+            (intra if person[a] == person[b] else inter).append(pair_distance(fitted[a], fitted[b]))
+        return intra, inter
+
+    intra, inter = consistency(shapes)
+    intra_s1, inter_s1 = consistency(shapes_s1)
+    summary = {"model": model.name, "variant": variant, "config": str(args.config or "FitConfig()"),
+               "overrides": overrides, "photos": len(rows),
                "machine": f"{os.cpu_count()} cores", "load_start": round(load_start, 2),
                "intra_mm": statistics.median(intra), "inter_mm": statistics.median(inter),
                "ratio": statistics.median(intra) / statistics.median(inter),
+               "intra_mm_s1": statistics.median(intra_s1), "inter_mm_s1": statistics.median(inter_s1),
+               "ratio_s1": statistics.median(intra_s1) / statistics.median(inter_s1),
                "psnr_db_median": statistics.median(r["psnr_db"] for r in rows),
                "psnr_db_start_median": statistics.median(r["psnr_db_start"] for r in rows),
                "light_below_1pct_median": statistics.median(r["light_below_1pct"] for r in rows),

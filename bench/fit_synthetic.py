@@ -56,7 +56,7 @@ import mfface  # noqa: F401,E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mfface.config import FitConfig, apply_overrides
+from mfface.config import FitConfig, apply_overrides, load_config
 from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
 from mfface.metrics import align_points, aligned_distances, psnr, ssim
 from mfface.forward import ForwardModel, RenderSettings
@@ -141,12 +141,28 @@ def synthetic_photo(model, seed: int, index: int, size: int, spp: int, displacem
     return face, photo, detected, truth, displaced.out_of_span_mm if displaced else 0.0
 
 
-def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: int, eval_spp: int,
-                  first_seed: int, landmarks: str, displacement_mm: float) -> list[dict]:
+def exact_landmarks(face, table: np.ndarray, size: int) -> np.ndarray:
+    """(478, 2) px: the true face's `table` vertices projected with the true camera (iris and other
+    uncovered points: the render's own)."""
+    from mfface.camera import project
+
+    points = face.landmarks.astype(np.float64).copy()
+    covered = table >= 0
+    with torch.no_grad():
+        uv = project(face.vertices[None, table[covered]].float(), face.state.focal, size, size,
+                     face.state.principal)
+    points[covered] = uv[0].double().numpy()
+    return points
+
+
+def run_synthetic(model, fit_model, config: FitConfig, faces: int, size: int, photo_spp: int,
+                  eval_spp: int, first_seed: int, landmarks: str, displacement_mm: float) -> list[dict]:
+    """Render faces of `model` (displaced) and fit them with `fit_model` (the same geometry, its
+    own landmark table)."""
     from mfface.landmarks import LandmarkDetector
 
     region = model.regions["skin"]
-    recon = Reconstructor(model, config)
+    recon = Reconstructor(fit_model, config)
     rows = []
     with LandmarkDetector(1) as detector:
         for index in range(first_seed, first_seed + faces):
@@ -155,7 +171,7 @@ def run_synthetic(model, config: FitConfig, faces: int, size: int, photo_spp: in
             if landmarks == "mediapipe" and detected is None:
                 print(json.dumps({"index": index, "skipped": "MediaPipe found no face"}), flush=True)
                 continue
-            exact = face.landmarks.astype(np.float64)
+            exact = exact_landmarks(face, fit_model.landmarks["mediapipe478"], size)
             used = detected if landmarks == "mediapipe" else exact
             image = prepare_photo(photo, used, "mediapipe478", config, f"synthetic{index}")
             result, states, seconds = fit_one(recon, image)
@@ -221,6 +237,22 @@ def run_photos(model, config: FitConfig, folder: Path, eval_spp: int) -> list[di
     return rows
 
 
+def with_geometric_table(model, ict_source: Path):
+    """`model` (an ICT model) with the geometric MediaPipe table instead of the calibrated one,
+    to measure what the calibration changes (docs/models.md)."""
+    from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, contour_subset
+    from mfface.morphable.ict import import_ict_indexed, mediapipe_table
+
+    _, to_orig = import_ict_indexed(ict_source, with_mediapipe=False, parts=False)
+    orig_to_new = np.full(int(to_orig.max()) + 1, -1)
+    orig_to_new[to_orig] = np.arange(len(to_orig))
+    table = mediapipe_table(calibrated=False)
+    table = np.where(table >= 0, orig_to_new[np.maximum(table, 0)], -1)
+    landmarks = {**model.landmarks, "mediapipe478": table,
+                 "mediapipe478_contour": contour_subset(table, MEDIAPIPE_CONTOUR)}
+    return dataclasses.replace(model, landmarks=landmarks)
+
+
 def _parse_set(items: list[str]) -> dict:
     overrides = {}
     for item in items:
@@ -253,11 +285,16 @@ def main() -> None:
                         help="amplitude of the smooth out-of-span displacement (0: in the model's span)")
     parser.add_argument("--quick", action="store_true",
                         help=f"2 faces, 64 spp photos/evaluation, iterations {QUICK} (development only)")
+    parser.add_argument("--config", type=Path, help="TOML config to start from instead of FitConfig() "
+                        "(e.g. bench/defaults_2026-12-02.toml, the defaults before the geometry work)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override (JSON value), repeatable")
     parser.add_argument("--no-synthetic", action="store_true")
     parser.add_argument("--no-photos", action="store_true")
     parser.add_argument("--model", default=None, help="installed model (default: the store's default)")
+    parser.add_argument("--geometric-table", type=Path, metavar="ICT_SOURCE",
+                        help="fit with ICT's geometric MediaPipe table instead of the calibrated one "
+                             "(the photos are rendered with the calibrated one either way)")
     args = parser.parse_args()
 
     from mfface.backend import select_variant
@@ -265,22 +302,25 @@ def main() -> None:
 
     variant = select_variant()
     overrides = {**(QUICK if args.quick else {}), **_parse_set(args.set)}
-    config = apply_overrides(FitConfig(), overrides)
+    config = apply_overrides(load_config(args.config) if args.config else FitConfig(), overrides)
     if args.quick:
         args.faces, args.photo_spp, args.eval_spp = min(args.faces, 2), 64, 64
     store = ModelStore()
     model = store.load(args.model)
+    fit_model = with_geometric_table(model, args.geometric_table) if args.geometric_table else model
     load = os.getloadavg()
     print(f"model {model.name}, variant {variant}, torch threads {torch.get_num_threads()}, "
           f"load {load[0]:.2f}, overrides {overrides or 'none (defaults)'}", flush=True)
     synthetic = [] if args.no_synthetic else run_synthetic(
-        model, config, args.faces, args.size, args.photo_spp, args.eval_spp, args.first_seed, args.landmarks,
+        model, fit_model, config, args.faces, args.size, args.photo_spp, args.eval_spp, args.first_seed, args.landmarks,
         args.displacement_mm)
     folder = Path(os.environ.get("MFFACE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "images"
-    photos = [] if args.no_photos else run_photos(model, config, folder, args.eval_spp)
-    summary = {"model": model.name, "variant": variant, "overrides": overrides, "faces": len(synthetic),
+    photos = [] if args.no_photos else run_photos(fit_model, config, folder, args.eval_spp)
+    summary = {"model": model.name, "variant": variant, "config": str(args.config or "FitConfig()"),
+               "overrides": overrides, "faces": len(synthetic),
                "size": args.size, "photo_spp": args.photo_spp, "eval_spp": args.eval_spp,
-               "landmarks": args.landmarks, "displacement_mm": args.displacement_mm, "load_start": round(load[0], 2),
+               "landmarks": args.landmarks,
+               "table": "geometric" if args.geometric_table else "calibrated", "displacement_mm": args.displacement_mm, "load_start": round(load[0], 2),
                "load_end": round(os.getloadavg()[0], 2)}
     for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "vertex_mm_mean_face", "vertex_mm_mean_identity",
                 "vertex_mm_noscale", "vertex_mm_noscale_s1", "vertex_mm_noscale_s2",

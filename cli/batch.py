@@ -80,6 +80,7 @@ class Outcome:
     seconds: float = 0.0
     rms_px: list[float] | None = None
     losses: dict | None = None
+    warnings: list[list[str]] | None = None  # per photo: landmarks not trusted (fitting.reliability)
     error: str | None = None
     skipped: str | None = None
 
@@ -158,7 +159,8 @@ def run_group(job: GroupJob, paths: list[Path]) -> Outcome:
             raise
         finish_run_dir(run_dir)
     losses = {stage: rep.last("photo") for stage, rep in result.reports.items()}
-    return Outcome(names, folders, time.perf_counter() - started, result.stage1_rms_px, losses)
+    return Outcome(names, folders, time.perf_counter() - started, result.stage1_rms_px, losses,
+                   warnings=result.landmark_warnings or None)
 
 
 def summary(outcomes: list[Outcome], title: str) -> Table:
@@ -270,6 +272,10 @@ def run_all(job: GroupJob, groups: list[list[Path]], outcomes: list[Outcome], ti
     for o in outcomes:
         if o.skipped:
             console.print(f"[yellow]{', '.join(o.names)}: {o.skipped}")
+        for name, problems in zip(o.names, o.warnings or []):
+            for problem in problems:
+                console.print(f"[yellow]{name}: {problem}; its shape was kept near the mean face "
+                              f"(stronger identity prior).")
     failed = [o for o in outcomes if o.error]
     if failed:
         raise UserError(f"{len(failed)} of {len(outcomes)} photos could not be processed (see above); the "

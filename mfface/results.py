@@ -88,6 +88,7 @@ def _params(result: FitResult, b: int, state: FaceState, render_rms: float) -> d
         "fit": {**result.source,
                 "shared_identity_with": [im.name for i, im in enumerate(result.images) if i != b],
                 "stage1_landmark_rms_px": result.stage1_rms_px[b] if result.stage1_rms_px else None,
+                "landmark_warnings": result.landmark_warnings[b] if result.landmark_warnings else [],
                 "final_losses": {stage: {k: v[-1] for k, v in rep.losses.items()}
                                  for stage, rep in result.reports.items()},
                 "stage_figures": {stage: rep.figures for stage, rep in result.reports.items() if rep.figures},

@@ -24,6 +24,7 @@ from mfface.fitting.errors import FitDivergedError, FitInputError
 from mfface.fitting.landmark_stage import run_landmark_stage
 from mfface.fitting.photometric_stage import StageReport, fit_photometric
 from mfface.fitting.targets import FitTargets
+from mfface.fitting.reliability import photo_problems, with_stronger_priors
 from mfface.fitting.texel_stage import fit_texels
 from mfface.fitting.uncertainty import fit_uncertainty
 from mfface.forward import ForwardModel
@@ -145,6 +146,7 @@ class FitResult:
     owner: CheckpointOwner | None = None  # what the fit's checkpoints belong to
     source: dict = field(default_factory=lambda: {"method": "fit"})  # how the state was made
     uncertainty: list[dict] = field(default_factory=list)  # per image, mfface.fitting.uncertainty
+    landmark_warnings: list[list[str]] = field(default_factory=list)  # per image, fitting.reliability
 
 
 class Reconstructor:
@@ -247,8 +249,12 @@ class Reconstructor:
 
         if done < 1:
             started = time.perf_counter()
-            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity,
-                                               iterations=0 if 1 in skip_stages else None)
+            iterations = 0 if 1 in skip_stages else None
+            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations)
+            result.landmark_warnings = photo_problems(images, state, report.rms)
+            if any(result.landmark_warnings) and cfg.landmarks.unreliable_prior_scale > 1:
+                cfg = result.config = with_stronger_priors(cfg)
+                state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations)
             result.stage1_rms_px = report.rms
             state = finish(1, state, started)
         if done < 2 and 2 not in skip_stages:
