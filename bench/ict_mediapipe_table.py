@@ -29,7 +29,7 @@ from mfface.learning.dataset_format import read_calibration_samples
 from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, mediapipe_correspondence
 from mfface.morphable.ict import (CALIBRATED_TABLE, COMMIT, MEDIAPIPE_TABLE, import_ict_indexed,
                                   mediapipe_table)
-from mfface.morphable.landmark_calibration import calibrate_landmarks, residuals
+from mfface.morphable.landmark_calibration import calibrate_landmarks, reliability, residuals
 
 DATA = Path(__file__).resolve().parents[1] / "morphable" / "data"
 HEADER = f"""# MediaPipe face-mesh landmark (478, one per line, in order) -> ICT Face Model vertex index
@@ -40,12 +40,15 @@ GEOMETRIC = """# Derived data: computed by bench/ict_mediapipe_table.py with mff
 """
 CALIBRATED = """# Derived data: the geometric table (ict_mediapipe478.txt) calibrated by
 # bench/ict_mediapipe_table.py (mfface.morphable.landmark_calibration) against MediaPipe's points
-# on {count} renders of ICT's face model (mfface synth, seed {seed}).
+# on {count} renders of ICT's face model (mfface synth, seed {seed}). Second column: the landmark's
+# reliability weight (landmark_calibration.reliability; contour points 1, uncovered 0).
 """
 
 
-def write_table(out: Path, header: str, table: np.ndarray) -> None:
-    out.write_text(HEADER + header + "\n".join(str(int(v)) for v in table) + "\n")
+def write_table(out: Path, header: str, table: np.ndarray, weights: np.ndarray | None = None) -> None:
+    rows = [str(int(v)) if weights is None else f"{int(v)} {w:.4f}" for v, w in
+            zip(table, weights if weights is not None else table)]
+    out.write_text(HEADER + header + "\n".join(rows) + "\n")
 
 
 def geometric(source: Path, mesh: Path, out: Path) -> dict:
@@ -78,13 +81,15 @@ def calibrate(source: Path, train: Path, heldout: Path, out: Path) -> dict:
     import h5py
     with h5py.File(train, "r") as f:
         seed = int(f.attrs["synth_seed"])
-    write_table(out, CALIBRATED.format(count=len(samples), seed=seed), table)
+    weights = reliability(model, samples, found.table, MEDIAPIPE_CONTOUR)
+    write_table(out, CALIBRATED.format(count=len(samples), seed=seed), table, weights)
     held = read_calibration_samples(heldout)
     moved = found.moved_mm[start >= 0]
     return {"train_renders": len(samples), "heldout_renders": len(held),
             "moved_mm_median": round(float(np.median(moved)), 3),
             "moved_mm_max": round(float(moved.max()), 3),
             "landmarks_moved": int((moved > 0).sum()),
+            "reliability_p10_p50_p90": np.percentile(weights[start >= 0], [10, 50, 90]).round(3).tolist(),
             "heldout_geometric": residual_figures(residuals(model, held, start)),
             "heldout_calibrated": residual_figures(residuals(model, held, found.table)),
             "written": str(out)}

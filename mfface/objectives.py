@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,11 +49,14 @@ def photometric_loss(image: torch.Tensor, coverage: torch.Tensor, target: torch.
 # -- landmarks ----------------------------------------------------------------------------------------
 
 def landmark_weights(scheme: str, count: int, contour_weight: float,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-landmark weights (count,): 1, and `contour_weight` for the scheme's outline landmarks."""
+                     device: torch.device | str = "cpu", reliability: np.ndarray | None = None) -> torch.Tensor:
+    """Per-landmark weights (count,): the model's `reliability` weight of each landmark (None: 1;
+    `MorphableModel.landmark_reliability`), and `contour_weight` for the scheme's outline landmarks."""
     if scheme not in CONTOUR_LANDMARKS:
         raise ValueError(f"unknown landmark scheme {scheme!r}; use one of {', '.join(CONTOUR_LANDMARKS)}.")
     weights = torch.ones(count, device=device)
+    if reliability is not None:
+        weights = torch.as_tensor(np.asarray(reliability)[:count], dtype=torch.float32, device=device).clone()
     contour = [i for i in CONTOUR_LANDMARKS[scheme] if i < count]
     weights[contour] = contour_weight
     return weights

@@ -3,10 +3,12 @@
 Layout (format "mfface-model", version `FORMAT_VERSION`):
 - `header`: a uint8 array holding UTF-8 JSON: {"format", "version", "name", "texture_size",
   "expression_names", "provenance", "license", "albedo": {"diffuse": domain|None, "specular": ...},
-  "landmarks": [names], "regions": [names]}.
+  "landmarks": [names], "landmark_reliability": [names] (optional), "regions": [names]}.
 - `mean_shape`, `identity_basis`, `identity_std`, `expression_basis`, `expression_std`, `uvs`:
   float32; `triangles`, `symmetry` (optional): int32.
-- `landmark.<name>`, `region.<name>`: int32 vertex indices.
+- `landmark.<name>`, `region.<name>`: int32 vertex indices; `reliability.<name>`: float32, a
+  weight per landmark of scheme <name> (MorphableModel.landmark_reliability; files without it load
+  with none).
 - `diffuse.mean|basis|std`, `specular.mean|basis|std`: float32, only when the model has albedo.
 - Version 2 adds the model's parts (eyeballs, teeth, mouth interior; `ModelPart`): the header's
   "parts" lists {"name", "material", "n_vertices", "n_triangles", "gaze"} in order, and each part
@@ -72,6 +74,7 @@ def _header(model: MorphableModel, storage: str) -> dict:
             "specular": model.specular_albedo.domain if model.specular_albedo else None,
         },
         "landmarks": sorted(model.landmarks),
+        "landmark_reliability": sorted(model.landmark_reliability),
         "regions": sorted(model.regions),
         "storage": storage,
         "parts": [{"name": part.name, "material": part.material, "n_vertices": part.n_vertices,
@@ -128,6 +131,8 @@ def save_model(model: MorphableModel, path: str | os.PathLike, compact: bool = F
         arrays["symmetry"] = i32(model.symmetry)
     for name, idx in model.landmarks.items():
         arrays[f"landmark.{name}"] = i32(idx)
+    for name, weights in model.landmark_reliability.items():
+        arrays[f"reliability.{name}"] = f32(weights)
     for name, idx in model.regions.items():
         arrays[f"region.{name}"] = i32(idx)
     for key, albedo in (("diffuse", model.diffuse_albedo), ("specular", model.specular_albedo)):
@@ -222,6 +227,8 @@ def load_model_file(path: str | os.PathLike) -> MorphableModel:
             expression_range=(None if header.get("expression_range") is None
                               else tuple(header["expression_range"])),
             landmarks={name: arrays[f"landmark.{name}"] for name in header["landmarks"]},
+            landmark_reliability={name: arrays[f"reliability.{name}"]
+                                  for name in header.get("landmark_reliability", [])},
             regions={name: arrays[f"region.{name}"] for name in header["regions"]},
             symmetry=arrays.get("symmetry"),
             diffuse_albedo=albedo["diffuse"],

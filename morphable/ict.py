@@ -132,6 +132,15 @@ def _landmarks_from_readme(readme: str) -> list[int] | None:
     return values if len(values) == 68 else None
 
 
+def _table_rows(name: str) -> list[list[str]]:
+    text = resources.files("mfface.morphable").joinpath("data", name).read_text()
+    rows = [line.split("#", 1)[0].split() for line in text.splitlines()]
+    rows = [row for row in rows if row]
+    if len(rows) != 478:
+        raise ModelSourceError(f"{name} is damaged; reinstall mfface.")
+    return rows
+
+
 def mediapipe_table(calibrated: bool = True) -> np.ndarray:
     """The shipped MediaPipe-478 -> ICT vertex table (original ICT indices, -1 = none).
 
@@ -140,13 +149,17 @@ def mediapipe_table(calibrated: bool = True) -> np.ndarray:
     calibrated one, which ICT models use, moves its points to where MediaPipe places them on
     renders of ICT's faces (`mfface.morphable.landmark_calibration`, docs/models.md).
     """
-    name = CALIBRATED_TABLE if calibrated else MEDIAPIPE_TABLE
-    text = resources.files("mfface.morphable").joinpath("data", name).read_text()
-    rows = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    table = np.array([int(row) for row in rows if row], dtype=np.int64)
-    if table.shape != (478,):
-        raise ModelSourceError(f"{name} is damaged; reinstall mfface.")
-    return table
+    return np.array([int(row[0]) for row in _table_rows(CALIBRATED_TABLE if calibrated else MEDIAPIPE_TABLE)],
+                    dtype=np.int64)
+
+
+def mediapipe_reliability() -> np.ndarray:
+    """(478,) float32: each MediaPipe landmark's reliability weight on ICT's faces (the calibrated
+    table's second column; `landmark_calibration.reliability`)."""
+    rows = _table_rows(CALIBRATED_TABLE)
+    if any(len(row) != 2 for row in rows):
+        raise ModelSourceError(f"{CALIBRATED_TABLE} is damaged; reinstall mfface.")
+    return np.array([float(row[1]) for row in rows], dtype=np.float32)
 
 
 def _read_source(source: Path, count: int) -> dict:
@@ -257,11 +270,13 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         raise ModelSourceError(f"{source}: README and vertex_indices.json disagree on landmarks.")
     ibug68 = orig_to_new[np.array(json_landmarks)]
     landmarks = {"ibug68": ibug68, "ibug68_contour": contour_subset(ibug68, range(17))}
+    reliability = {}
     if with_mediapipe:
         table = mediapipe_table()
         mp = np.where(table >= 0, orig_to_new[np.maximum(table, 0)], -1)
         landmarks["mediapipe478"] = mp
         landmarks["mediapipe478_contour"] = contour_subset(mp, MEDIAPIPE_CONTOUR)
+        reliability = {"mediapipe478": mediapipe_reliability()}
 
     everything = np.arange(len(new_to_orig))
     face = everything[new_to_orig < FACE_AREA]
@@ -285,7 +300,7 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         triangles=np.array(triangles, dtype=np.int32),
         uvs=uvs.astype(np.float32),
         expression_names=expression_names,
-        landmarks=landmarks,
+        landmarks=landmarks, landmark_reliability=reliability,
         regions={"face": face, "fit": fit, "eyes": eyes, "mouth": mouth, "skin": skin},
         symmetry=symmetry,
         provenance=(f"ICT Face Model Light from ICT-FaceKit ({REPOSITORY}, commit {COMMIT}); "

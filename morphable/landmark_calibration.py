@@ -19,9 +19,16 @@ point and e_s the detected outer-eye-corner distance (so that large and small fa
 cost. Renders where l's current vertex faces away from the camera do not count for l. Contour
 landmarks (silhouette points, whose vertex depends on the view) are calibrated on near-frontal
 renders only.
+
+`reliability` then weighs each inner landmark by how consistently the detector places it: the
+inverse of the median over renders of its squared residual (in eye-corner distances), divided by
+the median of that over the inner landmarks and clipped to [RELIABILITY_MIN, RELIABILITY_MAX],
+so that the loss trusts eye corners more than points MediaPipe interpolates across the cheek.
+Contour landmarks keep weight 1 (their weight is `landmarks.contour_weight`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +40,7 @@ from mfface.morphable.model import MorphableModel
 
 # MediaPipe's outer eye corners (subject's right, left): the per-render length unit.
 EYE_CORNERS = (33, 263)
+RELIABILITY_MIN, RELIABILITY_MAX = 0.05, 5.0
 
 
 @dataclass
@@ -164,3 +172,21 @@ def residuals(model: MorphableModel, samples: CalibrationSamples, table: np.ndar
     out = np.full(samples.detected.shape[:2], np.nan)
     out[:, covered] = np.linalg.norm(uv[:, table[covered]] - samples.detected[:, covered], axis=-1)
     return out
+
+
+def reliability(model: MorphableModel, samples: CalibrationSamples, table: np.ndarray,
+                contour: tuple[int, ...] = ()) -> np.ndarray:
+    """(N,) float32 weight per landmark of `table` (module docstring): 1 for `contour` positions,
+    0 where the table has no vertex."""
+    table = np.asarray(table)
+    normalised = residuals(model, samples, table) / eye_distance(samples.detected)[:, None]
+    with warnings.catch_warnings():       # landmarks without a vertex are all-nan columns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        moment = np.nanmedian(normalised ** 2, axis=0)
+    inner = (table >= 0) & np.isfinite(moment)
+    inner[list(contour)] = False
+    weights = np.ones(len(table))
+    weights[table < 0] = 0.0
+    weights[inner] = np.clip(np.median(moment[inner]) / np.maximum(moment[inner], 1e-12),
+                             RELIABILITY_MIN, RELIABILITY_MAX)
+    return weights.astype(np.float32)

@@ -144,7 +144,9 @@ class MorphableModel:
       clockwise seen from outside; uvs (V, 2) float32.
     `texture_size` is the (height, width) of the textures laid out by `uvs`.
     `landmarks` maps a scheme name ('ibug68', 'mediapipe478') to vertex indices; a -1 marks a
-    landmark the model does not cover. `regions` maps region names ('face', 'eyes', 'mouth', 'fit',
+    landmark the model does not cover; `landmark_reliability` maps a scheme to a weight per
+    landmark (float, median 1 over the inner points): how reliably the detector places it on this
+    model, measured by `mfface.morphable.landmark_calibration` (absent: all 1). `regions` maps region names ('face', 'eyes', 'mouth', 'fit',
     'skin') to sorted vertex-index arrays. `symmetry` (V,) gives each vertex's mirror partner.
     `diffuse_albedo` / `specular_albedo` are None when the model has no statistical albedo (ICT).
     `expression_range` bounds each expression coefficient: (0, 1) for blendshape rigs whose
@@ -163,6 +165,7 @@ class MorphableModel:
     texture_size: tuple[int, int] = (512, 512)
     expression_names: list[str] = field(default_factory=list)
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
+    landmark_reliability: dict[str, np.ndarray] = field(default_factory=dict)
     regions: dict[str, np.ndarray] = field(default_factory=dict)
     symmetry: np.ndarray | None = None
     expression_range: tuple[float, float] | None = None
@@ -361,6 +364,10 @@ class MorphableModel:
         ]
         for name, idx in {**self.landmarks, **self.regions}.items():
             checks.append((idx.size == 0 or idx.max() < v, f"indices of {name!r} out of range"))
+        for name, weights in self.landmark_reliability.items():
+            checks.append((name in self.landmarks and weights.shape == self.landmarks[name].shape
+                           and bool(np.all(weights >= 0)),
+                           f"landmark_reliability {name!r} must be >= 0, one per landmark of the scheme"))
         names = [part.name for part in self.parts]
         checks.append((len(set(names)) == len(names), "part names must be unique"))
         for ok, message in checks:

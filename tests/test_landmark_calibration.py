@@ -15,7 +15,8 @@ from mfface.learning.dataset_format import DatasetError, read_calibration_sample
 from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR
 from mfface.morphable.ict import mediapipe_table
 from mfface.morphable.landmark_calibration import (CalibrationSamples, calibrate_landmarks,
-                                                   camera_vertices, residuals)
+                                                   camera_vertices, reliability, residuals)
+from mfface.objectives import landmark_weights
 from mfface.morphable.store import ModelStore
 
 SIZE = 256
@@ -115,3 +116,27 @@ def test_calibrated_ict_table_lowers_residuals_on_held_out_renders(lite, ict_ind
     before = np.nanmedian(residuals(lite, held, geometric), axis=1)
     after = np.nanmedian(residuals(lite, held, calibrated), axis=1)
     assert np.median(after) < 0.95 * np.median(before), (before, after)
+
+
+def test_reliability_trusts_the_points_the_detector_places_consistently(lite):
+    rng = np.random.default_rng(5)
+    table = lite.landmarks["mediapipe478"]
+    covered = table >= 0
+    samples = _samples(lite, 30, rng)
+    noise = np.where(np.arange(478) % 2 == 0, 0.5, 2.0)          # odd landmarks: 4x the noise
+    samples.detected[:, covered] = _project(lite, samples, table[covered]) + \
+        rng.normal(0, 1, (30, covered.sum(), 2)) * noise[covered][None, :, None]
+    weights = reliability(lite, samples, table, MEDIAPIPE_CONTOUR)
+    inner = np.setdiff1d(np.flatnonzero(covered), MEDIAPIPE_CONTOUR)
+    even, odd = inner[inner % 2 == 0], inner[inner % 2 == 1]
+    assert np.median(weights[even]) > 8 * np.median(weights[odd])     # weight ~ 1 / noise^2
+    assert np.all(weights[list(MEDIAPIPE_CONTOUR)] == 1) and np.all(weights[~covered] == 0)
+    assert weights.min() >= 0 and weights[covered].max() <= 5
+
+
+def test_shipped_reliability_reaches_the_fit_weights(lite):
+    weights = landmark_weights("mediapipe478", 478, 0.3, reliability=lite.landmark_reliability["mediapipe478"])
+    inner = np.setdiff1d(np.flatnonzero(lite.landmarks["mediapipe478"] >= 0), MEDIAPIPE_CONTOUR)
+    assert np.median(weights.numpy()[inner]) == pytest.approx(1.0, abs=0.05)
+    assert weights.numpy()[inner].std() > 0.2                     # not uniform
+    assert np.allclose(weights.numpy()[list(MEDIAPIPE_CONTOUR)], 0.3)

@@ -49,6 +49,18 @@ def test_round_trip(tmp_path, albedo):
         np.testing.assert_array_equal(back.diffuse_albedo.basis, model.diffuse_albedo.basis)
     assert read_header(path)["n_vertices"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["m.mfmodel"]  # no temporary left behind
+    assert back.landmark_reliability == {}
+
+
+def test_landmark_reliability_round_trip_and_checks(tmp_path):
+    model = tiny_model()
+    weights = np.linspace(0, 2, 68).astype(np.float32)
+    model = dataclasses.replace(model, landmark_reliability={"ibug68": weights})
+    back = load_model_file(save_model(model, tmp_path / "m.mfmodel"))
+    np.testing.assert_array_equal(back.landmark_reliability["ibug68"], weights)
+    for bad in ({"ibug68": weights[:10]}, {"ibug68": -weights}, {"mediapipe478": np.ones(478)}):
+        with pytest.raises(ValueError, match="landmark_reliability"):
+            dataclasses.replace(model, landmark_reliability=bad).validate()
 
 
 def tiny_part(model: MorphableModel, name: str = "eye_left", v: int = 4, gaze: bool = True) -> ModelPart:

@@ -103,8 +103,9 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     vertex_index = landmark_index[valid]
     loss = loss or LandmarkConfig()
     if weights is None:
-        weights = landmark_weights(scheme_for_count(landmarks.shape[1]), landmarks.shape[1],
-                                   loss.contour_weight, device)
+        scheme = scheme_for_count(landmarks.shape[1])
+        weights = landmark_weights(scheme, landmarks.shape[1], loss.contour_weight, device,
+                                   model.landmark_reliability.get(scheme))
     weights = weights.to(device)[valid]
 
     fit_identity = config.fit_identity and identity is None and config.identity_components > 0

@@ -170,8 +170,9 @@ class Reconstructor:
                                 "files of the same kind for all of them.")
         count = len(images[0].crop_landmarks)
         index = torch.from_numpy(landmark_index(self.model, images[0].scheme, count)).to(self.device)
-        weights = landmark_weights(scheme_for_count(count), count, self.config.landmarks.contour_weight,
-                                   self.device)
+        scheme = scheme_for_count(count)
+        weights = landmark_weights(scheme, count, self.config.landmarks.contour_weight, self.device,
+                                   self.model.landmark_reliability.get(scheme))
         return FitTargets(
             images=torch.stack([im.target for im in images]).to(self.device),
             skin=torch.stack([im.skin for im in images]).to(self.device),

@@ -134,7 +134,8 @@ class Objective:
         index = torch.as_tensor(model.landmarks["mediapipe478"], dtype=torch.long, device=device)
         self.valid = index >= 0
         self.index = index[self.valid]
-        self.weights = landmark_weights("mediapipe478", 478, config.landmarks.contour_weight, device)[self.valid]
+        self.weights = landmark_weights("mediapipe478", 478, config.landmarks.contour_weight, device,
+                                        model.landmark_reliability.get("mediapipe478"))[self.valid]
         self.mirror = (MirrorSampler(model.triangles, model.uvs, model.symmetry, device)
                        if model.symmetry is not None else None)
         self.generator = torch.Generator(device=device).manual_seed(config.data.seed)

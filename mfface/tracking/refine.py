@@ -59,7 +59,8 @@ class FrameRefiner:
         self.valid = index >= 0
         self.index = index[self.valid]
         self.weights = landmark_weights("mediapipe478", len(index), config.landmarks.contour_weight,
-                                        forward.device)[self.valid]
+                                        forward.device,
+                                        forward.model.landmark_reliability.get("mediapipe478"))[self.valid]
         cfg = config.photometric
         self.settings = RenderSettings.from_config(config.fit_config(), cfg.size, cfg.spp)
         self.sh = appearance.sh.detach().clone()

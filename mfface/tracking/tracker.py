@@ -133,7 +133,9 @@ def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, land
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
     identity = identity.detach().float().cpu()
     loss = loss or LandmarkConfig()
-    solver = WindowSolver(model, index, landmark_weights("mediapipe478", len(index), loss.contour_weight),
+    weights = landmark_weights("mediapipe478", len(index), loss.contour_weight,
+                               reliability=model.landmark_reliability.get("mediapipe478"))
+    solver = WindowSolver(model, index, weights,
                           identity, focal_px * scale, w, h, principal, loss.robust_scale,
                           config.expression_prior)
     last = None                        # the last window's fit (its last row: the last tracked frame)
