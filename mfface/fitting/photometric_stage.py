@@ -6,8 +6,8 @@ Loss (weights in `Stage2Config`, terms in `mfface.objectives`, landmark loss per
   + albedo terms: albedo_prior * mean(c^2) for a statistical albedo model (Basel + AlbedoMM), or, for
     models without one (ICT), a free low-resolution albedo texture with
     albedo_smoothness * TV + albedo_symmetry * L1(point, mirror point).
-SH light and albedo are optimised from the first iteration; identity, expression and pose join at
-`geometry_start` (NextFace's schedule: light and albedo first explain the colours, so that the
+SH light and albedo are optimised from the first iteration; identity (unless `fit_identity` is
+off), expression and pose join at `geometry_start` (NextFace's schedule: light and albedo first explain the colours, so that the
 geometry is not bent to explain shading). Pose is parametrised as a rotation delta (rad) and a
 translation delta in units of the stage-1 depth, so one small learning rate suits both.
 """
@@ -95,7 +95,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     euler0, translation0 = state.euler.clone(), state.translation.clone()
     d_euler = torch.zeros_like(euler0, requires_grad=True)
     d_trans = torch.zeros_like(translation0, requires_grad=True)
-    state.identity.requires_grad_(True)
+    state.identity.requires_grad_(cfg.fit_identity)
     state.expression.requires_grad_(True)
     band_scale = sh_band_scale(state.sh.shape[1], cfg.sh_band_decay, forward.device)
     sh_param = (state.sh / band_scale).requires_grad_(True)
@@ -110,7 +110,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
 
     light_opt = torch.optim.Adam([{"params": [sh_param], "lr": cfg.sh_lr},
                                   {"params": [albedo.parameter], "lr": cfg.albedo_lr}])
-    geometry_opt = torch.optim.Adam([{"params": [state.identity, state.expression], "lr": cfg.geometry_lr},
+    shape = [state.identity, state.expression] if cfg.fit_identity else [state.expression]
+    geometry_opt = torch.optim.Adam([{"params": shape, "lr": cfg.geometry_lr},
                                      {"params": [d_euler, d_trans], "lr": cfg.pose_lr}])
     report = StageReport()
     for it in range(cfg.iterations):
