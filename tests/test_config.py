@@ -88,7 +88,7 @@ def test_click_options_cover_every_field():
     for section, table in config_to_dict(FitConfig()).items():
         for key in table:
             assert f"--{section}-{key}".replace("_", "-") in help_text
-    assert "[default: 200]" in " ".join(help_text.split())
+    assert "[default: 120]" in " ".join(help_text.split())
 
 
 def test_click_options_set_values():
