@@ -99,6 +99,6 @@ def test_click_options_set_values():
     assert out.output.strip() == ("x 50 False cpu 0.5 ['render.device', 'stage1.fit_identity', "
                                   "'stage2.iterations', 'stage2.sh_lr']")
     out = runner.invoke(_tiny, ["x"])
-    assert out.output.strip() == "x 200 True auto 0.01 []"
+    assert out.output.strip() == "x 120 True auto 0.01 []"
     out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
     assert out.exit_code != 0 and "tpu" in out.output
