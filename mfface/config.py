@@ -108,7 +108,7 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     """Stage 2: photometric fit of the statistical model, pose and light."""
-    iterations: int = _f(120, "Photometric iterations (NextFace: 400; measured trade-off in "
+    iterations: int = _f(200, "Photometric iterations (NextFace: 400; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
@@ -125,10 +125,10 @@ class Stage2Config:
                               "learning rate for all bands. Measured in bench/RESULTS.md.", 0.0)
     albedo_lr: float = _f(0.007, "Learning rate of the albedo coefficients.", 0.0, 10.0)
     geometry_lr: float = _f(0.01, "Learning rate of identity and expression coefficients.", 0.0, 10.0)
-    fit_identity: bool = _f(False, "Let the photometric stage change the identity (else it keeps "
-                            "stage 1's and fits expression, pose, light and albedo). Off: with "
-                            "MediaPipe's landmarks it made the shape 8.6% worse on the synthetic "
-                            "benchmark; turn it on with accurate landmarks (exact ones: 8% better).")
+    fit_identity: bool = _f(True, "Let the photometric stage change the identity (else it keeps "
+                            "stage 1's and fits expression, pose, light and albedo). Measured with "
+                            "MediaPipe's landmarks: off, the shape is 5-9% closer to the truth but the "
+                            "re-render 1-2 dB worse (bench/RESULTS.md).")
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0, 10.0)
     geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
                              "(NextFace: 100 of 400).", 0)
@@ -142,7 +142,7 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(40, "Per-texel iterations (NextFace: 100; measured trade-off in "
+    iterations: int = _f(60, "Per-texel iterations (NextFace: 100; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)

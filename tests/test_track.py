@@ -280,7 +280,9 @@ def test_identity_frames_are_sharp_frontal_and_varied(model) -> None:
     from mfface.tracking.select import choose_frames
 
     rng = np.random.default_rng(0)
-    base = rng.uniform(20, 80, (478, 2))
+    table = np.asarray(model.landmarks["mediapipe478"])
+    front = model.mean_shape[np.maximum(table, 0), :2] * [1.0, -1.0]      # a frontal face, y down
+    base = 50 + 30 * (front - front.mean(0)) / np.abs(front - front.mean(0)).max()
     landmarks = np.stack([base + (i % 3) * rng.normal(0, 2, (478, 2)) for i in range(12)])
     found = np.ones(12, bool)
     found[0] = False
