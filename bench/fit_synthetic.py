@@ -241,13 +241,10 @@ def with_geometric_table(model, ict_source: Path):
     """`model` (an ICT model) with the geometric MediaPipe table instead of the calibrated one,
     to measure what the calibration changes (docs/models.md)."""
     from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, contour_subset
-    from mfface.morphable.ict import import_ict_indexed, mediapipe_table
+    from mfface.morphable.ict import import_ict_indexed, mediapipe_table, table_to_model
 
     _, to_orig = import_ict_indexed(ict_source, with_mediapipe=False, parts=False)
-    orig_to_new = np.full(int(to_orig.max()) + 1, -1)
-    orig_to_new[to_orig] = np.arange(len(to_orig))
-    table = mediapipe_table(calibrated=False)
-    table = np.where(table >= 0, orig_to_new[np.maximum(table, 0)], -1)
+    table = table_to_model(mediapipe_table(calibrated=False), to_orig)
     landmarks = {**model.landmarks, "mediapipe478": table,
                  "mediapipe478_contour": contour_subset(table, MEDIAPIPE_CONTOUR)}
     return dataclasses.replace(model, landmarks=landmarks)

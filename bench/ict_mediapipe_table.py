@@ -28,7 +28,7 @@ import numpy as np
 from mfface.learning.dataset_format import read_calibration_samples
 from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR, mediapipe_correspondence
 from mfface.morphable.ict import (CALIBRATED_TABLE, COMMIT, MEDIAPIPE_TABLE, import_ict_indexed,
-                                  mediapipe_table)
+                                  mediapipe_table, table_to_model, table_to_original)
 from mfface.morphable.landmark_calibration import calibrate_landmarks, reliability, residuals
 
 DATA = Path(__file__).resolve().parents[1] / "morphable" / "data"
@@ -54,7 +54,7 @@ def write_table(out: Path, header: str, table: np.ndarray, weights: np.ndarray |
 def geometric(source: Path, mesh: Path, out: Path) -> dict:
     model, to_orig = import_ict_indexed(source, with_mediapipe=False)
     corr = mediapipe_correspondence(model, mesh)
-    table = np.where(corr.indices >= 0, to_orig[np.maximum(corr.indices, 0)], -1)
+    table = table_to_original(corr.indices, to_orig)
     write_table(out, GEOMETRIC, table)
     dist = corr.distances
     return {"median_mm": round(float(np.median(dist)), 3), "p95_mm": round(float(np.percentile(dist, 95)), 3),
@@ -71,13 +71,10 @@ def residual_figures(values: np.ndarray) -> dict:
 
 def calibrate(source: Path, train: Path, heldout: Path, out: Path) -> dict:
     model, to_orig = import_ict_indexed(source, with_mediapipe=False, parts=False)
-    orig_to_new = np.full(int(to_orig.max()) + 1, -1)
-    orig_to_new[to_orig] = np.arange(len(to_orig))
-    geometric_table = mediapipe_table(calibrated=False)
-    start = np.where(geometric_table >= 0, orig_to_new[np.maximum(geometric_table, 0)], -1)
+    start = table_to_model(mediapipe_table(calibrated=False), to_orig)
     samples = read_calibration_samples(train)
     found = calibrate_landmarks(model, samples, start, model.regions["fit"], MEDIAPIPE_CONTOUR)
-    table = np.where(found.table >= 0, to_orig[np.maximum(found.table, 0)], -1)
+    table = table_to_original(found.table, to_orig)
     import h5py
     with h5py.File(train, "r") as f:
         seed = int(f.attrs["synth_seed"])
@@ -96,14 +93,20 @@ def calibrate(source: Path, train: Path, heldout: Path, out: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    mode, args = argv[0], [Path(a) for a in argv[1:]]
-    if mode == "geometric":
-        print(json.dumps(geometric(args[0], args[1], args[2] if len(args) > 2 else DATA / MEDIAPIPE_TABLE)))
-    elif mode == "calibrate":
-        print(json.dumps(calibrate(args[0], args[1], args[2],
-                                   args[3] if len(args) > 3 else DATA / CALIBRATED_TABLE)))
-    else:
-        sys.exit(__doc__)
+    from mfface.learning.dataset_format import DatasetError
+    from mfface.morphable.format import ModelSourceError
+
+    mode, args = (argv[0], [Path(a) for a in argv[1:]]) if argv else ("", [])
+    try:
+        if mode == "geometric" and len(args) in (2, 3):
+            print(json.dumps(geometric(args[0], args[1], args[2] if len(args) > 2 else DATA / MEDIAPIPE_TABLE)))
+        elif mode == "calibrate" and len(args) in (3, 4):
+            print(json.dumps(calibrate(args[0], args[1], args[2],
+                                       args[3] if len(args) > 3 else DATA / CALIBRATED_TABLE)))
+        else:
+            sys.exit(__doc__)
+    except (DatasetError, ModelSourceError, ValueError) as error:
+        sys.exit(f"Error: {error}")
 
 
 if __name__ == "__main__":

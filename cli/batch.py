@@ -80,7 +80,7 @@ class Outcome:
     seconds: float = 0.0
     rms_px: list[float] | None = None
     losses: dict | None = None
-    warnings: list[list[str]] | None = None  # per photo: landmarks not trusted (fitting.reliability)
+    warnings: list[list[str]] | None = None  # per photo: mfface.fitting.untrusted_landmarks
     error: str | None = None
     skipped: str | None = None
 

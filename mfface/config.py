@@ -87,8 +87,8 @@ class LandmarkConfig:
     contour_weight: float = _f(0.3, "Weight of face-outline landmarks, which slide with head pose.", 0.0, 1.0)
     unreliable_prior_scale: float = _f(100.0, "Factor on the identity prior of a photo whose landmarks "
                                        "cannot be trusted (face cut by the border, yaw beyond 70 deg, "
-                                       "landmarks that fit no face; mfface.fitting.reliability); 1 = "
-                                       "no fallback.", 1.0, 1e6)
+                                       "landmarks that fit no face; "
+                                       "mfface.fitting.untrusted_landmarks); 1 = no fallback.", 1.0, 1e6)
 
 
 @dataclass

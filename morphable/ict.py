@@ -132,6 +132,24 @@ def _landmarks_from_readme(readme: str) -> list[int] | None:
     return values if len(values) == 68 else None
 
 
+def original_to_model(new_to_orig: np.ndarray) -> np.ndarray:
+    """(N_VERTICES,) the model vertex of each original ICT vertex (-1: not in the model); a vertex
+    split along a UV seam maps to its first copy."""
+    orig_to_new = np.full(N_VERTICES, -1, dtype=np.int64)
+    orig_to_new[new_to_orig[::-1]] = np.arange(len(new_to_orig))[::-1]  # first copy wins
+    return orig_to_new
+
+
+def table_to_model(table: np.ndarray, new_to_orig: np.ndarray) -> np.ndarray:
+    """A landmark table of original ICT indices as the model's vertex indices (-1 kept)."""
+    return np.where(table >= 0, original_to_model(new_to_orig)[np.maximum(table, 0)], -1)
+
+
+def table_to_original(table: np.ndarray, new_to_orig: np.ndarray) -> np.ndarray:
+    """A landmark table of model vertex indices as original ICT indices (-1 kept)."""
+    return np.where(table >= 0, new_to_orig[np.maximum(table, 0)], -1)
+
+
 def _table_rows(name: str) -> list[list[str]]:
     text = resources.files("mfface.morphable").joinpath("data", name).read_text()
     rows = [line.split("#", 1)[0].split() for line in text.splitlines()]
@@ -256,8 +274,7 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
         ids = corner_to_new[start:start + len(polygon)]
         triangles += [(ids[0], ids[k], ids[k + 1]) for k in range(1, len(polygon) - 1)]
         start += len(polygon)
-    orig_to_new = np.full(N_VERTICES, -1, dtype=np.int64)
-    orig_to_new[new_to_orig[::-1]] = np.arange(len(new_to_orig))[::-1]  # first copy wins
+    orig_to_new = original_to_model(new_to_orig)
 
     neutral = shapes["generic_neutral_mesh"]
     mean = neutral[new_to_orig] * CM_TO_MM
@@ -273,7 +290,7 @@ def import_ict_indexed(source: str | Path, region: str = "face", name: str | Non
     reliability = {}
     if with_mediapipe:
         table = mediapipe_table()
-        mp = np.where(table >= 0, orig_to_new[np.maximum(table, 0)], -1)
+        mp = table_to_model(table, new_to_orig)
         landmarks["mediapipe478"] = mp
         landmarks["mediapipe478_contour"] = contour_subset(mp, MEDIAPIPE_CONTOUR)
         reliability = {"mediapipe478": mediapipe_reliability()}

@@ -93,16 +93,21 @@ def camera_vertices(model: MorphableModel, samples: CalibrationSamples) -> torch
         return to_camera(vertices, as_tensor(samples.euler), as_tensor(samples.translation))
 
 
+def _projected(camera: torch.Tensor, samples: CalibrationSamples) -> np.ndarray:
+    """(S, V, 2) px: camera-space vertices (S, V, 3) projected with each sample's camera."""
+    with torch.no_grad():
+        uv = project(camera, torch.as_tensor(samples.focal, dtype=torch.float32), samples.size,
+                     samples.size, torch.as_tensor(samples.principal, dtype=torch.float32))
+    return uv.numpy().astype(np.float64)
+
+
 def projected_vertices(model: MorphableModel, samples: CalibrationSamples) -> tuple[np.ndarray, np.ndarray]:
     """(S, V, 2) px projections of every sample's true vertices, and (S, V) bool: the vertex's
     normal faces the camera."""
     camera = camera_vertices(model, samples)
-    with torch.no_grad():
-        uv = project(camera, torch.as_tensor(samples.focal, dtype=torch.float32), samples.size,
-                     samples.size, torch.as_tensor(samples.principal, dtype=torch.float32))
     facing = np.stack([np.einsum("vk,vk->v", vertex_normals(points, model.triangles), points) < 0
                        for points in camera.numpy()])
-    return uv.numpy().astype(np.float64), facing
+    return _projected(camera, samples), facing
 
 
 def eye_distance(detected: np.ndarray) -> np.ndarray:
@@ -166,7 +171,7 @@ def residuals(model: MorphableModel, samples: CalibrationSamples, table: np.ndar
     """(S, N) distance (px) between each landmark's true-face vertex projected and the detected
     point; nan for landmarks the table does not cover. Measures an embedding on held-out renders
     without any fitting."""
-    uv, _ = projected_vertices(model, samples)
+    uv = _projected(camera_vertices(model, samples), samples)   # no normals needed here
     table = np.asarray(table)
     covered = table >= 0
     out = np.full(samples.detected.shape[:2], np.nan)

@@ -9,7 +9,7 @@ from mfface.landmarks import MEDIAPIPE_TO_IBUG68
 from mfface.metrics import similarity_transform
 from mfface.morphable.correspondence import (MEDIAPIPE_CONTOUR, mediapipe_correspondence,
                                              mediapipe_from_ibug68, read_canonical_mesh)
-from mfface.morphable.ict import mediapipe_table
+from mfface.morphable.ict import mediapipe_table, table_to_original
 from mfface.morphable.model import MorphableModel
 
 CANONICAL = "mediapipe/canonical_face_model.obj"
@@ -77,7 +77,7 @@ def test_ibug_fallback_table():
 def test_shipped_ict_table_matches_recomputation(ict_indexed):  # noqa: F811
     model, to_orig = ict_indexed
     corr = mediapipe_correspondence(model, data_file(CANONICAL))
-    recomputed = np.where(corr.indices >= 0, to_orig[np.maximum(corr.indices, 0)], -1)
+    recomputed = table_to_original(corr.indices, to_orig)
     np.testing.assert_array_equal(recomputed, mediapipe_table(calibrated=False))
     # distances of the mapped ICT vertices from the aligned canonical mesh (docs/models.md)
     assert np.median(corr.distances) < 2.0

@@ -13,7 +13,7 @@ from mfface.camera import project, to_camera
 from mfface.cli.main import cli
 from mfface.learning.dataset_format import DatasetError, read_calibration_samples
 from mfface.morphable.correspondence import MEDIAPIPE_CONTOUR
-from mfface.morphable.ict import mediapipe_table
+from mfface.morphable.ict import mediapipe_table, table_to_model
 from mfface.morphable.landmark_calibration import (CalibrationSamples, calibrate_landmarks,
                                                    camera_vertices, reliability, residuals)
 from mfface.objectives import landmark_weights
@@ -98,13 +98,9 @@ def test_calibrated_ict_table_lowers_residuals_on_held_out_renders(lite, ict_ind
     """MediaPipe on 10 renders of a seed the table was not calibrated on: the true face's
     landmark vertices lie closer to its points with the calibrated table than the geometric one."""
     _, to_orig = ict_indexed
-    orig_to_new = np.full(int(to_orig.max()) + 1, -1)
-    orig_to_new[to_orig] = np.arange(len(to_orig))
-    geometric_orig = mediapipe_table(calibrated=False)
-    geometric = np.where(geometric_orig >= 0, orig_to_new[np.maximum(geometric_orig, 0)], -1)
-    calibrated_orig = mediapipe_table()
+    geometric = table_to_model(mediapipe_table(calibrated=False), to_orig)
     calibrated = lite.landmarks["mediapipe478"]
-    np.testing.assert_array_equal(calibrated, np.where(calibrated_orig >= 0, orig_to_new[np.maximum(calibrated_orig, 0)], -1))
+    np.testing.assert_array_equal(calibrated, table_to_model(mediapipe_table(), to_orig))
 
     out = tmp_path / "held.h5"
     result = CliRunner().invoke(cli, ["synth", "10", "-o", str(out), "--size", "192", "--spp", "16",

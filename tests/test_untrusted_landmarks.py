@@ -1,4 +1,4 @@
-"""Landmarks that cannot shape a face (mfface.fitting.reliability): a face cut by the border, a
+"""Landmarks that cannot shape a face (mfface.fitting.untrusted_landmarks): a face cut by the border, a
 head beyond profile, landmarks that fit no face. They are detected after stage 1, reported, and the
 shape falls back to stronger priors instead of a confident wrong one."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from mfface.camera import project, to_camera
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.pipeline import Reconstructor, prepare_photo
-from mfface.fitting.reliability import landmark_problems
+from mfface.fitting.untrusted_landmarks import landmark_problems
 from mfface.morphable.store import ModelStore
 from mfface.synthetic import random_face
 

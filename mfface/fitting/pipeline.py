@@ -24,9 +24,9 @@ from mfface.fitting.errors import FitDivergedError, FitInputError
 from mfface.fitting.landmark_stage import run_landmark_stage
 from mfface.fitting.photometric_stage import StageReport, fit_photometric
 from mfface.fitting.targets import FitTargets
-from mfface.fitting.reliability import photo_problems, with_stronger_priors
 from mfface.fitting.texel_stage import fit_texels
 from mfface.fitting.uncertainty import fit_uncertainty
+from mfface.fitting.untrusted_landmarks import photo_problems, with_stronger_priors
 from mfface.forward import ForwardModel
 from mfface.images import Affine2D, CropBox, crop_and_resize, crop_box_around, linearize, read_image
 from mfface.landmarks import LandmarkDetector, check_landmarks, read_landmarks, scheme_for_count
@@ -146,7 +146,7 @@ class FitResult:
     owner: CheckpointOwner | None = None  # what the fit's checkpoints belong to
     source: dict = field(default_factory=lambda: {"method": "fit"})  # how the state was made
     uncertainty: list[dict] = field(default_factory=list)  # per image, mfface.fitting.uncertainty
-    landmark_warnings: list[list[str]] = field(default_factory=list)  # per image, fitting.reliability
+    landmark_warnings: list[list[str]] = field(default_factory=list)  # per image (untrusted_landmarks)
 
 
 class Reconstructor:

@@ -74,14 +74,15 @@ def landmark_posterior(model: MorphableModel, identity: torch.Tensor, expression
     from mfface.fitting.unseen import vertex_normals
 
     f64 = dict(dtype=torch.float64)
-    buffers = {k: v.double() for k, v in model.torch_buffers("cpu").items()}
-    rows = (index[:, None] * 3 + torch.arange(3)).reshape(-1)
-    mean, id_basis, exp_basis = buffers["mean"][rows], buffers["identity"][rows], buffers["expression"][rows]
+    buffers = model.torch_buffers("cpu")
+    rows = (index[:, None] * 3 + torch.arange(3)).reshape(-1)   # only the landmark vertices' rows
+    mean, id_basis, exp_basis = (buffers[k][rows].double() for k in ("mean", "identity", "expression"))
     k_id, k_exp = id_basis.shape[1], exp_basis.shape[1]
     full_identity = torch.zeros(k_id, **f64)
     full_identity[:identity.numel()] = identity.double()[:k_id]
-    theta0 = torch.cat([euler.double(), translation[2:].double().log(), translation[:2].double() / translation[2].double(),
-                        focal.double().reshape(1).log(), expression.double(), full_identity])
+    t = translation.double()
+    theta0 = torch.cat([euler.double(), t[2:].log(), t[:2] / t[2], focal.double().reshape(1).log(),
+                        expression.double(), full_identity])
     centre = principal.double().reshape(1, 2)
 
     def projected(theta: torch.Tensor) -> torch.Tensor:
@@ -115,10 +116,10 @@ def vertex_std(model: MorphableModel, posterior: Posterior) -> np.ndarray:
     """(V,) mm: the posterior std of each model-space vertex position (root of the trace of its
     3x3 covariance) from the expression and identity covariance; pose and size excluded."""
     buffers = model.torch_buffers("cpu")
-    basis = torch.cat([buffers["expression"], buffers["identity"][:, :posterior.n_identity]], 1).double()
-    covariance = posterior.shape_covariance()
+    basis = torch.cat([buffers["expression"], buffers["identity"][:, :posterior.n_identity]], 1)
+    covariance = posterior.shape_covariance().float()
     variance = ((basis @ covariance) * basis).sum(1).clamp_min(0)            # (3V,)
-    return variance.reshape(-1, 3).sum(1).sqrt().numpy()
+    return variance.reshape(-1, 3).sum(1).sqrt().double().numpy()
 
 
 def summary(model: MorphableModel, posterior: Posterior, region: np.ndarray | None = None) -> dict:
