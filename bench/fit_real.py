@@ -107,7 +107,8 @@ def main() -> None:
             shapes[path.stem] = identity_shape(model, result.state.identity, region)
             shapes_s1[path.stem] = identity_shape(model, result.stages[1].identity, region)
             row = {"photo": path.stem, "person": path.stem.split("_")[0], "crop_px": image.target.shape[0],
-                   "seconds": seconds, "psnr_db_start": image_metrics(result, result.stages[1], image, args.eval_spp)["psnr_db"],
+                   "seconds": seconds, "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+                   "psnr_db_start": image_metrics(result, result.stages[1], image, args.eval_spp)["psnr_db"],
                    "psnr_db": image_metrics(result, result.state, image, args.eval_spp)["psnr_db"],
                    **light_figures(result.state.sh)}
             rows.append(row)

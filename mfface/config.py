@@ -85,6 +85,9 @@ class LandmarkConfig:
     robust_scale: float = _f(4.0, "Px where the landmark loss turns from squared to linear (Huber); "
                              "0 = plain mean squared error.", 0.0, 1000.0)
     contour_weight: float = _f(0.3, "Weight of face-outline landmarks, which slide with head pose.", 0.0, 1.0)
+    sliding_contour: bool = _f(False, "Stage 1: match each face-outline landmark to the model's current "
+                               "occluding contour once its own vertex turns away (sliding "
+                               "correspondences, mfface.fitting.contour); measured in bench/RESULTS.md.")
     unreliable_prior_scale: float = _f(100.0, "Factor on the identity prior of a photo whose landmarks "
                                        "cannot be trusted (face cut by the border, yaw beyond 70 deg, "
                                        "landmarks that fit no face; "
@@ -111,6 +114,11 @@ class Stage2Config:
     iterations: int = _f(200, "Photometric iterations (NextFace: 400; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
+    coarse_size: int = _f(0, "Coarse to fine: side in px of the renders of the first `coarse_iterations` "
+                          "iterations (photo, skin mask and landmarks area-averaged to it); 0 = the "
+                          "crop's size throughout.", 0, 8192)
+    coarse_iterations: int = _f(0, "Iterations rendered at `coarse_size` before the rest at the crop's "
+                                "size.", 0, 1_000_000)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(1.0, "Weight of the landmark loss (px^2; NextFace: 0.001, which leaves the "
                                 "landmarks ~1e4 times weaker than the photometric term).", 0.0)
@@ -132,6 +140,9 @@ class Stage2Config:
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0, 10.0)
     geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
                              "(NextFace: 100 of 400).", 0)
+    lr_decay: bool = _f(False, "Decay every learning rate along a cosine to 0 by the last iteration "
+                        "(the geometry's from geometry_start), so that the last steps settle instead of "
+                        "jittering on noisy Monte Carlo gradients.")
     albedo_resolution: int = _f(64, "Side of the stage-2 albedo texture (free texture for models without "
                                 "an albedo model; bake size of a statistical one).", 4, 8192)
     albedo_smoothness: float = _f(1.0, "Free albedo texture: weight of its total variation.", 0.0)
@@ -146,6 +157,8 @@ class Stage3Config:
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
+    lr_decay: bool = _f(False, "Decay the maps' learning rates along a cosine to 0 by the last "
+                        "iteration, so that per-texel steps on noisy gradients settle.")
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
     diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0, 10.0)
     specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "

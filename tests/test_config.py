@@ -102,3 +102,41 @@ def test_click_options_set_values():
     assert out.output.strip() == "x 200 True auto 0.01 []"
     out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
     assert out.exit_code != 0 and "tpu" in out.output
+
+
+# The keys of the real-photo geometry work: sliding outline correspondences, coarse-to-fine stage 2
+# and the cosine learning-rate decay of stages 2 and 3 (non-default values).
+GEOMETRY_KEYS = {"landmarks.sliding_contour": True, "stage2.coarse_size": 96, "stage2.coarse_iterations": 30,
+                 "stage2.lr_decay": True, "stage3.lr_decay": True}
+
+
+def _dotted(cfg: FitConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def test_geometry_keys_through_toml_and_flags(tmp_path):
+    defaults = FitConfig()
+    assert all(_dotted(defaults, k) != v for k, v in GEOMETRY_KEYS.items())
+    lines = []
+    for section in sorted({k.split(".")[0] for k in GEOMETRY_KEYS}):
+        lines.append(f"[{section}]")
+        lines += [f"{k.split('.')[1]} = {str(v).lower()}" for k, v in GEOMETRY_KEYS.items() if k.startswith(section)]
+    path = tmp_path / "geometry.toml"
+    path.write_text("\n".join(lines) + "\n")
+    from_file = load_config(path)
+    assert {k: _dotted(from_file, k) for k in GEOMETRY_KEYS} == GEOMETRY_KEYS
+
+    @click.command()
+    @config_options
+    def show(**kwargs) -> None:
+        cfg = apply_overrides(FitConfig(), overrides_from_kwargs(kwargs))
+        click.echo(repr({k: _dotted(cfg, k) for k in GEOMETRY_KEYS}))
+
+    flags = ["--landmarks-sliding-contour", "--stage2-coarse-size", "96", "--stage2-coarse-iterations", "30",
+             "--stage2-lr-decay", "--stage3-lr-decay"]
+    out = CliRunner().invoke(show, flags)
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == repr(GEOMETRY_KEYS)
+    bad = CliRunner().invoke(show, ["--stage2-coarse-size", "-1"])
+    assert isinstance(bad.exception, ConfigError) and "stage2.coarse_size" in str(bad.exception)

@@ -82,3 +82,39 @@ def test_rendered_fit_matches_the_photo(fit) -> None:
                                    result.targets.valid_landmarks()[1]).landmarks
     error = (landmarks[0] - result.targets.valid_landmarks()[0][0]).norm(dim=-1)
     assert float(error.median()) < 1.5  # px, at 96 px with 0.5 px landmark noise
+
+
+def test_targets_at_a_coarse_size(fit) -> None:
+    """Coarse targets: area-averaged photo and skin, landmarks and principal point scaled with
+    the image (pixel i covers [i, i + 1)); the crop's own size returns the same targets."""
+    _, _, result = fit
+    targets = result.targets
+    half = targets.at_size(SIZE // 2)
+    assert targets.at_size(SIZE) is targets
+    assert half.images.shape == (1, SIZE // 2, SIZE // 2, 3) and half.skin.shape == (1, SIZE // 2, SIZE // 2)
+    block = targets.images[0, :2, :2].mean(dim=(0, 1))
+    assert torch.allclose(half.images[0, 0, 0], block, atol=1e-6)
+    assert float(half.skin.min()) >= 0.0 and float(half.skin.max()) <= 1.0
+    assert torch.allclose(half.landmarks, targets.landmarks / 2)
+    assert torch.allclose(half.principal, targets.principal / 2)
+    with pytest.raises(ValueError, match="coarse size"):
+        targets.at_size(2 * SIZE)
+
+
+def test_coarse_to_fine_stage2(fit) -> None:
+    """Stage 2 with its first iterations at half size: they render at that size, the landmark
+    term keeps the crop's pixels (the same value as at full size from the same state), and the
+    fit improves the re-render as much as at full size (within 1 dB)."""
+    from mfface.fitting.photometric_stage import fit_photometric
+
+    _, _, result = fit
+    runs = {}
+    for coarse in (0, SIZE // 2):
+        config = apply_overrides(result.config, {"stage2.coarse_size": coarse, "stage2.coarse_iterations": 20})
+        state, report = fit_photometric(result.forward, result.targets, result.start, config)
+        runs[coarse] = (skin_psnr(result, state), report.losses["landmarks"][0])
+    assert (SIZE // 2, "prb", 2) in result.forward._renderers
+    assert runs[SIZE // 2][1] == pytest.approx(runs[0][1], rel=1e-4)
+    start = skin_psnr(result, result.start)
+    print(f"PSNR start {start:.2f}, stage 2 full {runs[0][0]:.2f}, coarse to fine {runs[SIZE // 2][0]:.2f} dB")
+    assert runs[SIZE // 2][0] > start + 3.0 and runs[SIZE // 2][0] > runs[0][0] - 1.0

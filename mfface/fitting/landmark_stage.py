@@ -10,7 +10,6 @@ lateral translation as t_xy / t_z (the image-plane offset, unitless).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,12 +18,14 @@ import torch
 
 from mfface.camera import principal_point, project, solve_pnp, to_camera
 from mfface.config import FitConfig, LandmarkConfig, Stage1Config
+from mfface.fitting.contour import ContourStrips, contour_strips, occluding_choice
 from mfface.fitting.errors import check_finite
 from mfface.fitting.targets import FitTargets
 from mfface.interrupt import raise_if_requested
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
 from mfface.objectives import landmark_loss, landmark_weights, statistical_prior
+from mfface.schedules import cosine_decay
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState
 from mfface.textures import StatisticalAlbedo
@@ -102,8 +103,9 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     target = landmarks[:, valid]
     vertex_index = landmark_index[valid]
     loss = loss or LandmarkConfig()
+    scheme = scheme_for_count(landmarks.shape[1])
+    strips = (contour_strips(model, scheme, landmark_index.cpu().numpy()) if loss.sliding_contour else None)
     if weights is None:
-        scheme = scheme_for_count(landmarks.shape[1])
         weights = landmark_weights(scheme, landmarks.shape[1], loss.contour_weight, device,
                                    model.landmark_reliability.get(scheme))
     weights = weights.to(device)[valid]
@@ -143,7 +145,9 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
 
     # Only the landmark vertices' rows of the model: V can be ~30k, landmarks a few hundred.
     buffers = model.torch_buffers(device)
-    rows = (vertex_index[:, None] * 3 + torch.arange(3, device=device)).reshape(-1)
+    sliding = _SlidingRows(strips, valid, len(vertex_index)) if strips is not None else None
+    evaluated = vertex_index if sliding is None else torch.cat([vertex_index, sliding.candidates.reshape(-1)])
+    rows = (evaluated[:, None] * 3 + torch.arange(3, device=device)).reshape(-1)
     mean_rows = buffers["mean"][rows]
     id_rows_basis = buffers["identity"][rows, :k_id]
     exp_rows_basis = buffers["expression"][rows]
@@ -157,7 +161,10 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         verts = flat.reshape(batch, -1, 3)
         tz = log_tz.exp()
         translation = torch.cat([lateral * tz, tz], dim=1)
-        uv = project(to_camera(verts, euler, translation), log_focal.exp(), width, height, centre)
+        points = to_camera(verts, euler, translation)
+        if sliding is not None:
+            points = sliding.slide(points, euler)
+        uv = project(points, log_focal.exp(), width, height, centre)
         total = landmark_loss(uv, target, weights, loss.robust_scale)
         total = total + config.expression_prior * statistical_prior(exp_param)
         if fit_identity:
@@ -168,8 +175,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
 
     params = [p for p in (euler, log_tz, lateral, log_focal, exp_param, id_param) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / max(config.iterations, 1))))
+    schedule = cosine_decay(optimizer, config.iterations)
     losses = []
     for it in range(config.iterations):
         optimizer.zero_grad()
@@ -193,6 +199,27 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     return Stage1Result(euler=euler.detach().clone(), translation=translation.detach().clone(),
                         focal=log_focal.detach().exp(), expression=exp_param.detach().clone(),
                         identity=fitted_identity, rms=rms, losses=losses)
+
+
+class _SlidingRows:
+    """The sliding outline landmarks (`mfface.fitting.contour`) among stage 1's M covered
+    landmarks: their strips' candidates are evaluated after the M landmark vertices."""
+
+    def __init__(self, strips: ContourStrips, valid: torch.Tensor, count: int) -> None:
+        self.strips = strips.to(valid.device)
+        position = torch.cumsum(valid.long(), 0) - 1        # landmark row -> row among the covered
+        self.rows = position[self.strips.rows]
+        self.candidates = self.strips.candidates
+        self.count = count
+
+    def slide(self, points: torch.Tensor, euler: torch.Tensor) -> torch.Tensor:
+        """(B, M, 3) landmark points from (B, M + C K, 3): each outline landmark's point replaced
+        by its strip's current choice (`occluding_choice`)."""
+        batch, (c, k) = points.shape[0], self.candidates.shape
+        strip = points[:, self.count:].reshape(batch, c, k, 3)
+        pick = occluding_choice(self.strips, strip, euler)
+        chosen = strip.gather(2, pick[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
+        return points[:, :self.count].index_copy(1, self.rows, chosen)
 
 
 @dataclass

@@ -6,6 +6,9 @@ Loss (weights in `Stage2Config`, terms in `mfface.objectives`, landmark loss per
   + albedo terms: albedo_prior * mean(c^2) for a statistical albedo model (Basel + AlbedoMM), or, for
     models without one (ICT), a free low-resolution albedo texture with
     albedo_smoothness * TV + albedo_symmetry * L1(point, mirror point).
+Coarse to fine: the first `coarse_iterations` render at `coarse_size` px against the
+area-averaged photo (`FitTargets.at_size`; focal and principal point scaled alike), the rest at the
+crop's size; the landmark loss stays in the crop's pixels, so its weight means the same throughout.
 SH light and albedo are optimised from the first iteration; identity (unless `fit_identity` is
 off), expression and pose join at `geometry_start` (NextFace's schedule: light and albedo first explain the colours, so that the
 geometry is not bent to explain shading). Pose is parametrised as a rotation delta (rad) and a
@@ -13,6 +16,7 @@ translation delta in units of the stage-1 depth, so one small learning rate suit
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +29,7 @@ from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
 from mfface.objectives import (landmark_loss, photometric_loss, sh_energy, smoothness_loss,
                                statistical_prior, symmetry_loss, weighted_terms)
+from mfface.schedules import cosine_decay
 from mfface.sh import nonnegative
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler, StatisticalAlbedo, resize_texture
@@ -105,7 +110,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     if not albedo.statistical and model.symmetry is not None:
         mirror = MirrorSampler(model.triangles, model.uvs, model.symmetry, forward.device)
     generator = torch.Generator(device=forward.device).manual_seed(0)
-    settings = RenderSettings.from_config(config, targets.size, cfg.spp)
+    coarse = cfg.coarse_size if 0 < cfg.coarse_size < targets.size else targets.size
+    coarse_targets = targets.at_size(coarse)
     robust = config.landmarks.robust_scale
 
     light_opt = torch.optim.Adam([{"params": [sh_param], "lr": cfg.sh_lr},
@@ -113,6 +119,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     shape = [state.identity, state.expression] if cfg.fit_identity else [state.expression]
     geometry_opt = torch.optim.Adam([{"params": shape, "lr": cfg.geometry_lr},
                                      {"params": [d_euler, d_trans], "lr": cfg.pose_lr}])
+    schedules = [cosine_decay(light_opt, cfg.iterations),
+                 cosine_decay(geometry_opt, cfg.iterations - cfg.geometry_start)] if cfg.lr_decay else []
     report = StageReport()
     for it in range(cfg.iterations):
         geometry_on = it >= cfg.geometry_start
@@ -120,10 +128,13 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         state.euler = euler0 + d_euler
         state.translation = translation0 + d_trans * depth
         state.diffuse = albedo.texture()
-        out = forward(state, settings.with_seed(SEED_OFFSET + it), lm_index)
+        seen = coarse_targets if it < cfg.coarse_iterations else targets
+        scale = seen.size / targets.size
+        view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
+        out = forward(view, RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it), lm_index)
         terms = weighted_terms(cfg, WEIGHTS, {
-            "photo": lambda: photometric_loss(out.image, out.coverage, targets.images, targets.skin),
-            "landmarks": lambda: landmark_loss(out.landmarks, lm_target, lm_weights, robust),
+            "photo": lambda: photometric_loss(out.image, out.coverage, seen.images, seen.skin),
+            "landmarks": lambda: landmark_loss(out.landmarks / scale, lm_target, lm_weights, robust),
             "identity": lambda: statistical_prior(state.identity),
             "expression": lambda: statistical_prior(state.expression),
             "light": lambda: sh_energy(state.sh),
@@ -145,6 +156,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         if geometry_on:
             geometry_opt.step()
             model.clamp_expression_(state.expression)
+        for schedule in schedules[:1 + geometry_on]:
+            schedule.step()
         if not albedo.statistical:
             with torch.no_grad():
                 albedo.parameter.clamp_(0.0, 1.0)

@@ -23,6 +23,7 @@ from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
 from mfface.objectives import (closeness_loss, consistency_loss, photometric_loss, range_loss,
                                smoothness_loss, symmetry_loss, weighted_terms)
+from mfface.schedules import cosine_decay
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler
 
@@ -43,6 +44,7 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
     maps = {name: getattr(state, name).requires_grad_(True) for name in MAPS}
     lrs = {"diffuse": cfg.diffuse_lr, "specular": cfg.specular_lr, "roughness": cfg.roughness_lr}
     optimiser = torch.optim.Adam([{"params": [maps[n]], "lr": lrs[n]} for n in maps])
+    schedule = cosine_decay(optimiser, cfg.iterations) if cfg.lr_decay else None
     mirror = (MirrorSampler(model.triangles, model.uvs, model.symmetry, forward.device)
               if model.symmetry is not None else None)
     generator = torch.Generator(device=forward.device).manual_seed(0)
@@ -71,6 +73,8 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         optimiser.step()
+        if schedule is not None:
+            schedule.step()
         with torch.no_grad():
             for name, texture in maps.items():
                 texture.clamp_(*bounds[name])

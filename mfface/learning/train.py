@@ -45,6 +45,7 @@ from mfface.metrics import aligned_distances
 from mfface.morphable.model import MorphableModel
 from mfface.objectives import (chromaticity, landmark_loss, landmark_weights, photometric_loss, sh_energy,
                                smoothness_loss, statistical_prior, symmetry_loss, weighted_terms)
+from mfface.schedules import cosine_decay
 from mfface.textures import MirrorSampler
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
@@ -337,8 +338,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam([{"params": groups[n], "lr": lrs[n]} for n in trainable],
                                           weight_decay=s.weight_decay)
         length = {"encoder": s.encoder_steps, "decoders": s.decoder_steps, "joint": s.joint_steps}[phase]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: 0.1 + 0.45 * (1.0 + math.cos(math.pi * min(i / max(length, 1), 1.0))))
+        self.scheduler = cosine_decay(self.optimizer, length, floor=0.1)
         self.phase = phase
         self.ddp = self.net
         if self.info.distributed:
