@@ -20,15 +20,16 @@ def lite():
     return ModelStore().load("ict-lite")
 
 
-def _posterior(model, yaw_deg: float, noise_px: float = 0.0):
-    """The posterior of a face seen at `yaw_deg` with its exact landmarks (+ noise)."""
+def _posterior(model, yaw_deg: float, noise_px: float = 0.0, shift_mm: float = 0.0):
+    """The posterior of a face seen at `yaw_deg`, `shift_mm` to the image right, with its exact
+    landmarks (+ noise)."""
     index = torch.as_tensor(model.landmarks["mediapipe478"])
     valid = index >= 0
     weights = landmark_weights("mediapipe478", 478, 0.3)[valid]
     identity = 0.7 * torch.randn(model.n_identity, generator=torch.Generator().manual_seed(1))
     expression = torch.zeros(model.n_expression)
     euler = torch.tensor([math.radians(yaw_deg), 0.0, 0.0])
-    translation, focal = torch.tensor([0.0, 0.0, 600.0]), torch.tensor(900.0)
+    translation, focal = torch.tensor([shift_mm, 0.0, 600.0]), torch.tensor(900.0)
     with torch.no_grad():
         camera = to_camera(model.vertices(identity[None], expression[None]), euler[None], translation[None])
         points = project(camera, focal[None], SIZE, SIZE)[0, index[valid]]
@@ -73,3 +74,12 @@ def test_more_landmark_noise_means_more_uncertainty(lite):
     sharp, noisy = _posterior(lite, 15.0, 0.5), _posterior(lite, 15.0, 3.0)
     assert noisy.sigma_px > 2 * sharp.sigma_px
     assert np.median(vertex_std(lite, noisy)) > np.median(vertex_std(lite, sharp))
+
+
+def test_landmarks_beyond_the_border_count_as_hidden(lite):
+    """A face cut by the crop's border: MediaPipe extrapolates the points beyond it, so they count
+    like hidden ones, and the cut-off side's shape is less certain."""
+    whole, cut = _posterior(lite, 0.0), _posterior(lite, 0.0, shift_mm=60.0)
+    assert (~cut.visible).sum() > (~whole.visible).sum() + 50
+    cut_side = _cheek(lite, -1.0)    # the face's right (-x) side lands on the image right
+    assert vertex_std(lite, cut)[cut_side].mean() > 1.2 * vertex_std(lite, whole)[cut_side].mean()

@@ -2,8 +2,8 @@
 
 Model: each covered landmark's detected point is its vertex projected plus Gaussian noise, per
 coordinate N(0, sigma^2 / w_l), with w_l the landmark's weight (the contour's is lower) times its
-visibility (a landmark whose vertex faces away from the camera is MediaPipe's guess, weight
-`HIDDEN_WEIGHT`); identity and expression coefficients have the model's N(0, 1) prior (std units);
+visibility (a landmark whose vertex faces away from the camera, or whose point lies outside the
+crop, is MediaPipe's guess, weight `HIDDEN_WEIGHT`); identity and expression coefficients have the model's N(0, 1) prior (std units);
 pose, distance and focal have flat priors. With J the Jacobian of the projected landmarks by the
 parameters theta = (yaw, pitch, roll [rad], log t_z, t_x / t_z, t_y / t_z, log focal, expression,
 identity), the posterior covariance is
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mfface.fitting.targets import FitTargets
     from mfface.state import FaceState
 
-HIDDEN_WEIGHT = 0.05   # weight factor of a landmark whose vertex faces away from the camera
+HIDDEN_WEIGHT = 0.05   # weight factor of a landmark whose vertex faces away or whose point is off the crop
 SIGMA_FLOOR_PX = 0.5   # least landmark noise assumed (px per coordinate)
 POSE_NAMES = ("yaw", "pitch", "roll", "log_distance", "lateral_x", "lateral_y", "log_focal")
 
@@ -42,7 +42,7 @@ POSE_NAMES = ("yaw", "pitch", "roll", "log_distance", "lateral_x", "lateral_y", 
 class Posterior:
     """Laplace posterior of one image's fit: `covariance` (P, P) over theta (module docstring;
     the first 7 entries are POSE_NAMES, then the expression, then the identity coefficients),
-    `sigma_px` the landmark noise used, `visible` (N,) bool per covered landmark."""
+    `sigma_px` the landmark noise used, `visible` (N,) bool per covered landmark (faces the camera, inside the crop)."""
     covariance: torch.Tensor
     n_expression: int
     n_identity: int
@@ -98,7 +98,8 @@ def landmark_posterior(model: MorphableModel, identity: torch.Tensor, expression
         vertices = model.vertices(identity[None].float(), expression[None].float())
         camera = to_camera(vertices, euler[None].float(), translation[None].float())
         normals = vertex_normals(camera, torch.as_tensor(model.triangles, dtype=torch.long))
-        visible = _facing(camera[0, index], normals[0, index])
+        inside = ((landmarks >= 0) & (landmarks <= size)).all(-1)   # not extrapolated beyond the crop
+        visible = _facing(camera[0, index], normals[0, index]) & inside
         w = weights.double() * torch.where(visible, 1.0, HIDDEN_WEIGHT).double()
         residual = (projected(theta0).reshape(-1, 2) - landmarks.double()).pow(2).sum(-1)
         sigma2 = max(float((w * residual).sum() / (2 * w.sum())), SIGMA_FLOOR_PX ** 2)
