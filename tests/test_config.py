@@ -16,7 +16,9 @@ def test_defaults_follow_nextface():
     assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 50)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
-    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (200, 4, 60, 4)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (100, 4, 60, 4)
+    assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
+        128, 50, False, True)
     assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.002, 0.005)
     assert (cfg.light.sh_bands, cfg.input.max_resolution, cfg.render.texture_size) == (9, 256, 512)
     assert (cfg.input.gamma, cfg.render.roughness_init, cfg.render.max_depth) == (2.2, 0.4, 2)
@@ -88,7 +90,7 @@ def test_click_options_cover_every_field():
     for section, table in config_to_dict(FitConfig()).items():
         for key in table:
             assert f"--{section}-{key}".replace("_", "-") in help_text
-    assert "[default: 200]" in " ".join(help_text.split())
+    assert "[default: 100]" in " ".join(help_text.split())
 
 
 def test_click_options_set_values():
@@ -99,7 +101,7 @@ def test_click_options_set_values():
     assert out.output.strip() == ("x 50 False cpu 0.5 ['render.device', 'stage1.fit_identity', "
                                   "'stage2.iterations', 'stage2.sh_lr']")
     out = runner.invoke(_tiny, ["x"])
-    assert out.output.strip() == "x 200 True auto 0.01 []"
+    assert out.output.strip() == "x 100 True auto 0.01 []"
     out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
     assert out.exit_code != 0 and "tpu" in out.output
 
@@ -107,7 +109,7 @@ def test_click_options_set_values():
 # The keys of the real-photo geometry work: sliding outline correspondences, coarse-to-fine stage 2
 # and the cosine learning-rate decay of stages 2 and 3 (non-default values).
 GEOMETRY_KEYS = {"landmarks.sliding_contour": True, "stage2.coarse_size": 96, "stage2.coarse_iterations": 30,
-                 "stage2.lr_decay": True, "stage3.lr_decay": True}
+                 "stage2.lr_decay": True, "stage3.lr_decay": False}
 
 
 def _dotted(cfg: FitConfig, key: str):
@@ -134,7 +136,7 @@ def test_geometry_keys_through_toml_and_flags(tmp_path):
         click.echo(repr({k: _dotted(cfg, k) for k in GEOMETRY_KEYS}))
 
     flags = ["--landmarks-sliding-contour", "--stage2-coarse-size", "96", "--stage2-coarse-iterations", "30",
-             "--stage2-lr-decay", "--stage3-lr-decay"]
+             "--stage2-lr-decay", "--no-stage3-lr-decay"]
     out = CliRunner().invoke(show, flags)
     assert out.exit_code == 0, out.output
     assert out.output.strip() == repr(GEOMETRY_KEYS)

@@ -26,11 +26,13 @@ from mfface.state import FaceState
 
 def refine_config(config: FitConfig, iterations: int) -> FitConfig:
     """The fit config of `--refine N`: stage 2 runs N iterations with the geometry free after the
-    first quarter (the light and albedo settle first, as in a fit), stage 3 N // 3."""
+    first quarter (the light and albedo settle first, as in a fit; those iterations render at
+    `coarse_size`, at most `coarse_iterations` of them), stage 3 N // 3."""
     if iterations < 0:
         raise ValueError(f"--refine needs a number of iterations >= 0, not {iterations}.")
-    stage2 = dataclasses.replace(config.stage2, iterations=iterations,
-                                 geometry_start=min(config.stage2.geometry_start, iterations // 4))
+    geometry_start = min(config.stage2.geometry_start, iterations // 4)
+    stage2 = dataclasses.replace(config.stage2, iterations=iterations, geometry_start=geometry_start,
+                                 coarse_iterations=min(config.stage2.coarse_iterations, geometry_start))
     stage3 = dataclasses.replace(config.stage3, iterations=iterations // 3)
     return dataclasses.replace(config, stage2=stage2, stage3=stage3)
 
