@@ -173,6 +173,10 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
     he, we = spec.envmap_size
     integrator = {"type": spec.integrator, "max_depth": spec.max_depth,
                   "hide_emitters": spec.hide_emitters}
+    if spec.integrator.endswith("_projective") and spec.max_depth <= 2:
+        # Direct light only: no indirect visibility discontinuities to sample (Mitsuba warns
+        # that sppi is wasted otherwise); the primary (sppp) and shadow (sppc) ones stay.
+        integrator["sppi"] = 0
     scene = {
         "type": "scene",
         "integrator": integrator,

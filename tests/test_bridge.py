@@ -125,11 +125,13 @@ def test_lateral_vertex_gradient_moves_the_texture(variant: str) -> None:
     assert analytic == pytest.approx(-slope / (2.2 * 30.0) * float(weights.sum()), rel=0.10)
 
 
-@pytest.mark.parametrize("integrator", ["prb", pytest.param("prb_projective", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("integrator", ["prb", pytest.param("prb_projective", marks=pytest.mark.slow),
+                                        pytest.param("direct_projective", marks=pytest.mark.slow)])
 def test_silhouette_gradient_only_with_a_projective_integrator(variant: str, integrator: str) -> None:
     """A Lambert sphere under constant light has radiance kd L on every covered pixel, so the
     image sum is kd L * (covered area) = kd L pi (f r / z)^2 and d sum / dz = -2 sum / z: all of it
-    comes from the silhouette. prb has no silhouette term (~0); prb_projective recovers it."""
+    comes from the silhouette. prb has no silhouette term (~0); the projective integrators
+    (direct light only, so without indirect-silhouette samples) recover it."""
     from mfface.scenes import FaceRenderer
 
     v, f, uv = _sphere()
