@@ -111,13 +111,13 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     """Stage 2: photometric fit of the statistical model, pose and light."""
-    iterations: int = _f(100, "Photometric iterations (NextFace: 400; measured trade-off in "
+    iterations: int = _f(150, "Photometric iterations (NextFace: 400; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
-    coarse_size: int = _f(128, "Coarse to fine: side in px of the renders of the first `coarse_iterations` "
+    coarse_size: int = _f(0, "Coarse to fine: side in px of the renders of the first `coarse_iterations` "
                           "iterations (photo, skin mask and landmarks area-averaged to it); 0 = the "
                           "crop's size throughout.", 0, 8192)
-    coarse_iterations: int = _f(50, "Iterations rendered at `coarse_size` before the rest at the crop's "
+    coarse_iterations: int = _f(0, "Iterations rendered at `coarse_size` before the rest at the crop's "
                                 "size.", 0, 1_000_000)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     landmark_weight: float = _f(1.0, "Weight of the landmark loss (px^2; NextFace: 0.001, which leaves the "

@@ -16,9 +16,9 @@ def test_defaults_follow_nextface():
     assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 50)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
-    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (100, 4, 60, 4)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (150, 4, 60, 4)
     assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
-        128, 50, False, True)
+        0, 0, False, True)
     assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.002, 0.005)
     assert (cfg.light.sh_bands, cfg.input.max_resolution, cfg.render.texture_size) == (9, 256, 512)
     assert (cfg.input.gamma, cfg.render.roughness_init, cfg.render.max_depth) == (2.2, 0.4, 2)
@@ -90,7 +90,7 @@ def test_click_options_cover_every_field():
     for section, table in config_to_dict(FitConfig()).items():
         for key in table:
             assert f"--{section}-{key}".replace("_", "-") in help_text
-    assert "[default: 100]" in " ".join(help_text.split())
+    assert "[default: 150]" in " ".join(help_text.split())
 
 
 def test_click_options_set_values():
@@ -101,7 +101,7 @@ def test_click_options_set_values():
     assert out.output.strip() == ("x 50 False cpu 0.5 ['render.device', 'stage1.fit_identity', "
                                   "'stage2.iterations', 'stage2.sh_lr']")
     out = runner.invoke(_tiny, ["x"])
-    assert out.output.strip() == "x 100 True auto 0.01 []"
+    assert out.output.strip() == "x 150 True auto 0.01 []"
     out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
     assert out.exit_code != 0 and "tpu" in out.output
 
