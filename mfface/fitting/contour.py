@@ -66,6 +66,14 @@ def contour_strips(model: MorphableModel, scheme: str, landmark_index: np.ndarra
     covered. Candidates come from the model's 'skin' region when it has one (not the ears, neck or
     scalp, whose silhouettes the detector does not mark)."""
     index = np.asarray(landmark_index, dtype=np.int64)
+    key = ("contour_strips", scheme, index.tobytes(), float(band_mm), float(radius_mm))
+    if key not in model._torch_cache:   # built once per model and table (tracking fits many windows)
+        model._torch_cache[key] = _build_strips(model, scheme, index, band_mm, radius_mm)
+    return model._torch_cache[key]
+
+
+def _build_strips(model: MorphableModel, scheme: str, index: np.ndarray, band_mm: float,
+                  radius_mm: float) -> ContourStrips | None:
     order = [i for i in _outline_order(scheme, len(index)) if index[i] >= 0]
     if len(order) < 3:
         return None
@@ -107,7 +115,8 @@ def occluding_choice(strips: ContourStrips, points: torch.Tensor, euler: torch.T
         seen = (normals * points).sum(-1) < 0                                    # (B, C, K)
         direction = torch.nn.functional.normalize((strips.outward.to(points) @ rotation)[..., :2], dim=-1)
         image = points[..., :2] / points[..., 2:].clamp_min(1e-6)
-        reach = torch.where(seen, (image * direction[:, :, None]).sum(-1), torch.full_like(seen, -1e9, dtype=points.dtype))
+        unseen = torch.full_like(seen, -1e9, dtype=points.dtype)
+        reach = torch.where(seen, (image * direction[:, :, None]).sum(-1), unseen)
         pick = reach.argmax(-1)
         keep = seen[..., 0] | ~seen.any(-1)
         return torch.where(keep, torch.zeros_like(pick), pick)
