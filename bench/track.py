@@ -19,7 +19,8 @@ written as an H.264 MP4 and tracked through the same passes as `mfface track`
   first `--photometric-frames` frames, its errors on those frames beside the landmark tracker's);
 - the trivial baseline (a frontal head, every weight 0) measured the same way;
 - the same for variants: no smoothing, stage 1's Adam (`track.solver = adam`), a stronger
-  expression prior (`track.expression_prior` 1, 5, 20), the true identity
+  expression prior (`track.expression_prior` 1, 5, 20), no L1 expression prior
+  (`track.expression_sparsity` 0) and the defaults before it (prior 5, no L1), the true identity
   and focal length (what the identity fit costs), the model's exact projected landmarks instead
   of MediaPipe's (what the detector's disagreement with the model costs).
 Real clip: the shared photos (astronaut, obama_a, biden_a) moved by a small smooth affine motion
@@ -149,6 +150,8 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
     track("adam", solver="adam")
     for weight in (1.0, 5.0, 20.0):  # how strongly the expression prior must pull undriven shapes to 0
         track(f"expression_prior_{weight:g}", expression_prior=weight)
+    track("no_sparsity", expression_sparsity=0.0)
+    track("before_sparsity_prior_5", expression_prior=5.0, expression_sparsity=0.0)  # the defaults until 2026-12-02
     track("true_identity_and_focal", identity_=clip.identity, focal=clip.focal)
     track("exact_model_landmarks", landmarks=clip.landmarks.astype(np.float32), identity_=clip.identity,
           focal=clip.focal)

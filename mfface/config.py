@@ -61,7 +61,7 @@ class RenderConfig:
     max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only (NextFace's one bounce).", 1, 16)
     integrator: Integrator = _f(
         "prb", "Differentiable integrator: prb (shading gradients, fastest) or a projective one that "
-        "adds silhouette gradients (measured ~150x slower per iteration on a 2-core CPU).")
+        "adds silhouette gradients (1.5-1.7x prb's stage-2 time, no better shape: bench/RESULTS.md).")
     texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16, 8192)
     roughness_init: float = _f(0.4, "Initial surface roughness.", 0.0, 1.0)
     final_spp: int = _f(256, "Samples per pixel of the final renders written with the results.", 1, 16384)
@@ -100,6 +100,8 @@ class Stage1Config:
     iterations: int = _f(300, "Adam iterations after the PnP initialisation (NextFace: 2000).", 0, 1_000_000)
     lr: float = _f(0.02, "Adam learning rate (coefficients in std units, angles in rad).", 0.0, 10.0)
     expression_prior: float = _f(0.1, "Weight of the expression prior, mean of c^2 (NextFace: 0.1).", 0.0)
+    expression_sparsity: float = _f(0.0, "Weight of the L1 expression prior, mean of |c|: pulls weights "
+                                    "the landmarks do not support to exactly 0 (`mfface track` uses it).", 0.0)
     identity_prior: float = _f(0.1, "Weight of the identity prior when identity is fitted.", 0.0)
     fit_identity: bool = _f(True, "Also fit identity coefficients from the landmarks (measured: less "
                             "expression leakage, bench/RESULTS.md).")

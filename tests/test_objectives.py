@@ -8,7 +8,7 @@ import torch
 from mfface.config import FitConfig
 from mfface.objectives import (CONTOUR_LANDMARKS, closeness_loss, consistency_loss, landmark_loss,
                                landmark_weights, masked_l1, photometric_loss, range_loss, sh_energy,
-                               smoothness_loss, statistical_prior, symmetry_loss, weighted_terms)
+                               smoothness_loss, sparsity_prior, statistical_prior, symmetry_loss, weighted_terms)
 from mfface.textures import MirrorSampler
 
 
@@ -73,6 +73,17 @@ def test_priors_and_landmark_loss():
     import mediapipe as mp
     oval = sorted({i for edge in mp.solutions.face_mesh.FACEMESH_FACE_OVAL for i in edge})
     assert list(CONTOUR_LANDMARKS["mediapipe478"]) == oval
+
+
+def test_sparsity_prior_is_the_mean_absolute_value_with_a_constant_pull() -> None:
+    """mean |c|; its gradient is sign(c) / n whatever the size of c (the quadratic prior's is
+    2c / n), so it pulls a small weight as hard as a large one; at 0 the slope is +1 / n (the
+    one-sided slope of a weight bounded below by 0)."""
+    c = torch.tensor([[0.5, -2.0, 0.0, 0.01]], requires_grad=True)
+    value = sparsity_prior(c)
+    assert value.item() == pytest.approx(2.51 / 4)
+    value.backward()
+    assert c.grad.tolist() == [[0.25, -0.25, 0.25, 0.25]]
 
 
 def test_masked_l1_of_a_hand_computed_case() -> None:

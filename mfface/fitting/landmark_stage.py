@@ -2,6 +2,7 @@
 
 Start: a PnP solve per image on the model's landmark vertices (focal searched when unknown). Then
 Adam minimises  landmark_loss(project(to_camera(vertices)), landmarks) + expression_prior * mean(e^2)
++ expression_sparsity * mean(|e|)
 (+ identity_prior * mean(i^2)) over all B images at once. The learning rate decays with a cosine
 schedule to 0 so that the last iterations settle instead of jittering at lr-sized steps.
 Parametrisation, so that one lr suits every parameter: euler (rad), log focal, log t_z and the
@@ -24,7 +25,7 @@ from mfface.fitting.targets import FitTargets
 from mfface.interrupt import raise_if_requested
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
-from mfface.objectives import landmark_loss, landmark_weights, statistical_prior
+from mfface.objectives import landmark_loss, landmark_weights, sparsity_prior, statistical_prior
 from mfface.schedules import cosine_decay
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState
@@ -167,6 +168,7 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         uv = project(points, log_focal.exp(), width, height, centre)
         total = landmark_loss(uv, target, weights, loss.robust_scale)
         total = total + config.expression_prior * statistical_prior(exp_param)
+        total = total + config.expression_sparsity * sparsity_prior(exp_param)
         if fit_identity:
             total = total + config.identity_prior * statistical_prior(id_param)
         if prior is not None:

@@ -72,9 +72,12 @@ class TrackStageConfig:
     adam_iterations: int = _f(300, "Adam iterations per window (solver = adam).", 1, 1_000_000)
     lr: float = _f(0.02, "Adam learning rate (solver = adam; angles in rad, coefficients in std units).",
                    0.0, 10.0)
-    expression_prior: float = _f(5.0, "Weight of the expression prior, mean of c^2 (as stage 1). Stronger "
-                                 "than the fit's 0.1: it keeps shapes the actor does not move near 0 "
-                                 "where MediaPipe and the model disagree (bench/RESULTS.md, \"track\").", 0.0)
+    expression_prior: float = _f(1.0, "Weight of the expression prior, mean of c^2 (as stage 1; the fit "
+                                 "uses 0.1).", 0.0)
+    expression_sparsity: float = _f(6.0, "Weight of the L1 expression prior, mean of |c|: a shape the "
+                                    "landmarks do not support stays at exactly 0 where MediaPipe and the "
+                                    "model disagree; active shapes are shrunk a little (bench/RESULTS.md, "
+                                    "\"Sparse expression curves\").", 0.0)
     rotation_smoothness: float = _f(4.0, "Weight of the squared frame-to-frame change (order 1) or "
                                     "acceleration (order 2) of the rotation (deg).", 0.0)
     translation_smoothness: float = _f(0.5, "The same for the translation (mm).", 0.0)
@@ -98,8 +101,10 @@ class PhotometricConfig:
     the previous refined frame."""
     iterations: int = _f(0, "Iterations per frame (`--photometric N`); 0 = landmark tracking only.", 0, 100_000)
     size: int = _f(128, "Side of the face crop it renders and compares, px.", 16, 1024)
-    spp: int = _f(2, "Samples per pixel.", 1, 1024)
-    lr: float = _f(0.005, "Adam learning rate of pose (rad, depth units) and expression.", 0.0, 10.0)
+    spp: int = _f(8, "Samples per pixel (at 2 the loss's Monte Carlo noise exceeds what the pose "
+                  "changes; bench/RESULTS.md, \"Photometric refinement\").", 1, 1024)
+    lr: float = _f(0.001, "Adam learning rate of pose (rad, depth units) and expression (0.005 made "
+                   "the pose worse and jittery on the synthetic clip).", 0.0, 10.0)
     sh_lr: float = _f(0.005, "Adam learning rate of the SH light (per frame, from the identity fit's); 0 = fixed.",
                       0.0, 10.0)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside coverage x skin.", 0.0)

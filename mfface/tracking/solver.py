@@ -4,7 +4,7 @@ The objective is the landmark stage's (`mfface.fitting.landmark_stage.fit_landma
 and focal fixed) over B frames, plus the tracker's temporal term:
 
     F(p) = landmark_loss(project(to_camera(X(e_b), euler_b, t_b)), targets, weights, robust_scale)
-         + expression_prior * mean(e^2) + prior(euler, t, e)
+         + expression_prior * mean(e^2) + expression_sparsity * mean(|e|) + prior(euler, t, e)
 
 with the same terms (`mfface.objectives`, `mfface.camera`) and the same parametrisation per frame:
 euler (rad), log t_z, lateral = t_xy / t_z, expression e (std units, or blend weights bounded by
@@ -33,7 +33,7 @@ from torch.func import hessian
 
 from mfface.camera import project, rotation_matrix, to_camera
 from mfface.morphable.model import MorphableModel
-from mfface.objectives import landmark_loss, statistical_prior
+from mfface.objectives import landmark_loss, sparsity_prior, statistical_prior
 
 Prior = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,7 +67,7 @@ class WindowSolver:
 
     def __init__(self, model: MorphableModel, landmark_index: torch.Tensor, weights: torch.Tensor,
                  identity: torch.Tensor, focal: float, width: int, height: int, principal: torch.Tensor,
-                 robust_scale: float, expression_prior: float) -> None:
+                 robust_scale: float, expression_prior: float, expression_sparsity: float = 0.0) -> None:
         index = torch.as_tensor(landmark_index, dtype=torch.long)
         valid = index >= 0
         self.valid = valid
@@ -83,6 +83,7 @@ class WindowSolver:
         self.principal = principal.float().reshape(1, 2)
         self.robust = robust_scale
         self.expression_prior = expression_prior
+        self.expression_sparsity = expression_sparsity
         self.bounds = model.expression_range
         self.k = model.n_expression
 
@@ -137,6 +138,7 @@ class WindowSolver:
     def _priors(self, p: torch.Tensor, prior: Prior | None) -> torch.Tensor:
         euler, translation, expression = self.unpack(p)
         total = self.expression_prior * statistical_prior(expression)
+        total = total + self.expression_sparsity * sparsity_prior(expression)
         if prior is not None:
             total = total + prior(euler, translation, expression)
         return total
@@ -215,7 +217,8 @@ class WindowSolver:
 
     def _prior_hessian(self, prior: Prior | None, batch: int) -> torch.Tensor | None:
         """The priors' Hessian in (euler, translation, expression) terms, (B (6 + K))^2, when it is
-        constant: the expression prior's, plus the temporal prior's when it provides its own
+        constant: the expression prior's (the sparsity prior is linear where it acts, its Hessian
+        0), plus the temporal prior's when it provides its own
         (`hessian(batch, k)`, a quadratic prior); None when a general prior needs autodiff."""
         n = batch * (6 + self.k)
         base = torch.zeros(batch, 6 + self.k)
@@ -235,6 +238,7 @@ class WindowSolver:
         def priors(q: torch.Tensor) -> torch.Tensor:
             q = q.reshape(len(p), size)
             total = self.expression_prior * statistical_prior(q[:, 6:])
+            total = total + self.expression_sparsity * sparsity_prior(q[:, 6:])
             return total + prior(q[:, :3], q[:, 3:6], q[:, 6:])
         q = torch.cat([euler, translation, expression], dim=1).reshape(-1)
         return hessian(priors)(q)

@@ -126,6 +126,7 @@ def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, land
     expression = np.zeros((total, k_exp))
     rms = np.full(total, np.nan)
     stage = Stage1Config(iterations=config.adam_iterations, lr=config.lr, expression_prior=config.expression_prior,
+                         expression_sparsity=config.expression_sparsity,
                          fit_identity=False, identity_components=0, fit_focal=False,
                          focal=focal_px * scale)
     index = torch.as_tensor(landmark_index, dtype=torch.long)
@@ -137,7 +138,7 @@ def _track(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, land
                                reliability=model.landmark_reliability.get("mediapipe478"))
     solver = WindowSolver(model, index, weights,
                           identity, focal_px * scale, w, h, principal, loss.robust_scale,
-                          config.expression_prior)
+                          config.expression_prior, config.expression_sparsity)
     last = None                        # the last window's fit (its last row: the last tracked frame)
     last_frame = -10 ** 9
     history: list[int] = []            # tracked frames just before the window, in order
