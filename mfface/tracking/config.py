@@ -80,7 +80,10 @@ class TrackStageConfig:
                                     "\"Sparse expression curves\").", 0.0)
     rotation_smoothness: float = _f(4.0, "Weight of the squared frame-to-frame change (order 1) or "
                                     "acceleration (order 2) of the rotation (deg).", 0.0)
-    translation_smoothness: float = _f(0.5, "The same for the translation (mm).", 0.0)
+    translation_smoothness: float = _f(
+        0.005, "The same for the translation (mm). Weak: a distant face's depth is seen only through its image "
+        "size, and 0.5 made depth and expressions swing together (bench/RESULTS.md, \"Translation "
+        "smoothness\").", 0.0)
     expression_smoothness: float = _f(20.0, "The same for the expression (blend weights or std units).", 0.0)
     order: int = _f(2, "What the smoothness terms penalise: 1 = velocity (first differences), 2 = "
                     "acceleration (second differences, keeps steady motion unbiased).", 1, 2)
