@@ -113,7 +113,8 @@ class PhotometricConfig:
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside coverage x skin.", 0.0)
     landmark_weight: float = _f(1.0, "Weight of the landmark loss (crop px^2).", 0.0)
     expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
-    temporal_weight: float = _f(1.0, "Factor on the [track] smoothness weights against the previous frame.", 0.0)
+    temporal_weight: float = _f(10.0, "Factor on the [track] smoothness weights against the previous frames "
+                                "(at 1 the refined curves jittered 1.5-1.7x the truth's).", 0.0)
 
 
 @dataclass
