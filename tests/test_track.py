@@ -355,7 +355,7 @@ def test_a_cut_is_tracked_not_lost(model, clip, retry) -> None:
 
 
 def test_a_still_face_in_camera_motion_keeps_its_expression(model) -> None:
-    """A real photo (the shared astronaut, its face ~70 px wide) moved by a smooth similarity
+    """A real photo (the shared astronaut, in a 256 px frame) moved by a smooth similarity
     (shift, zoom +-5%, rotation) is a face whose expression never changes. The tracked depth must
     follow the face's image size (1 / t_z against the landmark cloud's size) and the expression
     weights stay nearly constant. Measured on 150-frame clips of the shared photos: with a

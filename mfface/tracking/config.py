@@ -105,7 +105,7 @@ class PhotometricConfig:
     iterations: int = _f(0, "Iterations per frame (`--photometric N`); 0 = landmark tracking only.", 0, 100_000)
     size: int = _f(128, "Side of the face crop it renders and compares, px.", 16, 1024)
     spp: int = _f(8, "Samples per pixel (at 2 the loss's Monte Carlo noise exceeds what the pose "
-                  "changes; bench/RESULTS.md, \"Photometric refinement\").", 1, 1024)
+                  "changes; bench/RESULTS.md, \"Photometric refinement per frame\").", 1, 1024)
     lr: float = _f(0.001, "Adam learning rate of pose (rad, depth units) and expression (0.005 made "
                    "the pose worse and jittery on the synthetic clip).", 0.0, 10.0)
     sh_lr: float = _f(0.005, "Adam learning rate of the SH light (per frame, from the identity fit's); 0 = fixed.",

@@ -135,10 +135,14 @@ class WindowSolver:
         """F(p), the scalar loss (see the module docstring)."""
         return landmark_loss(self.landmarks(p), target, self.weights, self.robust) + self._priors(p, prior)
 
+    def _expression_priors(self, expression: torch.Tensor) -> torch.Tensor:
+        """expression_prior * mean(e^2) + expression_sparsity * mean(|e|)."""
+        return (self.expression_prior * statistical_prior(expression)
+                + self.expression_sparsity * sparsity_prior(expression))
+
     def _priors(self, p: torch.Tensor, prior: Prior | None) -> torch.Tensor:
         euler, translation, expression = self.unpack(p)
-        total = self.expression_prior * statistical_prior(expression)
-        total = total + self.expression_sparsity * sparsity_prior(expression)
+        total = self._expression_priors(expression)
         if prior is not None:
             total = total + prior(euler, translation, expression)
         return total
@@ -237,9 +241,7 @@ class WindowSolver:
 
         def priors(q: torch.Tensor) -> torch.Tensor:
             q = q.reshape(len(p), size)
-            total = self.expression_prior * statistical_prior(q[:, 6:])
-            total = total + self.expression_sparsity * sparsity_prior(q[:, 6:])
-            return total + prior(q[:, :3], q[:, 3:6], q[:, 6:])
+            return self._expression_priors(q[:, 6:]) + prior(q[:, :3], q[:, 3:6], q[:, 6:])
         q = torch.cat([euler, translation, expression], dim=1).reshape(-1)
         return hessian(priors)(q)
 
