@@ -115,8 +115,27 @@ def latency(weights: Path, model_name: str | None, photo: Path) -> dict:
             "final_spp": FitConfig().render.final_spp}
 
 
-def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: str | None) -> dict:
-    """Predict / predict + refine / full fit / mean face on held-out synthetic faces."""
+def _fit_cache(path: Path | None, heldout: Path, size: int) -> dict:
+    """The full fit's and the mean face's rows per held-out face from an earlier run (they do not
+    depend on the network), keyed by face index; {} when there is none or it was for other faces."""
+    if path is None or not path.is_file():
+        return {}
+    cached = json.loads(path.read_text())
+    same = cached.get("heldout") == str(heldout.resolve()) and cached.get("size") == size
+    return cached.get("faces", {}) if same else {}
+
+
+def _store_fit_cache(path: Path | None, heldout: Path, size: int, faces: dict) -> None:
+    if path is not None:
+        from mfface.atomic import write_text
+
+        write_text(path, json.dumps({"heldout": str(heldout.resolve()), "size": size, "faces": faces}))
+
+
+def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: str | None,
+            fit_cache: Path | None = None) -> dict:
+    """Predict / predict + refine / full fit / mean face on held-out synthetic faces. With
+    `fit_cache`, the full fit's figures of a face already fitted for the same file are reused."""
     from mfface.fitting.pipeline import Reconstructor, prepare_photo
     from mfface.learning.dataset import FaceDataset
     from mfface.learning.predict import Predictor
@@ -131,6 +150,7 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
     region = model.regions["skin"]
     methods = ("mean_face", "predict", "refine", "fit")
     rows: dict[str, list[dict]] = {m: [] for m in methods}
+    cache = _fit_cache(fit_cache, heldout, size)
     for index in range(min(faces, len(data))):
         raw = data.raw(index)
         photo = torch.from_numpy(raw["image"]).float() / 255.0
@@ -144,12 +164,16 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
         runs = {"predict": (predicted, time.perf_counter() - started)}
         started = time.perf_counter()
         runs["refine"] = (predictor.finish(image, predictor.predict([image]), refine), time.perf_counter() - started)
-        started = time.perf_counter()
-        fitted = full.fit([image])
-        runs["fit"] = (fitted, time.perf_counter() - started)
-        mean_state = dataclasses.replace(fitted.stages[1], identity=torch.zeros_like(fitted.stages[1].identity),
-                                         expression=torch.zeros_like(fitted.stages[1].expression))
-        runs["mean_face"] = (dataclasses.replace(fitted, state=mean_state), 0.0)
+        if str(index) not in cache:
+            started = time.perf_counter()
+            fitted = full.fit([image])
+            runs["fit"] = (fitted, time.perf_counter() - started)
+            mean_state = dataclasses.replace(fitted.stages[1], identity=torch.zeros_like(fitted.stages[1].identity),
+                                             expression=torch.zeros_like(fitted.stages[1].expression))
+            runs["mean_face"] = (dataclasses.replace(fitted, state=mean_state), 0.0)
+        else:
+            for method in ("fit", "mean_face"):
+                rows[method].append(cache[str(index)][method])
         for method, (result, seconds) in runs.items():
             state = result.state
             shape = model.vertices(state.identity, state.expression)[0].numpy()[region]
@@ -158,6 +182,8 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
             if method != "mean_face":
                 row["psnr_db"] = image_metrics(result, state, image, 64)["psnr_db"]
             rows[method].append(row)
+        cache[str(index)] = {m: rows[m][-1] for m in ("fit", "mean_face")}
+        _store_fit_cache(fit_cache, heldout, size, cache)
         print(index, {m: {k: round(v, 3) for k, v in rows[m][-1].items()} for m in methods}, flush=True)
     return {m: {k: round(statistics.median(r[k] for r in rows[m]), 4) for k in rows[m][0]} | {"faces": len(rows[m])}
             for m in methods}
@@ -170,6 +196,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=Path, help="mfface synth file with truth (quality)")
     parser.add_argument("--faces", type=int, default=50)
     parser.add_argument("--refine", type=int, default=60)
+    parser.add_argument("--fit-cache", type=Path, default=None,
+                        help="JSON file of the full fit's per-face figures: read when it is for the same "
+                             "held-out file, updated after each face (quality)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (throughput)")
     parser.add_argument("--photo", type=Path, default=None, help="photo for the latency part")
     parser.add_argument("--model", default=None)
@@ -185,7 +214,8 @@ def main() -> None:
 
         summary["latency"] = latency(args.weights, args.model, args.photo or example_photo_path())
     if "quality" in parts:
-        summary["quality"] = quality(args.weights, args.heldout, args.faces, args.refine, args.model)
+        summary["quality"] = quality(args.weights, args.heldout, args.faces, args.refine, args.model,
+                                     args.fit_cache)
         summary["refine_iterations"] = args.refine
     summary["load_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(summary))

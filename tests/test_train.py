@@ -104,6 +104,36 @@ def test_a_resumed_run_gives_the_same_losses(dataset, tmp_path):
     assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa) < 1e-3
 
 
+def test_data_workers_load_the_same_batches(dataset, tmp_path):
+    """`data.workers` loads ahead of the step in spawned DataLoader workers: same items, same
+    augmentations, so the same losses as loading in the training process."""
+    schedule = {"schedule.encoder_steps": 3, "schedule.decoder_steps": 0, "schedule.joint_steps": 0}
+    _trainer(dataset, tmp_path / "here", **schedule).run()
+    _trainer(dataset, tmp_path / "workers", **schedule, **{"data.workers": 1}).run()
+    here, workers = _losses(tmp_path / "here"), _losses(tmp_path / "workers")
+    assert [r["step"] for r in workers] == [1, 2, 3]
+    for a, b in zip(here, workers):
+        for key in ("total", "photo", "landmarks"):
+            assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-4), (a["step"], key)
+
+
+def test_geometry_pretraining_renders_nothing(dataset, tmp_path, monkeypatch):
+    """With photo_weight 0 a step never calls the renderer nor pulls the light (whose prior alone
+    would darken it), and the landmark loss still falls."""
+    from mfface.forward import ForwardModel
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered with photo_weight 0")
+    trainer = _trainer(dataset, tmp_path / "run", **{"schedule.encoder_steps": 12, "schedule.decoder_steps": 0,
+                                                     "schedule.joint_steps": 0, "schedule.encoder_lr": 2e-3,
+                                                     "data.augment": False, "data.val_fraction": 0.0,
+                                                     "data.batch": 7, "losses.photo_weight": 0.0})
+    monkeypatch.setattr(ForwardModel, "render", no_render)
+    losses = [trainer.train_step(step).terms for step in range(12)]
+    assert all("photo" not in terms and "light" not in terms for terms in losses)
+    assert np.mean([t["landmarks"] for t in losses[-3:]]) < 0.7 * losses[0]["landmarks"]
+
+
 def test_train_cli_writes_a_run_and_resumes(dataset, tmp_path):
     run = tmp_path / "run"
     steps = ["--schedule-encoder-steps", "2", "--schedule-decoder-steps", "1", "--schedule-joint-steps", "1",

@@ -60,12 +60,14 @@ class TrainRenderConfig:
 @dataclass
 class LossConfig:
     """Weights of the terms (mfface.objectives); 0 switches a term off."""
-    photo_weight: float = _f(1000.0, "L1 between render and photo inside coverage x skin mask.", 0.0)
+    photo_weight: float = _f(1000.0, "L1 between render and photo inside coverage x skin mask; 0 = no "
+                             "render at all (geometry pre-training: a step costs the network only).", 0.0)
     landmark_weight: float = _f(1.0, "Landmark loss (px^2, robust, [landmarks] section).", 0.0)
     identity_prior: float = _f(0.001, "Identity prior, mean of c^2.", 0.0)
     expression_prior: float = _f(0.001, "Expression prior, mean of c^2.", 0.0)
     albedo_prior: float = _f(0.001, "Statistical albedo prior, mean of c^2 (models with one).", 0.0)
-    sh_energy: float = _f(1e-4, "SH energy, mean of the squared coefficients.", 0.0)
+    sh_energy: float = _f(1e-4, "SH energy, mean of the squared coefficients (only with photo_weight > 0: "
+                          "without a photometric term it would darken the light to black).", 0.0)
     albedo_symmetry: float = _f(1.0, "Diffuse map: L1 between mirror points on the surface.", 0.0)
     albedo_smoothness: float = _f(1.0, "Diffuse map: total variation.", 0.0)
     albedo_consistency: float = _f(0.1, "Diffuse map: chromaticity close to the mean skin tone.", 0.0)

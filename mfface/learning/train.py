@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,26 @@ def collate(samples: list[dict[str, Any]], device: torch.device) -> dict[str, An
     return batch
 
 
+class EpochItems(torch.utils.data.Dataset):
+    """FaceDataset items addressed by (epoch, index), so that a DataLoader worker draws the same
+    augmentation for an item as the training process would (`FaceDataset.seed_augmentation`)."""
+
+    def __init__(self, dataset: FaceDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        self.dataset.seed_augmentation(self.seed, epoch)
+        return self.dataset[index]
+
+
 @dataclass
 class StepResult:
-    """The weighted terms of one step (floats), the rendered batch, and the prediction."""
+    """The weighted terms of one step (floats), the prediction and its projected landmarks (B, M, 2) px."""
     terms: dict[str, float]
-    image: torch.Tensor
-    coverage: torch.Tensor
     prediction: Prediction
     landmarks: torch.Tensor
 
@@ -150,19 +164,28 @@ class Objective:
         cfg = self.config.losses
         state = self.net.state(prediction, batch["principal"])
         size = batch["image"].shape[1]
-        settings = RenderSettings(size, self.settings.spp, seed, self.settings.integrator,
-                                  self.settings.max_depth, self.settings.envmap_height)
-        out = self.forward(state, settings, self.index)
+        vertices = self.forward.vertices(state)
+        landmarks = self.forward.landmarks(state, vertices, self.index, size)
         mask = batch["mask"] * batch["valid"]
         target_lm = batch["landmarks"][:, self.valid]
         truth = batch.get("truth")
+
+        def photo() -> torch.Tensor:
+            # Only this term renders: with photo_weight 0 (geometry pre-training) a step costs the
+            # network and the model's vertices, not Mitsuba.
+            settings = RenderSettings(size, self.settings.spp, seed, self.settings.integrator,
+                                      self.settings.max_depth, self.settings.envmap_height)
+            image, coverage = self.forward.render(state, settings, vertices)
+            return photometric_loss(image, coverage, batch["image"], mask)
         terms = weighted_terms(cfg, LOSS_WEIGHTS, {
-            "photo": lambda: photometric_loss(out.image, out.coverage, batch["image"], mask),
-            "landmarks": lambda: landmark_loss(out.landmarks, target_lm, self.weights,
+            "photo": photo,
+            "landmarks": lambda: landmark_loss(landmarks, target_lm, self.weights,
                                                self.config.landmarks.robust_scale),
             "identity": lambda: statistical_prior(state.identity),
             "expression": lambda: statistical_prior(state.expression),
-            "light": lambda: sh_energy(state.sh),
+            # The light's prior only beside the photometric term: alone it is the light's sole
+            # gradient, and Adam would walk the light to black at the learning rate's pace.
+            **({"light": lambda: sh_energy(state.sh)} if cfg.photo_weight else {}),
             **({"albedo": lambda: statistical_prior(state.albedo)} if state.albedo is not None else {}),
             **({"albedo_symmetry": lambda: symmetry_loss(state.diffuse, *self.mirror.sample(4096, self.generator))}
                if self.mirror is not None else {}),
@@ -171,8 +194,8 @@ class Objective:
             **(self._supervised(state, truth, batch["flipped"]) if truth is not None else {}),
         })
         total = sum(terms.values())
-        return total, StepResult({k: float(v.detach()) for k, v in terms.items()}, out.image.detach(),
-                                 out.coverage, prediction, out.landmarks.detach())
+        return total, StepResult({k: float(v.detach()) for k, v in terms.items()}, prediction,
+                                 landmarks.detach())
 
     def _supervised(self, state, truth: dict[str, torch.Tensor], flipped: torch.Tensor) -> dict[str, Callable]:
         """Supervised terms on synthetic truth, for items that were not flipped (a flipped face's
@@ -347,27 +370,42 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.net, device_ids=None, broadcast_buffers=False)
 
     # -- the loop -------------------------------------------------------------------------------
-    def _batch(self, step: int) -> dict[str, Any]:
-        """This rank's share of the batch of global `step`."""
+    def _batch_keys(self, step: int) -> list[tuple[int, int]]:
+        """(epoch, sample index) of each item of this rank's share of the batch of global `step`."""
         epoch, position = divmod(step, self.batches_per_epoch)
         order = epoch_order(self.split.train, self.ratios, self.config.data.seed, epoch)
         mine = order[self.info.rank::self.info.world]
-        self.dataset.seed_augmentation(self.config.data.seed, epoch)
-        chosen = mine[position * self.per_rank:(position + 1) * self.per_rank]
-        return collate([self.dataset[int(i)] for i in chosen], self.device)
+        return [(epoch, int(i)) for i in mine[position * self.per_rank:(position + 1) * self.per_rank]]
+
+    def _batch(self, step: int) -> dict[str, Any]:
+        """This rank's share of the batch of global `step`, loaded here."""
+        items = EpochItems(self.dataset, self.config.data.seed)
+        return collate([items[key] for key in self._batch_keys(step)], self.device)
+
+    def _batches(self, end: int) -> Iterator[dict[str, Any]]:
+        """This rank's batches of the steps from the current one to `end`: loaded in this process,
+        or ahead of the training step by `data.workers` DataLoader workers (spawned; the same
+        items and augmentations either way)."""
+        workers = self.config.data.workers
+        if workers == 0:
+            return (self._batch(step) for step in range(self.step, end))
+        loader = torch.utils.data.DataLoader(
+            EpochItems(self.dataset, self.config.data.seed), num_workers=workers, collate_fn=list,
+            batch_sampler=map(self._batch_keys, range(self.step, end)), multiprocessing_context="spawn")
+        return (collate(samples, self.device) for samples in loader)
 
     def _seed(self, step: int) -> int:
         """Render seed of this rank's items at `step` (item b uses seed + b)."""
         return (self.config.data.seed * 1_000_003 + (step * self.info.world + self.info.rank) * self.per_rank) % SEED_MODULUS
 
-    def train_step(self, step: int) -> StepResult:
-        """One optimisation step of global `step`."""
+    def train_step(self, step: int, batch: dict[str, Any] | None = None) -> StepResult:
+        """One optimisation step of global `step` on `batch` (None: load the step's batch here)."""
         if phase_of(self.config, step) != self.phase:
             self._enter_phase(phase_of(self.config, step))
         self.net.train()
         if self.phase == "decoders":
             self.net.encoder.eval()   # frozen: keep its batch-norm statistics
-        batch = self._batch(step)
+        batch = self._batch(step) if batch is None else batch
         prediction = self.ddp(batch["image"].permute(0, 3, 1, 2))
         total, result = self.objective(prediction, batch, self._seed(step))
         self.optimizer.zero_grad(set_to_none=True)
@@ -393,9 +431,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.toml", self.config_text)
         started, images = time.perf_counter(), 0
+        batches = self._batches(end)
         while self.step < end:
             raise_if_requested()
-            result = self.train_step(self.step)
+            result = self.train_step(self.step, next(batches))
             self.step += 1
             images += self.config.data.batch
             summary.last = result.terms
