@@ -2,8 +2,9 @@
 
 Parts (`--part`, repeatable; all by default):
 - `throughput`: images/s of `Trainer.train_step` (forward + backward through Mitsuba, batch 8,
-  ResNet-18) at 128 px / 4 spp and 224 px / 8 spp, on `mfface synth` data made for it (a few
-  timed steps after two warm-up steps).
+  ResNet-18) at 128 px / 4 spp and 224 px / 8 spp, and at 128 px without the photometric term
+  (geometry pre-training: no render), on `mfface synth` data made for it (a few timed steps after
+  two warm-up steps).
 - `latency`: the encoder alone (one 224 px crop, ResNet-18, 2 torch threads) in ms, and the whole
   prediction of one photo excluding start-up (detection, crop, network, result folder written at
   the default final spp) in s.
@@ -16,6 +17,7 @@ Parts (`--part`, repeatable; all by default):
 The last line printed is one JSON object with every figure.
 
     MFFACE_HOME=<store> .venv/bin/python bench/train.py --weights RUN/weights.pt --heldout H.h5 [--faces 50]
+        [--fit-cache fits.json]
 """
 from __future__ import annotations
 
@@ -54,12 +56,13 @@ def throughput(model_name: str | None, steps: int) -> dict:
     from mfface.learning.train import Trainer
 
     rows = {}
-    for size, spp in ((128, 4), (224, 8)):
+    for size, spp, photo in ((128, 4, True), (224, 8, True), (128, 4, False)):
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "d.h5"
             _synth(data, 24, size, 4, model_name)
             config = apply_overrides(TrainConfig(), {"data.batch": 8, "render.spp": spp, "data.val_fraction": 0.0,
-                                                     "schedule.encoder_steps": steps + 2})
+                                                     "schedule.encoder_steps": steps + 2,
+                                                     **({} if photo else {"losses.photo_weight": 0.0})})
             trainer = Trainer(_model(model_name), config, [data], Path(tmp) / "run", torch.device("cpu"))
             for step in range(2):
                 trainer.train_step(step)
@@ -67,8 +70,9 @@ def throughput(model_name: str | None, steps: int) -> dict:
             for step in range(2, steps + 2):
                 trainer.train_step(step)
             seconds = (time.perf_counter() - started) / steps
-            rows[f"{size}px_{spp}spp"] = {"images_per_s": round(8 / seconds, 3), "seconds_per_step": round(seconds, 3)}
-            print(f"train {size} px {spp} spp: {rows[f'{size}px_{spp}spp']}", flush=True)
+            name = f"{size}px_{spp}spp" if photo else f"{size}px_no_render"
+            rows[name] = {"images_per_s": round(8 / seconds, 3), "seconds_per_step": round(seconds, 3)}
+            print(f"train {name}: {rows[name]}", flush=True)
     return rows
 
 
