@@ -82,8 +82,8 @@ def _resume_command(output: Path, shared: bool, model_name: str | None,
 @click.option("--skip-stage", "skip", type=click.IntRange(1, 3), multiple=True,
               help="Skip a stage (repeatable); a skipped stage 1 keeps only its PnP pose.")
 @click.option("--init", "init_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Start from a trained network's prediction (weights.pt of `mfface train`) instead of "
-                   "stage 1; stages 2-3 refine it.")
+              help="Start stage 2 from a trained network's light and maps (weights.pt of `mfface train`) "
+                   "instead of stage 1's defaults; the geometry still comes from stage 1.")
 @click.option("--checkpoint", "resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Resume from a stageN.npz checkpoint of an earlier run of the same photo(s).")
 @config_options
@@ -150,11 +150,9 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
     predictor = _predictor(init_weights, model, config) if init_weights is not None else None
 
     def solve(prepared: list, run_dir: Path, on_step: StageProgress):
-        start = None
-        if predictor is not None:
-            start = predictor.start_state(prepared, shared_identity)
+        appearance = None if predictor is None else predictor.start_state(prepared, shared_identity)
         return reconstructor.fit(prepared, shared_identity=shared_identity, skip_stages=skip, resume=resume,
-                                 checkpoint_dir=run_dir, on_step=on_step, start=start)
+                                 checkpoint_dir=run_dir, on_step=on_step, appearance=appearance)
     with LandmarkDetector(max_num_faces=config.input.max_faces) as detector:
         job = GroupJob(config, output, overwrite, Progress(*PROGRESS_COLUMNS, console=_CONSOLE),
                        _prepare(config, detector, landmark_file, shared_identity), solve,

@@ -248,7 +248,33 @@ def test_fit_init_starts_from_the_network(weights, tmp_path):
                     "--input-max-resolution", "48")
     assert result.exit_code == 0, result.output
     params = json.loads((tmp_path / "astronaut" / "params.json").read_text())
-    assert params["fit"]["stage1_landmark_rms_px"] is None and "stage2" in params["fit"]["final_losses"]
+    assert params["fit"]["stage1_landmark_rms_px"] >= 0 and "stage2" in params["fit"]["final_losses"]
+
+
+def test_refinement_takes_the_geometry_from_the_landmarks_and_the_light_and_maps_from_the_network(weights):
+    from mfface.config import FitConfig, apply_overrides
+    from mfface.fitting.pipeline import Reconstructor
+    from mfface.landmarks import LandmarkDetector
+    from mfface.learning.predict import Predictor
+    from mfface.morphable.store import ModelStore
+
+    model = ModelStore().load("ict")
+    config = apply_overrides(FitConfig(), {"input.max_resolution": 48})
+    predictor = Predictor(weights, model, config)
+    with LandmarkDetector() as detector:
+        image = predictor.prepare(data_file("images/astronaut.png"), detector)
+    network = predictor.predict([image])
+    reconstructor = Reconstructor(model, config)
+    plain = reconstructor.fit([image], skip_stages=(2, 3)).stages[1]
+    started = reconstructor.fit([image], skip_stages=(2, 3), appearance=network).stages[1]
+    for name in ("euler", "translation", "identity", "expression", "focal"):
+        assert torch.allclose(getattr(started, name), getattr(plain, name)), name
+    assert not torch.allclose(started.euler, network.euler, atol=1e-3)
+    for name in ("diffuse", "specular", "roughness"):
+        assert torch.equal(getattr(started, name), getattr(network, name)), name
+    bands = network.sh.shape[1]
+    assert started.sh.shape[1] == config.light.sh_bands ** 2 and torch.equal(started.sh[:, :bands], network.sh)
+    assert not started.sh[:, bands:].any()
 
 
 def test_predict_bad_inputs(weights, tmp_path):

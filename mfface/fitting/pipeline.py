@@ -211,10 +211,13 @@ class Reconstructor:
     def fit(self, images: list[PreparedImage], shared_identity: bool = False,
             skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
             checkpoint_dir: str | Path | None = None,
-            on_step: ProgressCallback | None = None, start: FaceState | None = None) -> FitResult:
-        """Run the stages not in `skip_stages`, from scratch, from the checkpoint `resume`, or from
-        `start` (a state that replaces stage 1, e.g. a network's prediction: stages 2-3 refine it;
-        its SH light is padded or cut to `light.sh_bands`).
+            on_step: ProgressCallback | None = None, appearance: FaceState | None = None) -> FitResult:
+        """Run the stages not in `skip_stages`, from scratch or from the checkpoint `resume`.
+
+        `appearance` (e.g. a network's prediction) gives stage 2 its start light and maps in place
+        of stage 1's defaults (its SH light padded or cut to `light.sh_bands`); the geometry still
+        comes from stage 1's landmark fit, which places the face more exactly than a network's
+        one-pass guess (bench/RESULTS.md, "network": +1.5 to +6 dB after a short refinement).
 
         After each stage that ran, `checkpoint_dir/stageN.npz` is written (when given).
         """
@@ -227,12 +230,8 @@ class Reconstructor:
         if resume is not None:
             state, done = self._resumed(resume, owner, targets, shared_identity)
             result.last_stage = done
-        elif start is not None:
-            check_state(start, self.model, "the start state")
-            state = dataclasses.replace(start.detached(), sh=with_bands(start.sh.detach(), cfg.light.sh_bands),
-                                        principal=targets.principal.clone())
-            done = result.last_stage = 1
-            result.stages[1] = state
+        elif appearance is not None:
+            check_state(appearance, self.model, "the start appearance")
 
         def step(stage: str) -> Callable[[int, int, dict[str, float]], None] | None:
             return None if on_step is None else (lambda i, n, losses: on_step(stage, i, n, losses))
@@ -257,6 +256,10 @@ class Reconstructor:
                 cfg = result.config = with_stronger_priors(cfg)
                 state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations)
             result.stage1_rms_px = report.rms
+            if appearance is not None:
+                state = dataclasses.replace(state, sh=with_bands(appearance.sh.detach(), cfg.light.sh_bands),
+                                            **{m: getattr(appearance, m).detach()
+                                               for m in ("diffuse", "specular", "roughness")})
             state = finish(1, state, started)
         if done < 2 and 2 not in skip_stages:
             started = time.perf_counter()
