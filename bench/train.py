@@ -10,7 +10,9 @@ Parts (`--part`, repeatable; all by default):
   the default final spp) in s.
 - `quality`: on held-out synthetic faces (a `mfface synth` file with truth; landmarks are MediaPipe's
   on the render, never the model's), for the trained `--weights`: predict alone, predict +
-  `--refine N`, and the full default fit; per method the median landmark error (px, against the
+  `--refine N`, the same short fit without the network (stage 1 and refine's iterations of stages
+  2-3 from the default light and albedo: what the network's start is worth), and the full default
+  fit; per method the median landmark error (px, against the
   MediaPipe landmarks the fit sees), vertex error (mm, NoW-style similarity alignment over the
   model's skin region, as bench/fit_synthetic.py), PSNR in the skin mask (dB) and seconds per
   face; the model's mean face with the fit's pose (from stage 1) as the trivial baseline.
@@ -142,7 +144,7 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
     `fit_cache`, the full fit's figures of a face already fitted for the same file are reused."""
     from mfface.fitting.pipeline import Reconstructor, prepare_photo
     from mfface.learning.dataset import FaceDataset
-    from mfface.learning.predict import Predictor
+    from mfface.learning.predict import Predictor, refine_config
     from mfface.learning.synth import truth_state
 
     model = _model(model_name)
@@ -151,8 +153,10 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
     config = apply_overrides(FitConfig(), {"input.max_resolution": size})
     predictor = Predictor(weights, model, config)
     full = Reconstructor(model, config)
+    short = Reconstructor(model, refine_config(config, refine))   # refine's iterations, no network
+    short.forward = full.forward = predictor.reconstructor.forward
     region = model.regions["skin"]
-    methods = ("mean_face", "predict", "refine", "fit")
+    methods = ("mean_face", "predict", "refine", "short_fit", "fit")
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     cache = _fit_cache(fit_cache, heldout, size)
     for index in range(min(faces, len(data))):
@@ -168,6 +172,8 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
         runs = {"predict": (predicted, time.perf_counter() - started)}
         started = time.perf_counter()
         runs["refine"] = (predictor.finish(image, predictor.predict([image]), refine), time.perf_counter() - started)
+        started = time.perf_counter()
+        runs["short_fit"] = (short.fit([image]), time.perf_counter() - started)
         if str(index) not in cache:
             started = time.perf_counter()
             fitted = full.fit([image])
