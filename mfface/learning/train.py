@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +173,7 @@ class Objective:
         def photo() -> torch.Tensor:
             # Only this term renders: with photo_weight 0 (geometry pre-training) a step costs the
             # network and the model's vertices, not Mitsuba.
-            settings = RenderSettings(size, self.settings.spp, seed, self.settings.integrator,
-                                      self.settings.max_depth, self.settings.envmap_height)
-            image, coverage = self.forward.render(state, settings, vertices)
+            image, coverage = self.forward.render(state, replace(self.settings, size=size, seed=seed), vertices)
             return photometric_loss(image, coverage, batch["image"], mask)
         terms = weighted_terms(cfg, LOSS_WEIGHTS, {
             "photo": photo,
@@ -478,9 +476,7 @@ class Trainer:
             batch = collate([self.plain[int(i)] for i in chosen], self.device)
             prediction = self.net(batch["image"].permute(0, 3, 1, 2))
             state = self.net.state(prediction, batch["principal"])
-            settings = RenderSettings(batch["image"].shape[1], self.config.render.spp, 12345,
-                                      self.config.render.integrator, self.config.render.max_depth,
-                                      self.config.render.envmap_height)
+            settings = replace(self.objective.settings, size=batch["image"].shape[1], seed=12345)
             out = self.forward(state, settings, self.objective.index)
             target = batch["landmarks"][:, self.objective.valid]
             rows["landmark_px"] += (out.landmarks - target).norm(dim=-1).mean(-1).tolist()
@@ -508,9 +504,8 @@ class Trainer:
         prediction = self.net(batch["image"].permute(0, 3, 1, 2))
         size = batch["image"].shape[1]
         out = self.forward(self.net.state(prediction, batch["principal"]),
-                           RenderSettings(size, max(self.config.render.spp, 16), 54321,
-                                          self.config.render.integrator, self.config.render.max_depth,
-                                          self.config.render.envmap_height))
+                           replace(self.objective.settings, size=size, spp=max(self.config.render.spp, 16),
+                                   seed=54321))
         diffuse = resize_texture(prediction.diffuse, (size, size))
         rows = []
         for b in range(len(chosen)):
