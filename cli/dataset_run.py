@@ -33,8 +33,14 @@ class RateColumn(ProgressColumn):
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Treat SIGTERM (what torchrun and schedulers send) like Ctrl-C while inside: the samples
-    finished so far are committed. Only possible in the main thread; elsewhere a no-op."""
+    finished so far are committed. The handler raises KeyboardInterrupt and also records the
+    request, which the dataset loop checks after each sample: a KeyboardInterrupt that lands in a
+    finaliser is dropped by Python (CI once saw a SIGTERM printed and the run finish with exit 0).
+    Only possible in the main thread; elsewhere a no-op."""
+    from mfface import interrupt
+
     def handler(signum: int, frame: Any) -> None:
+        interrupt.request()
         raise KeyboardInterrupt
 
     try:
@@ -42,10 +48,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
     except ValueError:  # not the main thread
         yield
         return
+    interrupt.clear()
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        interrupt.clear()
 
 
 @contextmanager

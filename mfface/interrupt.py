@@ -37,6 +37,18 @@ def deferred() -> Iterator[None]:
         _requested.clear()
 
 
+def request() -> None:
+    """Ask the next `raise_if_requested()` to raise: a signal handler that raises KeyboardInterrupt
+    at once calls this too, because an exception raised while Python runs a finaliser (`__del__`,
+    a weakref callback, garbage collection) is printed and dropped, and the loop would go on."""
+    _requested.set()
+
+
+def clear() -> None:
+    """Forget an interruption requested earlier."""
+    _requested.clear()
+
+
 def raise_if_requested() -> None:
     """Raise KeyboardInterrupt when Ctrl-C was pressed inside `deferred()`."""
     if _requested.is_set():

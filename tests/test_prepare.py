@@ -248,6 +248,28 @@ def test_interrupt_commits_finished_samples(tmp_path):
     assert (rest.already, rest.added, rest.count) == (2, 1, 3)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_sigterm_swallowed_by_a_finaliser_still_stops(tmp_path):
+    """A SIGTERM whose KeyboardInterrupt is raised inside a finaliser (Python prints and drops it;
+    CI once saw such a run finish with exit 0) still stops the run after the current sample."""
+    from mfface.cli.dataset_run import sigterm_as_interrupt
+
+    out = tmp_path / "faces.h5"
+    paths = [data_file(n).resolve() for n in SHARED[:3]]
+
+    class SignalledInFinaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside __del__
+
+    def terminate(done, n, result):
+        if done == 1:
+            SignalledInFinaliser()  # collected at once: the KeyboardInterrupt is dropped
+
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        prepare_dataset(paths, out, PrepareSettings(size=64), on_result=terminate)
+    assert read_info(out)["count"] == 1
+
+
 def _variants(folder: Path, n: int) -> Path:
     """`n` distinct small photos (crops of the astronaut portrait at several sizes) in `folder`."""
     folder.mkdir(parents=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from mfface.interrupt import raise_if_requested
 from mfface.learning.dataset_format import DatasetWriter
 
 DEFAULT_SIZE = 224
@@ -94,6 +95,7 @@ def write_results_as_they_come(writer: DatasetWriter, results: Iterable[Result],
             summary.added = writer.added
             if on_result is not None:
                 on_result(done, total, result)
+            raise_if_requested()  # a SIGTERM whose KeyboardInterrupt a finaliser swallowed
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
