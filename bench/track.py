@@ -17,10 +17,14 @@ written as an H.264 MP4 and tracked through the same passes as `mfface track`
   (wall clock, and per second of this process's CPU time: the tracker runs on one thread, so the
   latter is what an idle core gives when the machine is shared) and the identity fit's seconds, and of the photometric refinement (`--photometric N` on the
   first `--photometric-frames` frames, its errors on those frames beside the landmark tracker's);
+- the identity: the neutral shape's median vertex distance to the truth after a similarity
+  alignment with scale (mm), and the focal length, from `select.shape_frames` frames and from the 4
+  of the maps (the default before), beside the mean face's distance;
 - the trivial baseline (a frontal head, every weight 0) measured the same way;
 - the same for variants: no smoothing, stage 1's Adam (`track.solver = adam`), a stronger
   expression prior (`track.expression_prior` 1, 5, 20), no L1 expression prior
-  (`track.expression_sparsity` 0) and the defaults before it (prior 5, no L1), the true identity
+  (`track.expression_sparsity` 0) and the defaults before it (prior 5, no L1), the shape and focal
+  from the maps' 4 frames (the default before `select.shape_frames`), the true identity
   and focal length (what the identity fit costs), the model's exact projected landmarks instead
   of MediaPipe's (what the detector's disagreement with the model costs).
 Real clip: the shared photos (astronaut, obama_a, biden_a) moved by a small smooth affine motion
@@ -126,7 +130,18 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
               "mediapipe_fps": _r(int(found.found.sum()) / stats.seconds, 1),
               "mediapipe_followed": stats.followed, "mediapipe_searched": stats.searched,
               "mediapipe_missed": stats.missed, "identity_seconds": _r(identity_seconds, 1),
-              "identity_frames": identity.frames, "focal_px": _r(identity.focal_px, 1), "true_focal_px": clip.focal}
+              "identity_frames": identity.frames, "shape_frames": identity.shape_frames,
+              "focal_px": _r(identity.focal_px, 1), "true_focal_px": clip.focal,
+              "identity_vertex_mm": shape_error(model, identity.appearance.identity, clip.identity)}
+    # the identity before select.shape_frames: shape and focal from the 4 frames of the maps
+    few = VideoTracker(model, apply_overrides(tracker_config, {"select.shape_frames": 4, "select.last_stage": 1}))
+    identity_4 = few.identity(source, first, stop, found)
+    result["identity_4_frames"] = {"frames": identity_4.frames, "focal_px": _r(identity_4.focal_px, 1),
+                                   "identity_vertex_mm": shape_error(model, identity_4.appearance.identity,
+                                                                     clip.identity)}
+    print(f"identity from {len(identity.shape_frames)} frames: focal {result['focal_px']} px (true {clip.focal}), "
+          f"neutral shape {result['identity_vertex_mm']} mm; from 4 frames: {result['identity_4_frames']}; "
+          f"mean face {shape_error(model, torch.zeros_like(clip.identity), clip.identity)} mm", flush=True)
 
     def track(label: str, landmarks=None, identity_=None, focal=None, **changes):
         config = dataclasses.replace(tracker_config.track, **changes)
@@ -152,6 +167,7 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
         track(f"expression_prior_{weight:g}", expression_prior=weight)
     track("no_sparsity", expression_sparsity=0.0)
     track("before_sparsity_prior_5", expression_prior=5.0, expression_sparsity=0.0)  # the defaults until 2026-12-02
+    track("identity_from_4_frames", identity_=identity_4.appearance.identity, focal=identity_4.focal_px)
     track("true_identity_and_focal", identity_=clip.identity, focal=clip.focal)
     track("exact_model_landmarks", landmarks=clip.landmarks.astype(np.float32), identity_=clip.identity,
           focal=clip.focal)
@@ -165,6 +181,16 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
         result["photometric"] = run_photometric(args, model, tracker_config, clip, source, found, identity,
                                                 default, scale)
     return result
+
+
+def shape_error(model, identity: torch.Tensor, true_identity: torch.Tensor) -> float:
+    """Median distance (mm) between the neutral faces of two identities after a similarity
+    alignment with scale (the fit benchmark's measure)."""
+    from mfface.metrics import aligned_distances
+
+    def neutral(coefficients: torch.Tensor) -> np.ndarray:
+        return model.vertices(torch.as_tensor(coefficients, dtype=torch.float32).reshape(1, -1))[0].numpy()
+    return _r(float(np.median(aligned_distances(neutral(identity), neutral(true_identity), scale=True))), 3)
 
 
 def run_photometric(args, model, tracker_config, clip, source, found, identity, default, scale) -> dict:

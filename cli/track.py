@@ -149,8 +149,9 @@ def summary(report) -> Table:
     d = report.detection
     table.add_row("MediaPipe", f"{report.rates.get('mediapipe', 0):.1f} frames/s ({d.followed} followed from the "
                                f"previous frame, {d.searched} searched, {d.missed} without a face)")
-    table.add_row("identity", f"{report.seconds.get('identity', 0):.1f} s from frames "
-                              f"{', '.join(map(str, report.identity_frames))}; focal {report.focal_px:.0f} px")
+    table.add_row("identity", f"{report.seconds.get('identity', 0):.1f} s: shape and focal "
+                              f"({report.focal_px:.0f} px) from {len(report.shape_frames)} frames, maps from "
+                              f"frames {', '.join(map(str, report.identity_frames))}")
     table.add_row("tracking", f"{report.rates.get('track', 0):.1f} frames/s (landmarks, after detection)")
     if "photometric" in report.rates:
         photo = report.photo_l1

@@ -318,9 +318,14 @@ def test_identity_frames_are_sharp_frontal_and_varied(model) -> None:
     index = np.full(478, -1)
     covered = np.flatnonzero(np.asarray(model.landmarks["mediapipe478"]) >= 0)
     index[covered] = np.asarray(model.landmarks["mediapipe478"])[covered]
-    chosen = choose_frames(model, landmarks, found, sharp, index, 100, 100, SelectConfig(frames=3, max_angle=90))
+    chosen = choose_frames(model, landmarks, found, sharp, index, 100, 100,
+                           SelectConfig(frames=3, shape_frames=1, max_angle=90))
     assert len(chosen) == 3 and 0 not in chosen and 3 not in chosen
     assert len({c % 3 for c in chosen}) >= 2  # different expressions, not three copies of one
+    # the shape's frames: more of them, the maps' frames first (the picks are greedy, best first)
+    more = choose_frames(model, landmarks, found, sharp, index, 100, 100,
+                         SelectConfig(frames=3, shape_frames=8, max_angle=90))
+    assert len(more) == 8 and more[:3] == chosen and 0 not in more and len(set(more)) == 8
 
 
 def test_track_config_round_trips_through_toml(tmp_path) -> None:

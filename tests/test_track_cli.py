@@ -13,7 +13,7 @@ from conftest import command_fails, data_file, run_command
 
 # Tiny settings: 64 px identity crops, stage 1 only, small renders; what is checked is the plumbing.
 TINY = ["--model", "ict-lite", "--input-max-resolution", "64", "--stage1-iterations", "20", "--select-frames", "2",
-        "--select-last-stage", "1", "--render-final-spp", "2", "--render-texture-size", "32",
+        "--select-shape-frames", "3", "--select-last-stage", "1", "--render-final-spp", "2", "--render-texture-size", "32",
         "--stage2-albedo-resolution", "16", "--output-video-height", "48", "--output-render-size", "32",
         "--output-video-spp", "1", "--no-output-glb"]
 N_FRAMES = 12
@@ -75,7 +75,8 @@ def test_track_writes_every_output(tracked: Path) -> None:
     assert all(0.0 <= v <= 1.0 for f in frames for v in f["curves"].values())
     assert all(f["translation_mm"][2] > 0 for f in frames)
     assert set(frames[0]["rotation_deg"]) == {"yaw", "pitch", "roll"}
-    assert len(doc["identity"]["frames"]) == 2
+    # stage 1 only: the shape pass (3 frames) is the identity result
+    assert len(doc["identity"]["frames"]) == 3 and doc["identity"]["shape_frames"] == doc["identity"]["frames"]
     assert doc["summary"]["frames_per_second"]["track"] > 0 and doc["summary"]["frames_per_second"]["mediapipe"] > 0
     rows = list(csv.reader((tracked / "animation.csv").open()))
     assert rows[0][:9] == ["frame", "time_s", "status", "yaw_deg", "pitch_deg", "roll_deg", "tx_mm", "ty_mm", "tz_mm"]
@@ -143,6 +144,29 @@ def test_frame_folder_options_and_skipped_frames(frames: np.ndarray, tmp_path: P
 
     saved = load_config(out / "take1" / "config.toml", root=TrackConfig)
     assert saved.track.window == 4 and saved.track.solver == "adam" and saved.video.fps == 15
+
+
+def test_maps_from_fewer_frames_than_the_shape(video: Path, tmp_path: Path) -> None:
+    """With stage 2, the shape and focal come from stage 1 on 4 frames, the maps from 2 of them
+    with that shape fixed: the identity folders are those 2 frames, each with the shape pass's
+    identity."""
+    from mfface.morphable.store import ModelStore
+
+    options = list(TINY)
+    options[options.index("--select-shape-frames") + 1] = "4"
+    options[options.index("--select-last-stage") + 1] = "2"
+    result = run(str(video), "-o", str(tmp_path), *options, "--stage2-iterations", "2", "--no-output-video")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "talk" / "animation.json").read_text())
+    identity = doc["identity"]
+    assert len(identity["shape_frames"]) == 4 and len(identity["frames"]) == 2
+    assert set(identity["frames"]) < set(identity["shape_frames"])
+    assert np.abs(identity["coefficients"]).max() > 0  # fitted, not the mean face
+    n = ModelStore().load("ict-lite").n_identity
+    for name in identity["folders"]:
+        params = json.loads((tmp_path / "talk" / name / "params.json").read_text())
+        assert "stage2" in params["fit"]["final_losses"]
+        assert np.allclose(params["identity"][:n], identity["coefficients"], atol=1e-6)
 
 
 def test_photometric_refinement(video: Path, tmp_path: Path) -> None:

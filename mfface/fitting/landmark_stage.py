@@ -269,13 +269,15 @@ def initial_state(model: MorphableModel, targets: FitTargets, fitted: Stage1Resu
 
 
 def run_landmark_stage(model: MorphableModel, targets: FitTargets, config: FitConfig,
-                       shared_identity: bool, iterations: int | None = None) -> tuple[FaceState, Stage1Report]:
+                       shared_identity: bool, iterations: int | None = None,
+                       identity: torch.Tensor | None = None) -> tuple[FaceState, Stage1Report]:
     """Stage 1 on `targets`: the fitted start state (`initial_state`) and its report.
 
-    `iterations` overrides `stage1.iterations` (0 keeps only the PnP pose, for --skip-stage 1)."""
+    `iterations` overrides `stage1.iterations` (0 keeps only the PnP pose, for --skip-stage 1);
+    `identity` (1 or B, K) fixes the shape instead of fitting it."""
     stage = config.stage1 if iterations is None else dataclasses.replace(config.stage1, iterations=iterations)
     fitted = fit_landmarks(model, targets.landmarks, targets.landmark_index, targets.size, targets.size,
-                           stage, shared_identity=shared_identity, principal=targets.principal,
-                           loss=config.landmarks, weights=targets.landmark_weights)
+                           stage, identity=identity, shared_identity=shared_identity,
+                           principal=targets.principal, loss=config.landmarks, weights=targets.landmark_weights)
     state = initial_state(model, targets, fitted, shared_identity, config)
     return state, Stage1Report([float(r) for r in fitted.rms], fitted.losses)

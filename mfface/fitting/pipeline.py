@@ -211,8 +211,12 @@ class Reconstructor:
     def fit(self, images: list[PreparedImage], shared_identity: bool = False,
             skip_stages: tuple[int, ...] = (), resume: str | Path | None = None,
             checkpoint_dir: str | Path | None = None,
-            on_step: ProgressCallback | None = None, appearance: FaceState | None = None) -> FitResult:
+            on_step: ProgressCallback | None = None, appearance: FaceState | None = None,
+            identity: torch.Tensor | None = None) -> FitResult:
         """Run the stages not in `skip_stages`, from scratch or from the checkpoint `resume`.
+
+        `identity` (1, K) fixes the shape coefficients in every stage (e.g. a video's shape,
+        fitted from more frames than its maps; `mfface.tracking.identity`).
 
         `appearance` (e.g. a network's prediction) gives stage 2 its start light and maps in place
         of stage 1's defaults (its SH light padded or cut to `light.sh_bands`); the geometry still
@@ -222,6 +226,8 @@ class Reconstructor:
         After each stage that ran, `checkpoint_dir/stageN.npz` is written (when given).
         """
         cfg = self.config
+        if identity is not None:
+            cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, fit_identity=False))
         targets = self.targets(images)
         result = FitResult(self.model, cfg, images, state=None, forward=self.forward, targets=targets)  # type: ignore[arg-type]
         owner = result.owner = self.owner(images)
@@ -250,11 +256,12 @@ class Reconstructor:
         if done < 1:
             started = time.perf_counter()
             iterations = 0 if 1 in skip_stages else None
-            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations)
+            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations, identity)
             result.landmark_warnings = photo_problems(images, state, report.rms)
             if any(result.landmark_warnings) and cfg.landmarks.unreliable_prior_scale > 1:
                 cfg = result.config = with_stronger_priors(cfg)
-                state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations)
+                state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations,
+                                                   identity)
             result.stage1_rms_px = report.rms
             if appearance is not None:
                 state = dataclasses.replace(state, sh=with_bands(appearance.sh.detach(), cfg.light.sh_bands),

@@ -43,8 +43,11 @@ class DetectConfig:
 @dataclass
 class SelectConfig:
     """The identity: which frames it is fitted from (sharp, frontal, varied) and how far."""
-    frames: int = _f(4, "Frames the identity (shape and skin maps) is fitted from, with the fit's "
-                     "shared-identity mode.", 1, 64)
+    frames: int = _f(4, "Frames the skin maps are fitted from (stages 2-3 of the fit's shared-identity "
+                     "mode, the shape fixed): the best of the chosen frames.", 1, 64)
+    shape_frames: int = _f(16, "Frames the shape and focal length are fitted from (stage 1, landmarks only: "
+                           "a few seconds); more frames average out the detector's per-frame errors "
+                           "(bench/RESULTS.md, \"Shape from many frames\"). At least `frames` are used.", 1, 256)
     candidates: int = _f(150, "At most this many evenly spaced frames with a face are considered.", 1, 100_000)
     max_angle: float = _f(20.0, "Largest yaw or pitch (degrees, rough PnP estimate) of a frame preferred "
                           "as frontal.", 1.0, 90.0)

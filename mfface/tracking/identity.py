@@ -1,12 +1,17 @@
-"""The identity of a video: the fit's shared-identity mode on a few chosen frames, and the camera.
+"""The identity of a video: the shape and camera from many chosen frames, the maps from a few.
 
-The chosen frames (`mfface.tracking.select.choose_frames`) are cropped like photos
-(`prepare_photo`, one crop size for all) and fitted together by `Reconstructor.fit(...,
-shared_identity=True)`: one identity and one set of reflectance maps, per-frame pose, expression,
-focal and light. What the tracker keeps from it:
+The chosen frames (`mfface.tracking.select.choose_frames`, best first) are cropped like photos
+(`prepare_photo`, one crop size for all) and fitted in two passes of the fit's shared-identity
+mode (`Reconstructor.fit(..., shared_identity=True)`):
+- the shape: stage 1 (landmarks only) on all of them (`select.shape_frames`), one identity and
+  per-frame pose, expression and focal. The detector's errors differ from frame to frame, so more
+  frames give a better shape and focal length, and stage 1 costs seconds, not minutes;
+- the appearance: stages 1-3 on the best `select.frames` of them with that identity fixed: the
+  reflectance maps and per-frame light (skipped when `select.last_stage` is 1).
+What the tracker keeps:
 - the identity coefficients (fixed while tracking);
 - the focal length in video px: each frame's fitted focal (crop px) divided by its crop scale,
-  median over the frames (a video has one camera);
+  median over the shape pass's frames (a video has one camera);
 - an appearance for renders: the shared maps and the mean of the frames' SH light.
 """
 from __future__ import annotations
@@ -29,11 +34,13 @@ def frame_name(index: int) -> str:
 
 @dataclass
 class VideoIdentity:
-    """The identity fit of a video: the fit's result, the frames it used, the focal length in
-    video px and `appearance`, a batch-1 FaceState with the identity, maps and mean light (its
-    pose, expression and camera are placeholders that `frame_state` replaces)."""
+    """The identity fit of a video: the fit's result (the appearance pass, or the shape pass when
+    there is none), the frames it used, the frames the shape came from, the focal length in video
+    px and `appearance`, a batch-1 FaceState with the identity, maps and mean light (its pose,
+    expression and camera are placeholders that `frame_state` replaces)."""
     result: FitResult
     frames: list[int]
+    shape_frames: list[int]
     focal_px: float
     appearance: FaceState
 
@@ -53,18 +60,25 @@ def prepare_frames(images: dict[int, np.ndarray], landmarks: dict[int, np.ndarra
 
 
 def fit_identity(reconstructor: Reconstructor, images: dict[int, np.ndarray], landmarks: dict[int, np.ndarray],
-                 config: TrackConfig, on_step: ProgressCallback | None = None) -> VideoIdentity:
-    """Fit the identity from the chosen frames ({frame index: uint8 (H, W, 3)} and their landmarks
-    {frame index: (N, 2) px})."""
-    prepared = prepare_frames(images, landmarks, config)
-    skip = tuple(s for s in (2, 3) if s > config.select.last_stage)
-    result = reconstructor.fit(prepared, shared_identity=True, skip_stages=skip, on_step=on_step)
+                 chosen: list[int], config: TrackConfig, on_step: ProgressCallback | None = None) -> VideoIdentity:
+    """Fit the identity from the chosen frames (`chosen`, best first; their uint8 (H, W, 3) images
+    {frame index: image} and landmarks {frame index: (N, 2) px}): the shape pass on all of them,
+    the appearance pass on the first `select.frames` (see the module docstring)."""
+    shape_prepared = prepare_frames(images, landmarks, config)
+    shape = reconstructor.fit(shape_prepared, shared_identity=True, skip_stages=(2, 3), on_step=on_step)
+    focal = [float(shape.state.focal[b]) / im.to_crop.scale for b, im in enumerate(shape_prepared)]
+    result, frames = shape, sorted(images)
+    if config.select.last_stage > 1:
+        frames = sorted(chosen[:config.select.frames])
+        skip = tuple(s for s in (2, 3) if s > config.select.last_stage)
+        result = reconstructor.fit(prepare_frames({i: images[i] for i in frames}, landmarks, config),
+                                   shared_identity=True, skip_stages=skip, on_step=on_step,
+                                   identity=shape.state.identity[:1])
     state = result.state
-    focal = [float(state.focal[b]) / im.to_crop.scale for b, im in enumerate(prepared)]
     appearance = dataclasses.replace(
         state.item(0), sh=state.sh.mean(0, keepdim=True), principal=None,
         expression=torch.zeros_like(state.expression[:1]))
-    return VideoIdentity(result, sorted(images), float(np.median(focal)), appearance.detached())
+    return VideoIdentity(result, frames, sorted(images), float(np.median(focal)), appearance.detached())
 
 
 def frame_state(appearance: FaceState, euler: np.ndarray, translation: np.ndarray, expression: np.ndarray,

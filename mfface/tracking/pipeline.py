@@ -2,8 +2,9 @@
 
 Passes over the frames (each streamed, one frame in memory at a time):
 1. detect: MediaPipe landmarks per frame (`FaceFollower`), and each face's sharpness;
-2. identity: the chosen frames (`choose_frames`) are read again and fitted together with the
-   fit's shared-identity mode (`fit_identity`), which also gives the focal length;
+2. identity: the chosen frames (`choose_frames`, `select.shape_frames` of them) are read again,
+   held in memory, and fitted together with the fit's shared-identity mode (`fit_identity`): the
+   shape and focal length from all of them, the maps from the best few;
 3. track: pose and expression per frame from the landmarks (`track_landmarks`), no frames needed;
 4. photometric (optional, `photometric.iterations` > 0): each tracked frame refined through the
    renderer (`FrameRefiner`), then lost frames interpolated again;
@@ -97,6 +98,7 @@ class TrackReport:
     problems: list[tuple[int, str]]
     detection: FollowStats
     identity_frames: list[int]
+    shape_frames: list[int]
     focal_px: float
     working_scale: float
     seconds: dict[str, float] = field(default_factory=dict)
@@ -110,7 +112,7 @@ class TrackReport:
                 "problems": [{"frame": i, "problem": p} for i, p in self.problems],
                 "detection": {"followed": self.detection.followed, "searched": self.detection.searched,
                               "missed": self.detection.missed, "mediapipe_seconds": round(self.detection.seconds, 3)},
-                "identity_frames": self.identity_frames, "seconds": _rounded(self.seconds),
+                "identity_frames": self.identity_frames, "shape_frames": self.shape_frames, "seconds": _rounded(self.seconds),
                 "frames_per_second": _rounded(self.rates), "landmark_rms_px": _rounded(self.rms_px),
                 "jitter": _rounded(self.jitter), "photometric_l1": _rounded(self.photo_l1)}
 
@@ -196,7 +198,8 @@ class VideoTracker:
             if on_progress is not None:
                 on_progress(f"identity {stage}", i + 1, n, f"loss {losses.get('total', float('nan')):.4g}")
         landmarks = {i: found.landmarks[i - first].astype(np.float64) for i in images}
-        return fit_identity(self.reconstructor, images, landmarks, self.config, on_step)
+        return fit_identity(self.reconstructor, images, landmarks, [first + i for i in chosen], self.config,
+                            on_step)
 
     def refine(self, source: FrameSource, first: int, stop: int, track: Track, found: _Detections,
                identity: VideoIdentity, focal_px: float, scale: float,
@@ -293,7 +296,7 @@ class VideoTracker:
         times = (first + np.arange(total)) / source.fps
         report = TrackReport(folder, total, first, source.fps,
                              {s: track.status.count(s) for s in (TRACKED, LOST, UNREADABLE)}, found.problems,
-                             stats, identity.frames, focal_px, scale, seconds, rates, rms,
+                             stats, identity.frames, identity.shape_frames, focal_px, scale, seconds, rates, rms,
                              {"rotation_deg": jitter(np.degrees(track.euler)), "expression": jitter(track.expression)},
                              photo)
         with atomic_dir(folder) as tmp:
@@ -331,7 +334,8 @@ class VideoTracker:
             "pose_convention": "X_camera = R0 R_head X_model + t, R0 = diag(1, -1, -1); R_head = Ry(yaw) "
                                "Rx(pitch) Rz(roll) about the model's axes (+x the face's left, +y up, +z out "
                                "of the face), mm; quaternion (x, y, z, w) of R_head",
-            "identity": {"frames": identity.frames, "folders": [f"identity/{frame_name(i)}" for i in identity.frames],
+            "identity": {"frames": identity.frames, "shape_frames": identity.shape_frames,
+                         "folders": [f"identity/{frame_name(i)}" for i in identity.frames],
                          "coefficients": identity.appearance.identity[0].cpu().tolist()},
             "summary": report.as_json(),
         }

@@ -60,7 +60,8 @@ def _distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def choose_frames(model: MorphableModel, landmarks: np.ndarray, found: np.ndarray, sharp: np.ndarray,
                   landmark_index: np.ndarray, width: int, height: int, config: SelectConfig) -> list[int]:
-    """Frame indices (sorted) the identity is fitted from (see the module docstring).
+    """Indices of the frames the identity is fitted from, max(config.frames, config.shape_frames)
+    of them at most, in the order picked: the best first (see the module docstring).
 
     landmarks (T, N, 2) px, found (T,) bool, sharp (T,) `sharpness` of each frame with a face."""
     frames = np.flatnonzero(found)
@@ -77,7 +78,7 @@ def choose_frames(model: MorphableModel, landmarks: np.ndarray, found: np.ndarra
     shapes = [_aligned(landmarks[f]) for f in frames]
     chosen = [int(np.argmax(quality))]
     nearest = np.array([_distance(s, shapes[chosen[0]]) for s in shapes])
-    while len(chosen) < min(config.frames, len(frames)):
+    while len(chosen) < min(max(config.frames, config.shape_frames), len(frames)):
         score = quality * nearest
         score[chosen] = -1.0
         pick = int(np.argmax(score))
@@ -85,4 +86,4 @@ def choose_frames(model: MorphableModel, landmarks: np.ndarray, found: np.ndarra
             break
         chosen.append(pick)
         nearest = np.minimum(nearest, [_distance(s, shapes[pick]) for s in shapes])
-    return sorted(int(frames[i]) for i in chosen)
+    return [int(frames[i]) for i in chosen]
