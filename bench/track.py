@@ -194,25 +194,28 @@ def shape_error(model, identity: torch.Tensor, true_identity: torch.Tensor) -> f
 
 
 def run_photometric(args, model, tracker_config, clip, source, found, identity, default, scale) -> dict:
-    """`--photometric N` on the first frames: errors before (landmarks) and after, frames/s."""
+    """`--photometric N` on the first frames: errors before (landmarks) and after, frames/s; with
+    the default L1 expression prior and without it (`photometric.expression_sparsity` 0)."""
     from mfface.tracking.pipeline import VideoTracker
     from mfface.tracking.tracker import Track
 
     count = min(args.photometric_frames, args.frames)
-    config = apply_overrides(tracker_config, {"photometric.iterations": args.photometric})
-    tracker = VideoTracker(model, config)
     window = slice(0, count)
-    part = Track(default.euler[window].copy(), default.translation[window].copy(), default.expression[window].copy(),
-                 default.status[window], default.rms[window].copy())
-    started = time.perf_counter()
-    refined, photo = tracker.refine(source, 0, count, part, found, identity, identity.focal_px, scale)
-    seconds = time.perf_counter() - started
-    out = {"iterations": args.photometric, "frames": count, "fps": _r(count / seconds, 3),
-           "landmarks_only": errors(default.euler[window], default.expression[window], clip, window),
-           "refined": errors(refined.euler, refined.expression, clip, window),
-           "photo_l1_first_iteration": _r(photo["first_iteration"]), "photo_l1_last_iteration": _r(photo["last_iteration"])}
-    print(f"  photometric {args.photometric} its on {count} frames: {out['fps']} frames/s; landmarks only "
-          f"{out['landmarks_only']}; refined {out['refined']}", flush=True)
+    out = {"iterations": args.photometric, "frames": count,
+           "landmarks_only": errors(default.euler[window], default.expression[window], clip, window)}
+    print(f"  photometric on {count} frames, landmarks only: {out['landmarks_only']}", flush=True)
+    for label, changes in (("refined", {}), ("refined_no_sparsity", {"photometric.expression_sparsity": 0.0})):
+        config = apply_overrides(tracker_config, {"photometric.iterations": args.photometric, **changes})
+        tracker = VideoTracker(model, config)
+        part = Track(default.euler[window].copy(), default.translation[window].copy(),
+                     default.expression[window].copy(), default.status[window], default.rms[window].copy())
+        started = time.perf_counter()
+        refined, photo = tracker.refine(source, 0, count, part, found, identity, identity.focal_px, scale)
+        seconds = time.perf_counter() - started
+        out[label] = {**errors(refined.euler, refined.expression, clip, window), "fps": _r(count / seconds, 3),
+                      "photo_l1_first_iteration": _r(photo["first_iteration"]),
+                      "photo_l1_last_iteration": _r(photo["last_iteration"])}
+        print(f"  photometric {args.photometric} its, {label}: {out[label]}", flush=True)
     return out
 
 

@@ -392,3 +392,31 @@ def test_a_still_face_in_camera_motion_keeps_its_expression(model) -> None:
     assert np.corrcoef(1.0 / track.translation[:, 2], size)[0, 1] > 0.9
     spread = track.expression.max(0) - track.expression.min(0)
     assert spread.mean() < 0.15 and spread.max() < 0.6
+
+
+def test_photometric_refinement_keeps_unused_shapes_at_zero(model, variant) -> None:
+    """The per-frame refinement has the landmark tracker's L1 expression prior: refining a neutral
+    face from its true pose and neutral weights leaves more weights at exactly 0, and less weight
+    in all, than the same refinement without it (photo noise otherwise walks them up)."""
+    from mfface.config import apply_overrides
+    from mfface.fitting.pipeline import prepare_photo
+    from mfface.forward import ForwardModel
+    from mfface.synthetic import random_face
+    from mfface.tracking.refine import FrameRefiner
+
+    face = random_face(model, 64, seed=4, spp=8, expression_scale=0.0)
+    state = face.state
+    weights = {}
+    for sparsity in (0.0, 1.5):
+        config = apply_overrides(TrackConfig(), {"input.max_resolution": 64, "photometric.iterations": 12,
+                                                 "photometric.size": 64, "photometric.spp": 2,
+                                                 "photometric.expression_sparsity": sparsity})
+        prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", config.fit_config(), "frame",
+                                 size=64, enlarge=True)
+        refiner = FrameRefiner(ForwardModel(model), state, _index(model), config, 1.0)
+        done = refiner.refine(prepared, 0, float(state.focal[0]), state.euler[0].numpy(),
+                              state.translation[0].numpy(), np.zeros(model.n_expression))
+        assert ("sparsity" in done.losses) == (sparsity > 0)
+        weights[sparsity] = done.expression
+    assert (weights[1.5] == 0).sum() > (weights[0.0] == 0).sum()
+    assert weights[1.5].sum() < weights[0.0].sum()

@@ -116,6 +116,10 @@ class PhotometricConfig:
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside coverage x skin.", 0.0)
     landmark_weight: float = _f(1.0, "Weight of the landmark loss (crop px^2).", 0.0)
     expression_prior: float = _f(0.001, "Weight of the expression prior, mean of c^2.", 0.0)
+    expression_sparsity: float = _f(1.5, "Weight of the L1 expression prior, mean of |c|, as the landmark "
+                                    "tracker's (`track.expression_sparsity` 6 in working px^2 is 1.5 in the "
+                                    "128 px crop's px^2 of a 256 px fit crop): shapes the tracker left at 0 "
+                                    "stay there unless the image asks for them.", 0.0)
     temporal_weight: float = _f(10.0, "Factor on the [track] smoothness weights against the previous frames "
                                 "(at 1 the refined curves jittered 1.5-1.7x the truth's).", 0.0)
 

@@ -7,7 +7,8 @@ mask) through the forward model (`mfface.forward.ForwardModel`), with the identi
 fixed. The loss is made of `mfface.objectives` terms, weighted by `PhotometricConfig`:
 
     photo_weight * L1 in coverage x skin + landmark_weight * landmark loss (crop px^2, robust)
-  + expression_prior * mean(e^2) + temporal_weight * TemporalPrior(previous refined frames)
+  + expression_prior * mean(e^2) + expression_sparsity * mean(|e|)
+  + temporal_weight * TemporalPrior(previous refined frames)
 
 The temporal term has the [track] weights, scaled by (crop px / working px)^2 so that it keeps
 its strength relative to the landmark term. Pose is parametrised as in stage 2: a rotation delta
@@ -23,7 +24,8 @@ import torch
 
 from mfface.fitting.pipeline import PreparedImage
 from mfface.forward import ForwardModel, RenderSettings
-from mfface.objectives import landmark_loss, landmark_weights, photometric_loss, statistical_prior, weighted_terms
+from mfface.objectives import (landmark_loss, landmark_weights, photometric_loss, sparsity_prior, statistical_prior,
+                               weighted_terms)
 from mfface.state import FaceState
 from mfface.tracking.config import TrackConfig
 from mfface.tracking.identity import frame_state
@@ -31,7 +33,7 @@ from mfface.tracking.temporal import TemporalPrior
 
 # The weight of each refinement term: the PhotometricConfig field that holds it.
 WEIGHTS = {"photo": "photo_weight", "landmarks": "landmark_weight", "expression": "expression_prior",
-           "temporal": "temporal_weight"}
+           "sparsity": "expression_sparsity", "temporal": "temporal_weight"}
 SEED_OFFSET = 5_000_000  # render seeds: SEED_OFFSET + frame * iterations + iteration
 
 
@@ -109,6 +111,7 @@ class FrameRefiner:
                 "landmarks": lambda: landmark_loss(out.landmarks, lm_target, self.weights,
                                                    self.config.landmarks.robust_scale),
                 "expression": lambda: statistical_prior(exp_param),
+                "sparsity": lambda: sparsity_prior(exp_param),
                 "temporal": lambda: prior(current.euler, current.translation, exp_param),
             })
             total = sum(terms.values())
