@@ -11,12 +11,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskID, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TaskID, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 
 CONSOLE = Console(stderr=True)
 Row = tuple[str, str]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import Progress
 
 from mfface.cli.batch import (PROGRESS_COLUMNS, GroupJob, Interrupted, StageProgress, check_writable,
                               collect_images, plan, run_all)
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 from mfface.config import FitConfig, config_options, overrides_from_kwargs
 
 _CONSOLE = Console(stderr=True)

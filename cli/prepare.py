@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mfface.cli.dataset_run import (CONSOLE, RateColumn, dataset_command, kind_rows, print_merge_hint,
                                     print_report, result_rows, rows_table, run_progress,
                                     share_rows)
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 
 _SHOWN_FAILURES = 20  # rows of the not-added table; the file's report has them all
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 from mfface.scenes.light_presets import preset_names
 
 _CONSOLE = Console()

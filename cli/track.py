@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 from mfface.config import config_options, overrides_from_kwargs
 from mfface.tracking.config import TrackConfig
 

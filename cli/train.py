@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mfface.cli.errors import UserError
+from mfface.cli.progress import Progress
 from mfface.config import config_options, overrides_from_kwargs
 from mfface.learning.config import TrainConfig
 
