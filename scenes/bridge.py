@@ -67,7 +67,12 @@ class FaceRenderer:
         self.n_part_vertices = sum(part.n_vertices for part in self.parts)
         self._scenes: list[tuple[mi.Scene, mi.SceneParameters]] = []
         self._built_for: tuple | None = None
-        self._wrapped = dr.wrap(source="torch", target="drjit")(self._render_drjit)
+        # The wrapped function takes the renderer as an argument rather than being bound to it: a
+        # bound method stored on `self` is a reference cycle, and a renderer in a cycle (with its
+        # Mitsuba scenes) is freed by the garbage collector, in whatever thread it runs, instead of
+        # when its last reference goes; freeing Dr.Jit memory from another thread while this one
+        # renders can hang both (mfface.cli.progress).
+        self._wrapped = dr.wrap(source="torch", target="drjit")(type(self)._render_drjit)
 
     # -- scene cache ---------------------------------------------------------------------------
     def _scene(self, index: int, texture_size: tuple[int, int],
@@ -187,7 +192,7 @@ class FaceRenderer:
             part_item = (None if not self.parts
                          else parts[b if parts.shape[0] > 1 else 0].float().contiguous())
             rgb, alpha = self._wrapped(
-                b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
+                self, b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
                 pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)

@@ -60,6 +60,27 @@ def test_forward_model_keeps_one_scene_per_size_and_integrator(ict, variant):
     assert forward.renderer(RenderSettings(32, integrator="prb_projective")) is not first
 
 
+def test_a_dropped_forward_model_frees_its_scenes_without_the_garbage_collector(ict, variant):
+    """No reference cycle keeps a renderer (and its Mitsuba scenes) alive: it is freed when its
+    last reference goes, in that thread, not by a later collection in whatever thread runs it,
+    which could free Dr.Jit memory while another thread renders (mfface.cli.progress)."""
+    import gc
+    import weakref
+
+    forward = ForwardModel(ict)
+    settings = RenderSettings(32, spp=1)
+    with torch.no_grad():
+        forward(_state(ict, 1), settings)
+    renderer = weakref.ref(forward.renderer(settings))
+    gc.collect()
+    gc.disable()
+    try:
+        del forward
+        assert renderer() is None
+    finally:
+        gc.enable()
+
+
 def test_forward_model_is_differentiable_in_the_state(ict, variant):
     state = _state(ict, batch=1)
     state.sh.requires_grad_(True)
