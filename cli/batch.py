@@ -111,7 +111,7 @@ class StageProgress:
         if stage not in self.tasks:
             self.progress.start()  # on the first step only, so a run that fails earlier prints no bar
             self.tasks[stage] = self.progress.add_task(f"{self.label} {stage}", total=n, loss="")
-        shown = f"loss {losses['total']:.4g}  photo {losses.get('photo', float('nan')):.4g}"
+        shown = f"loss {losses['total']:.4g}" + (f"  photo {losses['photo']:.4g}" if "photo" in losses else "")
         self.progress.update(self.tasks[stage], completed=i + 1, loss=shown)
 
 

@@ -14,6 +14,11 @@ from typing import Any
 import mfface  # noqa: F401,E402
 import pytest
 
+# rich wraps the commands' messages at the console width (80 columns when not a terminal), so a
+# phrase a test looks for could be split wherever a long tmp path ends; a wide console keeps each
+# message on one line (rich reads COLUMNS when a Console is made, after this runs).
+os.environ["COLUMNS"] = "250"
+
 REPO = Path(__file__).resolve().parents[1]
 MFFACE = Path(sys.executable).parent / "mfface"
 TORCHRUN = Path(sys.executable).parent / "torchrun"

@@ -23,9 +23,25 @@ def fit(ict, variant, tmp_path_factory):
     face = random_face(ict, SIZE, seed=3, spp=16, landmark_noise_px=0.5, max_yaw_deg=20.0)
     config = apply_overrides(FitConfig(), SETTINGS)
     prepared = prepare_photo(face.photo, face.landmarks, "mediapipe478", config, "synthetic")
-    result = Reconstructor(ict, config).fit([prepared])
+    steps: list[tuple[str, int, int]] = []
+    result = Reconstructor(ict, config).fit([prepared], on_step=lambda stage, i, n, losses: steps.append(
+        (stage, i, n)))
     result.start = result.stages[1]
+    result.steps = steps
     return face, prepared, result
+
+
+def test_every_stage_reports_its_iterations(fit) -> None:
+    """The progress callback hears every iteration of every stage, stage 1 included (a video's
+    many-frame shape pass is stage 1 alone and showed no progress before)."""
+    _, _, result = fit
+    config = result.config
+    expected = {"stage1": config.stage1.iterations, "stage2": config.stage2.iterations,
+                "stage3": config.stage3.iterations}
+    for stage, count in expected.items():
+        calls = [(i, n) for s, i, n in result.steps if s == stage]
+        runs = 1 + (stage == "stage1" and any(result.landmark_warnings))  # rerun with stronger priors
+        assert calls == [(i, count) for i in range(count)] * runs, stage
 
 
 def skin_psnr(result, state, spp: int = 32) -> float:

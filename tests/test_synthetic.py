@@ -124,3 +124,21 @@ def test_bad_inputs(ict, render):
     other = dataclasses.replace(ict, name="other")
     with pytest.raises(ValueError, match="is for model 'ict'; pass one made for 'other'"):
         random_face(other, 32, 0, forward=render)
+
+
+def test_a_uint8_photo_prepares_as_its_float_copy(face):
+    """A photo held as uint8 (a video's frames) gives the same crop, mask, landmarks and digest as
+    the float copy `read_image` would give, and is kept as uint8, not converted whole."""
+    from mfface.config import FitConfig
+    from mfface.fitting.pipeline import prepare_photo
+
+    config = FitConfig()
+    pixels = (face.photo * 255.0).round().to(torch.uint8)
+    as_bytes = prepare_photo(pixels, face.landmarks, "mediapipe478", config, "bytes", size=48)
+    as_float = prepare_photo(pixels.float() / 255.0, face.landmarks, "mediapipe478", config, "float", size=48)
+    assert as_bytes.photo.dtype == torch.uint8 and as_bytes.photo.data_ptr() == pixels.data_ptr()
+    assert torch.allclose(as_bytes.target, as_float.target, atol=1e-6)
+    assert torch.equal(as_bytes.skin, as_float.skin)
+    assert np.allclose(as_bytes.crop_landmarks, as_float.crop_landmarks)
+    assert np.allclose(as_bytes.principal, as_float.principal)
+    assert as_bytes.digest == as_float.digest

@@ -420,3 +420,29 @@ def test_photometric_refinement_keeps_unused_shapes_at_zero(model, variant) -> N
         weights[sparsity] = done.expression
     assert (weights[1.5] == 0).sum() > (weights[0.0] == 0).sum()
     assert weights[1.5].sum() < weights[0.0].sum()
+
+
+def test_identity_passes_report_their_progress(model, clip) -> None:
+    """Both identity passes report every iteration, labelled by pass: the many-frame shape pass
+    ('shape stage1') and the maps pass on the best frames ('maps stage1', 'maps stage2')."""
+    from mfface.config import apply_overrides
+    from mfface.fitting.pipeline import Reconstructor
+    from mfface.tracking.identity import fit_identity
+
+    config = apply_overrides(TrackConfig(), {
+        "input.max_resolution": 64, "stage1.iterations": 5, "stage2.iterations": 2, "stage2.spp": 1,
+        "stage2.geometry_start": 1, "stage2.albedo_resolution": 16, "render.texture_size": 32,
+        "select.frames": 2, "select.shape_frames": 4, "select.last_stage": 2})
+    chosen = [0, 5, 10, 15]
+    images = {i: clip.frames[i] for i in chosen}
+    landmarks = {i: clip.landmarks[i] for i in chosen}
+    steps: list[tuple[str, int, int]] = []
+    identity = fit_identity(Reconstructor(model, config.fit_config()), images, landmarks, chosen, config,
+                            lambda stage, i, n, losses: steps.append((stage, i, n)))
+    assert identity.shape_frames == chosen and identity.frames == [0, 5]
+    for label, count in (("shape stage1", 5), ("maps stage1", 5), ("maps stage2", 2)):
+        calls = [(i, n) for s, i, n in steps if s == label]
+        # stage 1 runs again, from 0, with stronger priors when a frame's landmarks look untrusted
+        runs = max(1, len(calls) // count)
+        assert calls == [(i, count) for i in range(count)] * runs, label
+    assert {s for s, _, _ in steps} == {"shape stage1", "maps stage1", "maps stage2"}

@@ -31,6 +31,9 @@ from mfface.sh import initial_coefficients
 from mfface.state import FaceState
 from mfface.textures import StatisticalAlbedo
 
+# on_step(iteration, iterations, {term: value}) after each iteration of a stage (progress displays)
+StepCallback = Callable[[int, int, dict[str, float]], None]
+
 
 @dataclass
 class Stage1Result:
@@ -82,7 +85,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
                   identity: torch.Tensor | None = None, shared_identity: bool = False,
                   principal: torch.Tensor | None = None, loss: LandmarkConfig | None = None,
                   weights: torch.Tensor | None = None,
-                  prior: PoseExpressionPrior | None = None) -> Stage1Result:
+                  prior: PoseExpressionPrior | None = None,
+                  on_step: StepCallback | None = None) -> Stage1Result:
     """Fit pose, focal and expression (and identity when `config.fit_identity`) to landmarks.
 
     landmarks (B, N, 2) px in the image convention of mfface.camera; landmark_index (N,) model
@@ -94,7 +98,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
     PnP start (e.g. the previous video frame). principal (B, 2) px is each image's principal
     point (None = the image centre). `prior` (None = none) adds a term of the B images' pose
     and expression to the loss (`PoseExpressionPrior`), e.g. temporal smoothness across the B
-    frames of a video window. Runs on landmarks.device.
+    frames of a video window. `on_step(iteration, iterations, {"total": loss})` is called after
+    each iteration (progress display). Runs on landmarks.device.
     """
     landmarks = torch.as_tensor(landmarks, dtype=torch.float32)
     landmark_index = torch.as_tensor(landmark_index, dtype=torch.long, device=landmarks.device)
@@ -189,6 +194,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
         losses.append(float(total.detach()))
         check_finite("stage 1", it, losses[-1])
         raise_if_requested()
+        if on_step is not None:
+            on_step(it, config.iterations, {"total": losses[-1]})
 
     with torch.no_grad():
         _, uv, translation = evaluate()
@@ -270,14 +277,16 @@ def initial_state(model: MorphableModel, targets: FitTargets, fitted: Stage1Resu
 
 def run_landmark_stage(model: MorphableModel, targets: FitTargets, config: FitConfig,
                        shared_identity: bool, iterations: int | None = None,
-                       identity: torch.Tensor | None = None) -> tuple[FaceState, Stage1Report]:
+                       identity: torch.Tensor | None = None,
+                       on_step: StepCallback | None = None) -> tuple[FaceState, Stage1Report]:
     """Stage 1 on `targets`: the fitted start state (`initial_state`) and its report.
 
     `iterations` overrides `stage1.iterations` (0 keeps only the PnP pose, for --skip-stage 1);
-    `identity` (1 or B, K) fixes the shape instead of fitting it."""
+    `identity` (1 or B, K) fixes the shape instead of fitting it; `on_step` as `fit_landmarks`'."""
     stage = config.stage1 if iterations is None else dataclasses.replace(config.stage1, iterations=iterations)
     fitted = fit_landmarks(model, targets.landmarks, targets.landmark_index, targets.size, targets.size,
                            stage, identity=identity, shared_identity=shared_identity,
-                           principal=targets.principal, loss=config.landmarks, weights=targets.landmark_weights)
+                           principal=targets.principal, loss=config.landmarks, weights=targets.landmark_weights,
+                           on_step=on_step)
     state = initial_state(model, targets, fitted, shared_identity, config)
     return state, Stage1Report([float(r) for r in fitted.rms], fitted.losses)

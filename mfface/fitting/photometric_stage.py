@@ -17,13 +17,13 @@ translation delta in units of the stage-1 depth, so one small learning rate suit
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
+from mfface.fitting.landmark_stage import StepCallback
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
@@ -34,7 +34,6 @@ from mfface.sh import nonnegative
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler, StatisticalAlbedo, resize_texture
 
-StepCallback = Callable[[int, int, dict[str, float]], None]
 SEED_OFFSET = 1_000_000  # stage 2 renders use seeds SEED_OFFSET + iteration
 
 

@@ -46,7 +46,8 @@ ProgressCallback = Callable[[str, int, int, dict[str, float]], None]
 
 @dataclass
 class PreparedImage:
-    """One photo ready to fit. `photo` (H, W, 3) display-referred as read; `landmarks` (N, 2) in
+    """One photo ready to fit. `photo` (H, W, 3) display-referred as read (float in [0, 1], or
+    uint8 as a video's frames are held: a quarter of the memory); `landmarks` (N, 2) in
     its pixels; the crop: `box`, `to_crop` (input px -> crop px), `target` (S, S, 3) linear,
     `skin` (S, S), `crop_landmarks` (N, 2), and `principal` (2,) the crop pixel where the photo's
     centre lands: the photo's principal point, as a camera of unknown intrinsics is assumed to
@@ -95,13 +96,16 @@ def prepare_image(path: str | Path, config: FitConfig, detector: LandmarkDetecto
 def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, config: FitConfig,
                   name: str, path: Path | None = None, size: int | None = None,
                   enlarge: bool = False) -> PreparedImage:
-    """Crop and linearise an in-memory photo (H, W, 3) display-referred in [0, 1] whose landmarks
-    (N, 2) in its pixels are known (`scheme` 'mediapipe478' or 'ibug68')."""
+    """Crop and linearise an in-memory photo (H, W, 3) display-referred, float in [0, 1] or uint8
+    (kept as it is, not converted whole: only the crop becomes float), whose landmarks (N, 2) in
+    its pixels are known (`scheme` 'mediapipe478' or 'ibug68')."""
     try:
         box = crop_box_around(landmarks, (photo.shape[0], photo.shape[1]))
     except ValueError as e:
         raise FitInputError(f"{name}: {e}") from None
     target, to_crop = crop_and_resize(photo, box, size or config.input.max_resolution, enlarge)
+    if photo.dtype == torch.uint8:
+        target = target / 255.0
     crop_landmarks = np.asarray(to_crop.apply(np.asarray(landmarks, dtype=np.float64)))
     principal = np.asarray(to_crop.apply(np.array([photo.shape[1] / 2.0, photo.shape[0] / 2.0])))
     side = target.shape[0]
@@ -114,8 +118,12 @@ def prepare_photo(photo: torch.Tensor, landmarks: np.ndarray, scheme: str, confi
 
 def photo_digest(photo: torch.Tensor) -> str:
     """SHA-256 (hex, 16 digits) of a photo's pixels (H, W, 3): the same picture gives the same
-    digest whatever its file name, so a checkpoint can say which photo it belongs to."""
-    pixels = np.ascontiguousarray(photo.detach().cpu().numpy(), dtype=np.float32)
+    digest whatever its file name or whether it is held as uint8 or as float (`read_image`'s
+    value / 255), so a checkpoint can say which photo it belongs to."""
+    values = photo.detach().cpu()
+    if values.dtype == torch.uint8:
+        values = values.float() / 255.0
+    pixels = np.ascontiguousarray(values.numpy(), dtype=np.float32)
     return hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()[:16]
 
 
@@ -256,12 +264,13 @@ class Reconstructor:
         if done < 1:
             started = time.perf_counter()
             iterations = 0 if 1 in skip_stages else None
-            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations, identity)
+            state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations, identity,
+                                               step("stage1"))
             result.landmark_warnings = photo_problems(images, state, report.rms)
             if any(result.landmark_warnings) and cfg.landmarks.unreliable_prior_scale > 1:
                 cfg = result.config = with_stronger_priors(cfg)
                 state, report = run_landmark_stage(self.model, targets, cfg, shared_identity, iterations,
-                                                   identity)
+                                                   identity, step("stage1"))
             result.stage1_rms_px = report.rms
             if appearance is not None:
                 state = dataclasses.replace(state, sh=with_bands(appearance.sh.detach(), cfg.light.sh_bands),

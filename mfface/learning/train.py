@@ -35,6 +35,7 @@ import torch
 from mfface.atomic import write_text
 from mfface.config import ConfigError, config_to_dict, load_config, to_toml
 from mfface.distributed import RankInfo
+from mfface.fitting.landmark_stage import StepCallback
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
 from mfface.learning import checkpoint as ckpt
@@ -57,7 +58,6 @@ LOSS_WEIGHTS = {"photo": "photo_weight", "landmarks": "landmark_weight", "identi
                 "albedo_symmetry": "albedo_symmetry", "albedo_smoothness": "albedo_smoothness",
                 "albedo_consistency": "albedo_consistency", "parameters": "parameter_weight",
                 "vertices": "vertex_weight"}
-StepCallback = Callable[[int, int, dict[str, float]], None]
 
 
 class TrainError(ValueError):

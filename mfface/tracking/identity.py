@@ -48,11 +48,12 @@ class VideoIdentity:
 def prepare_frames(images: dict[int, np.ndarray], landmarks: dict[int, np.ndarray],
                    config: TrackConfig) -> list[PreparedImage]:
     """Crops of the chosen frames ({frame index: uint8 image} and {frame index: (N, 2) px}), all of
-    one size, as the fit takes them, named `frame_name(index)`."""
+    one size, as the fit takes them, named `frame_name(index)`. The frames stay uint8 and shared
+    with `images` (a float copy of 16 4K frames would hold 1.6 GB)."""
     fit_config = config.fit_config()
 
     def prepared(size: int | None) -> list[PreparedImage]:
-        return [prepare_photo(torch.from_numpy(images[i]).float() / 255.0, landmarks[i], "mediapipe478",
+        return [prepare_photo(torch.from_numpy(images[i]), landmarks[i], "mediapipe478",
                               fit_config, frame_name(i), size=size) for i in sorted(images)]
     crops = prepared(None)
     sizes = {im.target.shape[0] for im in crops}
@@ -63,16 +64,19 @@ def fit_identity(reconstructor: Reconstructor, images: dict[int, np.ndarray], la
                  chosen: list[int], config: TrackConfig, on_step: ProgressCallback | None = None) -> VideoIdentity:
     """Fit the identity from the chosen frames (`chosen`, best first; their uint8 (H, W, 3) images
     {frame index: image} and landmarks {frame index: (N, 2) px}): the shape pass on all of them,
-    the appearance pass on the first `select.frames` (see the module docstring)."""
+    the appearance pass on the first `select.frames` (see the module docstring). `on_step` gets the
+    stages of the two passes as 'shape stage1', 'maps stage1', 'maps stage2', ..."""
+    def labelled(name: str) -> ProgressCallback | None:
+        return None if on_step is None else (lambda stage, i, n, losses: on_step(f"{name} {stage}", i, n, losses))
     shape_prepared = prepare_frames(images, landmarks, config)
-    shape = reconstructor.fit(shape_prepared, shared_identity=True, skip_stages=(2, 3), on_step=on_step)
+    shape = reconstructor.fit(shape_prepared, shared_identity=True, skip_stages=(2, 3), on_step=labelled("shape"))
     focal = [float(shape.state.focal[b]) / im.to_crop.scale for b, im in enumerate(shape_prepared)]
     result, frames = shape, sorted(images)
     if config.select.last_stage > 1:
         frames = sorted(chosen[:config.select.frames])
         skip = tuple(s for s in (2, 3) if s > config.select.last_stage)
         result = reconstructor.fit(prepare_frames({i: images[i] for i in frames}, landmarks, config),
-                                   shared_identity=True, skip_stages=skip, on_step=on_step,
+                                   shared_identity=True, skip_stages=skip, on_step=labelled("maps"),
                                    identity=shape.state.identity[:1])
     state = result.state
     appearance = dataclasses.replace(

@@ -217,7 +217,7 @@ class VideoTracker:
             if track.status[i] != TRACKED or frame.image is None:
                 refiner.reset()
             else:
-                prepared = prepare_photo(torch.tensor(frame.image).float() / 255.0, found.landmarks[i],
+                prepared = prepare_photo(torch.from_numpy(frame.image.copy()), found.landmarks[i],
                                          "mediapipe478", fit_config, frame_name(frame.index),
                                          size=config.photometric.size, enlarge=True)
                 done = refiner.refine(prepared, frame.index, focal_px, track.euler[i], track.translation[i],
