@@ -130,7 +130,7 @@ def _track(source: Path, output: Path, name: str | None, overwrite: bool, config
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(os_error_message(e, output, config.fit_config())) from None
-    _CONSOLE.print(summary(report))
+    _CONSOLE.print(summary(report, config.select.last_stage > 1))
     for index, problem in report.problems[:10]:
         _CONSOLE.print(f"[yellow]frame {index} skipped: {problem}")
     if len(report.problems) > 10:
@@ -138,7 +138,7 @@ def _track(source: Path, output: Path, name: str | None, overwrite: bool, config
     _CONSOLE.print(f"Result: {report.folder} (README, 'Tracking a video', lists the files).")
 
 
-def summary(report) -> Table:
+def summary(report, maps_fitted: bool) -> Table:
     """The table printed at the end of a run: frames, what each phase took, and the fit quality."""
     table = Table(title=f"mfface track: {report.folder.name}")
     table.add_column("")
@@ -151,8 +151,9 @@ def summary(report) -> Table:
     table.add_row("MediaPipe", f"{report.rates.get('mediapipe', 0):.1f} frames/s ({d.followed} followed from the "
                                f"previous frame, {d.searched} searched, {d.missed} without a face)")
     table.add_row("identity", f"{report.seconds.get('identity', 0):.1f} s: shape and focal "
-                              f"({report.focal_px:.0f} px) from {len(report.shape_frames)} frames, maps from "
-                              f"frames {', '.join(map(str, report.identity_frames))}")
+                              f"({report.focal_px:.0f} px) from {len(report.shape_frames)} frames, "
+                              + (f"maps from frames {', '.join(map(str, report.identity_frames))}" if maps_fitted
+                                 else "no maps (--select-last-stage 1)"))
     table.add_row("tracking", f"{report.rates.get('track', 0):.1f} frames/s (landmarks, after detection)")
     if "photometric" in report.rates:
         photo = report.photo_l1

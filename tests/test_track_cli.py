@@ -48,6 +48,7 @@ def tracked(video, tmp_path_factory) -> Path:
     result = run(str(video), "-o", str(out), *[a for a in TINY if a != "--no-output-glb"])
     assert result.exit_code == 0, result.output
     assert "mfface track" in result.output and "frames/s" in result.output
+    assert "no maps (--select-last-stage 1)" in result.output  # the shape pass only: no maps claimed
     return out / "talk"
 
 
@@ -159,6 +160,7 @@ def test_maps_from_fewer_frames_than_the_shape(video: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "talk" / "animation.json").read_text())
     identity = doc["identity"]
+    assert "maps from frames " + ", ".join(map(str, identity["frames"])) in result.output
     assert len(identity["shape_frames"]) == 4 and len(identity["frames"]) == 2
     assert set(identity["frames"]) < set(identity["shape_frames"])
     assert np.abs(identity["coefficients"]).max() > 0  # fitted, not the mean face
