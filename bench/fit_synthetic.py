@@ -22,7 +22,8 @@ does. Per face it measures
   `size_ratio` is the true size over the fitted one (the scale the first alignment found);
 - landmark error: median distance (px of the fitted crop) between the fitted landmark vertices'
   projections and the true (noise-free) projected landmarks, for the landmarks the model covers;
-- PSNR and SSIM (`mfface.metrics`) of the re-render (at `--eval-spp`) against the photo, both
+- PSNR and SSIM (`mfface.metrics`) of the re-render (at `--eval-spp`, low-discrepancy samples whatever the
+  fit used: EVAL_SAMPLER) against the photo, both
   display-referred (gamma 2.2, as the photo is stored), inside the skin mask drawn from the
   landmarks (the fit's own mask; a skin pixel the fitted face does not cover counts with the
   render's black); for SSIM the render is replaced by the photo outside the mask so that windows
@@ -65,6 +66,10 @@ from mfface.textures import resize_texture, sample_texture
 
 GAMMA = 2.2
 EVAL_SEED = 4_000_000
+# Every re-render measured is made with the low-discrepancy sampler, whatever sampler the fit used,
+# so that fits made with different samplers are measured alike: at 64 spp an `independent`
+# re-render's own noise held PSNR down by 1-2.6 dB (bench/RESULTS.md, "Samplers").
+EVAL_SAMPLER = "ldsampler"
 BENCH_SEED = 14  # the synth seed of the benchmark faces (sample i = face i)
 QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations": 20}
 
@@ -74,7 +79,8 @@ def image_metrics(result: FitResult, state: FaceState, image: PreparedImage, spp
     size = (result.config.render.texture_size,) * 2
     state = dataclasses.replace(state.item(0), **{name: resize_texture(getattr(state, name), size)
                                                   for name in ("diffuse", "specular", "roughness")})
-    settings = RenderSettings.from_config(result.config, result.targets.size, spp, EVAL_SEED)
+    settings = dataclasses.replace(RenderSettings.from_config(result.config, result.targets.size, spp, EVAL_SEED),
+                                   sampler=EVAL_SAMPLER)
     with torch.no_grad():   # textures at one size, so that the scene is not rebuilt per stage
         out = result.forward(state, settings)
     rgb, coverage = out.image, out.coverage

@@ -28,9 +28,13 @@ else:  # Python 3.10
     import tomli as tomllib
 
 
-# The choices of the `device` and `integrator` settings (of the fit and of training).
+# The choices of the `device`, `integrator` and `sampler` settings (of the fit and of training).
 Device = Literal["auto", "cpu", "cuda"]
 Integrator = Literal["prb", "prb_projective", "direct_projective"]
+Sampler = Literal["ldsampler", "multijitter", "independent"]
+SAMPLER_HELP = ("Mitsuba sampler of the renders: ldsampler (low-discrepancy; counts that are not a "
+                "power of 4 of at least 4 use multijitter), multijitter or independent (the default before "
+                "2026-12-03; about twice the image variance at 4 spp: bench/RESULTS.md).")
 
 
 class ConfigError(ValueError):
@@ -62,6 +66,7 @@ class RenderConfig:
     integrator: Integrator = _f(
         "prb", "Differentiable integrator: prb (shading gradients, fastest) or a projective one that "
         "adds silhouette gradients (1.5-1.7x prb's stage-2 time, no better shape: bench/RESULTS.md).")
+    sampler: Sampler = _f("ldsampler", SAMPLER_HELP)
     texture_size: int = _f(512, "Width and height of the fitted texture maps in texels.", 16, 8192)
     roughness_init: float = _f(0.4, "Initial surface roughness.", 0.0, 1.0)
     final_spp: int = _f(256, "Samples per pixel of the final renders written with the results.", 1, 16384)
@@ -113,7 +118,7 @@ class Stage1Config:
 @dataclass
 class Stage2Config:
     """Stage 2: photometric fit of the statistical model, pose and light."""
-    iterations: int = _f(150, "Photometric iterations (NextFace: 400; measured trade-off in "
+    iterations: int = _f(80, "Photometric iterations (NextFace: 400; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     coarse_size: int = _f(0, "Coarse to fine: side in px of the renders of the first `coarse_iterations` "
@@ -140,8 +145,8 @@ class Stage2Config:
                             "MediaPipe's landmarks: off, the shape is 5-9% closer to the truth but the "
                             "re-render 1-2 dB worse (bench/RESULTS.md).")
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0, 10.0)
-    geometry_start: int = _f(50, "Iteration at which identity, expression and pose join the fit "
-                             "(NextFace: 100 of 400).", 0)
+    geometry_start: int = _f(20, "Iteration at which identity, expression and pose join the fit "
+                             "(NextFace: 100 of 400; here a quarter of the 80, as in NextFace).", 0)
     lr_decay: bool = _f(False, "Decay every learning rate along a cosine to 0 by the last iteration "
                         "(the geometry's from geometry_start), so that the last steps settle instead of "
                         "jittering on noisy Monte Carlo gradients.")
@@ -155,7 +160,7 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(60, "Per-texel iterations (NextFace: 100; measured trade-off in "
+    iterations: int = _f(50, "Per-texel iterations (NextFace: 100; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)

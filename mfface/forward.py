@@ -43,20 +43,23 @@ class RenderSettings:
     `seed` of the sampler (item b of a batch uses seed + b); `integrator` 'prb' (shading
     gradients) or 'prb_projective' / 'direct_projective' (plus silhouette gradients);
     `max_depth` 2 = direct light only; `envmap_height` of the lat-long map the SH light is baked
-    into (width twice that)."""
+    into (width twice that); `sampler` the sensor's sampler (`mfface.scenes.face_scene.SAMPLERS`:
+    low-discrepancy by default)."""
     size: int
     spp: int = 4
     seed: int = 0
     integrator: str = "prb"
     max_depth: int = 2
     envmap_height: int = 64
+    sampler: str = "ldsampler"
 
     @classmethod
     def from_config(cls, config: "FitConfig", size: int, spp: int, seed: int = 0) -> "RenderSettings":
         """Settings of a fit's renders at `size` px with `spp` samples (renderer and light from
         `config.render` and `config.light`)."""
         return cls(size=int(size), spp=int(spp), seed=int(seed), integrator=config.render.integrator,
-                   max_depth=config.render.max_depth, envmap_height=config.light.envmap_height)
+                   max_depth=config.render.max_depth, envmap_height=config.light.envmap_height,
+                   sampler=config.render.sampler)
 
     def with_seed(self, seed: int) -> "RenderSettings":
         return dataclasses.replace(self, seed=int(seed))
@@ -84,7 +87,7 @@ class ForwardModel:
         self.model = model
         self.device = torch.device(device)
         self.part_gradients = bool(part_gradients)
-        self._renderers: dict[tuple[int, str, int], FaceRenderer] = {}
+        self._renderers: dict[tuple[int, str, int, str], FaceRenderer] = {}
 
     @property
     def part_meshes(self) -> "tuple[PartMesh, ...]":
@@ -94,14 +97,15 @@ class ForwardModel:
         return tuple(PartMesh(p.name, p.material, p.triangles, p.material_coord) for p in self.model.parts)
 
     def renderer(self, settings: RenderSettings) -> "FaceRenderer":
-        """The Mitsuba scene for `settings`' size, integrator and depth, built once."""
-        key = (settings.size, settings.integrator, settings.max_depth)
+        """The Mitsuba scene for `settings`' size, integrator, depth and sampler, built once."""
+        key = (settings.size, settings.integrator, settings.max_depth, settings.sampler)
         if key not in self._renderers:
             from mfface.scenes.bridge import FaceRenderer
 
             self._renderers[key] = FaceRenderer(self.model.triangles, self.model.uvs, settings.size,
                                                 settings.size, integrator=settings.integrator,
-                                                max_depth=settings.max_depth, parts=self.part_meshes)
+                                                max_depth=settings.max_depth, sampler=settings.sampler,
+                                                parts=self.part_meshes)
         return self._renderers[key]
 
     def vertices(self, state: FaceState) -> torch.Tensor:

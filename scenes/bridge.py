@@ -43,14 +43,17 @@ class FaceRenderer:
     triangles (F, 3) int and uvs (V, 2) (v = 0 at the texture bottom) fix the topology; width and
     height the image in pixels. `integrator` is 'prb' (default: shading gradients only),
     'prb_projective' or 'direct_projective' (adding silhouette gradients, several times slower),
-    or 'path' (Mitsuba's C++ path tracer); max_depth=2 is direct light only. `parts` are the
+    or 'path' (Mitsuba's C++ path tracer); max_depth=2 is direct light only. `sampler` is one of
+    `face_scene.SAMPLERS` ('ldsampler', low-discrepancy, by default; `face_scene.sampler_for`
+    says which one a render at a given spp uses). `parts` are the
     meshes rendered beside the face (`PartMesh`: eyeballs, teeth, mouth interior), in the order
     of the rows of `render`'s `parts` tensor.
     """
 
     def __init__(self, triangles: np.ndarray, uvs: np.ndarray, width: int, height: int, *,
                  integrator: str = "prb", max_depth: int = 2, hide_emitters: bool = True,
-                 fresnel: str = "schlick", parts: tuple[PartMesh, ...] = ()) -> None:
+                 fresnel: str = "schlick", sampler: str = "ldsampler",
+                 parts: tuple[PartMesh, ...] = ()) -> None:
         self.triangles = np.asarray(triangles)
         self.uvs = np.asarray(uvs, dtype=np.float32)
         self.width = int(width)
@@ -58,15 +61,16 @@ class FaceRenderer:
         self.settings = dict(integrator=integrator, max_depth=max_depth,
                              hide_emitters=hide_emitters, fresnel=fresnel)
         fs.check_topology(self.triangles, self.uvs)
-        fs.check_spec(fs.SceneSpec(self.width, self.height, (1, 1), (1, 1), **self.settings))
+        fs.check_spec(fs.SceneSpec(self.width, self.height, (1, 1), (1, 1), **self.settings, sampler=sampler))
+        self.sampler = sampler
         self.parts = tuple(parts)
         check_parts(self.parts)
         for part in self.parts:
             fs.check_topology(np.asarray(part.triangles), np.zeros((part.n_vertices, 2)))
         self.n_vertices = self.uvs.shape[0]
         self.n_part_vertices = sum(part.n_vertices for part in self.parts)
-        self._scenes: list[tuple[mi.Scene, mi.SceneParameters]] = []
-        self._built_for: tuple | None = None
+        # scenes per (texture size, envmap size, sampler), one per batch item
+        self._scenes: dict[tuple, list[tuple[mi.Scene, mi.SceneParameters]]] = {}
         # The wrapped function takes the renderer as an argument rather than being bound to it: a
         # bound method stored on `self` is a reference cycle, and a renderer in a cycle (with its
         # Mitsuba scenes) is freed by the garbage collector, in whatever thread it runs, instead of
@@ -75,21 +79,23 @@ class FaceRenderer:
         self._wrapped = dr.wrap(source="torch", target="drjit")(type(self)._render_drjit)
 
     # -- scene cache ---------------------------------------------------------------------------
-    def _scene(self, index: int, texture_size: tuple[int, int],
-               envmap_size: tuple[int, int]) -> tuple[mi.Scene, mi.SceneParameters]:
-        """Scene `index` (one per batch item); all are rebuilt when texture or envmap sizes change."""
-        key = (texture_size, envmap_size)
-        if key != self._built_for:
-            self._scenes.clear()
-            self._built_for = key
-        while len(self._scenes) <= index:
-            spec = fs.SceneSpec(self.width, self.height, texture_size, envmap_size, **self.settings)
+    def _scene(self, index: int, texture_size: tuple[int, int], envmap_size: tuple[int, int],
+               sampler: str) -> tuple[mi.Scene, mi.SceneParameters]:
+        """Scene `index` (one per batch item) with `sampler`; scenes of other texture or envmap
+        sizes are dropped (those of another sampler are kept: a fit alternates spp)."""
+        sizes = (texture_size, envmap_size)
+        for stale in [key for key in self._scenes if key[:2] != sizes]:
+            del self._scenes[stale]
+        scenes = self._scenes.setdefault((*sizes, sampler), [])
+        while len(scenes) <= index:
+            spec = fs.SceneSpec(self.width, self.height, texture_size, envmap_size, **self.settings,
+                                sampler=sampler)
             scene = self._build_scene(spec)
             params = mi.traverse(scene)
             params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
                          fs.PRINCIPAL_X, fs.PRINCIPAL_Y] + [fs.part_positions(p) for p in self.parts])
-            self._scenes.append((scene, params))
-        return self._scenes[index]
+            scenes.append((scene, params))
+        return scenes[index]
 
     def _build_scene(self, spec: fs.SceneSpec) -> mi.Scene:
         """The Mitsuba scene for `spec` (the face scene with the parts; `RelightRenderer` adds its
@@ -107,7 +113,7 @@ class FaceRenderer:
         """
         tex = (diffuse.shape[0], diffuse.shape[1])
         env = (envmap.shape[0], envmap.shape[1] - 2)
-        scene, params = self._scene(index, tex, env)
+        scene, params = self._scene(index, tex, env, fs.sampler_for(self.sampler, spp))
         params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
         start = 0
         for part in self.parts:  # fixed slices of one buffer: the same kernel on every call

@@ -1,6 +1,8 @@
 """FitConfig: defaults, TOML round trip, errors, CLI overrides and generated click options."""
 from __future__ import annotations
 
+import json
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -13,10 +15,11 @@ def test_defaults_follow_nextface():
     cfg = FitConfig()
     assert cfg.stage2.photo_weight == 1000.0
     assert cfg.stage2.identity_prior == cfg.stage2.expression_prior == cfg.stage2.albedo_prior == 0.001
-    assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 50)
+    assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 20)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
-    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (150, 4, 60, 4)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 50, 4)
+    assert cfg.render.sampler == "ldsampler"   # mfface before 2026-12-03: independent
     assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
         0, 0, False, True)
     assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.002, 0.005)
@@ -90,7 +93,7 @@ def test_click_options_cover_every_field():
     for section, table in config_to_dict(FitConfig()).items():
         for key in table:
             assert f"--{section}-{key}".replace("_", "-") in help_text
-    assert "[default: 150]" in " ".join(help_text.split())
+    assert "[default: 80]" in " ".join(help_text.split())
 
 
 def test_click_options_set_values():
@@ -101,15 +104,15 @@ def test_click_options_set_values():
     assert out.output.strip() == ("x 50 False cpu 0.5 ['render.device', 'stage1.fit_identity', "
                                   "'stage2.iterations', 'stage2.sh_lr']")
     out = runner.invoke(_tiny, ["x"])
-    assert out.output.strip() == "x 150 True auto 0.01 []"
+    assert out.output.strip() == "x 80 True auto 0.01 []"
     out = runner.invoke(_tiny, ["x", "--render-device", "tpu"])
     assert out.exit_code != 0 and "tpu" in out.output
 
 
-# The keys of the real-photo geometry work: sliding outline correspondences, coarse-to-fine stage 2
-# and the cosine learning-rate decay of stages 2 and 3 (non-default values).
+# The keys of the real-photo geometry work: sliding outline correspondences, coarse-to-fine stage 2,
+# the cosine learning-rate decay of stages 2 and 3 and the renders' sampler (non-default values).
 GEOMETRY_KEYS = {"landmarks.sliding_contour": True, "stage2.coarse_size": 96, "stage2.coarse_iterations": 30,
-                 "stage2.lr_decay": True, "stage3.lr_decay": False}
+                 "stage2.lr_decay": True, "stage3.lr_decay": False, "render.sampler": "independent"}
 
 
 def _dotted(cfg: FitConfig, key: str):
@@ -123,7 +126,7 @@ def test_geometry_keys_through_toml_and_flags(tmp_path):
     lines = []
     for section in sorted({k.split(".")[0] for k in GEOMETRY_KEYS}):
         lines.append(f"[{section}]")
-        lines += [f"{k.split('.')[1]} = {str(v).lower()}" for k, v in GEOMETRY_KEYS.items() if k.startswith(section)]
+        lines += [f"{k.split('.')[1]} = {json.dumps(v)}" for k, v in GEOMETRY_KEYS.items() if k.startswith(section)]
     path = tmp_path / "geometry.toml"
     path.write_text("\n".join(lines) + "\n")
     from_file = load_config(path)
@@ -136,9 +139,11 @@ def test_geometry_keys_through_toml_and_flags(tmp_path):
         click.echo(repr({k: _dotted(cfg, k) for k in GEOMETRY_KEYS}))
 
     flags = ["--landmarks-sliding-contour", "--stage2-coarse-size", "96", "--stage2-coarse-iterations", "30",
-             "--stage2-lr-decay", "--no-stage3-lr-decay"]
+             "--stage2-lr-decay", "--no-stage3-lr-decay", "--render-sampler", "independent"]
     out = CliRunner().invoke(show, flags)
     assert out.exit_code == 0, out.output
     assert out.output.strip() == repr(GEOMETRY_KEYS)
     bad = CliRunner().invoke(show, ["--stage2-coarse-size", "-1"])
     assert isinstance(bad.exception, ConfigError) and "stage2.coarse_size" in str(bad.exception)
+    bad = CliRunner().invoke(show, ["--render-sampler", "sobol"])
+    assert bad.exit_code != 0 and "sobol" in bad.output

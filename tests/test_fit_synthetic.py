@@ -129,7 +129,7 @@ def test_coarse_to_fine_stage2(fit) -> None:
         config = apply_overrides(result.config, {"stage2.coarse_size": coarse, "stage2.coarse_iterations": 20})
         state, report = fit_photometric(result.forward, result.targets, result.start, config)
         runs[coarse] = (skin_psnr(result, state), report.losses["landmarks"][0])
-    assert (SIZE // 2, "prb", 2) in result.forward._renderers
+    assert (SIZE // 2, "prb", 2, "ldsampler") in result.forward._renderers
     assert runs[SIZE // 2][1] == pytest.approx(runs[0][1], rel=1e-4)
     start = skin_psnr(result, result.start)
     print(f"PSNR start {start:.2f}, stage 2 full {runs[0][0]:.2f}, coarse to fine {runs[SIZE // 2][0]:.2f} dB")

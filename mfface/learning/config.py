@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mfface.config import Device, Integrator, LandmarkConfig, _f
+from mfface.config import SAMPLER_HELP, Device, Integrator, LandmarkConfig, Sampler, _f
 
 # Keys whose change does not make a run a different run: a resumed run may extend its schedule
 # and change how it logs; everything else must match the run it resumes.
@@ -54,6 +54,7 @@ class TrainRenderConfig:
     integrator: Integrator = _f(
         "prb", "Differentiable integrator (prb: shading gradients only, the fastest).")
     max_depth: int = _f(2, "Mitsuba max_depth: 2 = direct light only.", 2, 16)
+    sampler: Sampler = _f("ldsampler", SAMPLER_HELP)
     envmap_height: int = _f(32, "Height of the lat-long envmap the SH light is baked into.", 4, 1024)
 
 

@@ -158,7 +158,7 @@ class Objective:
         self.region = torch.as_tensor(model.regions.get("skin", np.arange(model.n_vertices)), device=device)
         r = config.render
         self.settings = RenderSettings(size=0, spp=r.spp, integrator=r.integrator, max_depth=r.max_depth,
-                                       envmap_height=r.envmap_height)
+                                       envmap_height=r.envmap_height, sampler=r.sampler)
 
     def __call__(self, prediction: Prediction, batch: dict[str, Any], seed: int) -> tuple[torch.Tensor, StepResult]:
         cfg = self.config.losses
