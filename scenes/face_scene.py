@@ -23,8 +23,9 @@ hidden from camera rays by default (background 0).
 
 Samples: the sensor's sampler is `ldsampler` by default, Mitsuba's low-discrepancy (0,2)-sequence
 with a random scramble per seed, which needs a sample count that is a power of 4 of at least 4
-(4, 16, 64, 256, ...; Mitsuba rounds 1 up to 4); `sampler_for` falls back to `multijitter` (correlated multi-jittered, any count) for
-other counts instead of letting Mitsuba round the count up. At the fit's 4 spp a low-discrepancy
+(4, 16, 64, 256, ...; Mitsuba rounds 1 up to 4); `sampler_for` falls back to `multijitter`
+(correlated multi-jittered, any count) for other counts instead of letting Mitsuba round the
+count up. At the fit's 4 spp a low-discrepancy
 image has about half the variance of an `independent` one (bench/RESULTS.md, "Samplers"), at the
 same cost, and each seed still gives an independent estimate (the fit's forward and backward
 passes stay decorrelated).
