@@ -25,10 +25,9 @@ Samples: the sensor's sampler is `ldsampler` by default, Mitsuba's low-discrepan
 with a random scramble per seed, which needs a sample count that is a power of 4 of at least 4
 (4, 16, 64, 256, ...; Mitsuba rounds 1 up to 4); `sampler_for` falls back to `multijitter`
 (correlated multi-jittered, any count) for other counts instead of letting Mitsuba round the
-count up. At the fit's 4 spp a low-discrepancy
-image has about half the variance of an `independent` one (bench/RESULTS.md, "Samplers"), at the
-same cost, and each seed still gives an independent estimate (the fit's forward and backward
-passes stay decorrelated).
+count up. At the fit's 4 spp a low-discrepancy image has about half the variance of an
+`independent` one (bench/RESULTS.md, "Samplers"), at the same cost, and each seed still gives an
+independent estimate (the fit's forward and backward passes stay decorrelated).
 
 A scene is built once per `SceneSpec` and then changed only through `mi.traverse` parameters.
 """
