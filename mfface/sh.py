@@ -282,3 +282,36 @@ def initial_coefficients(bands: int = 9, ambient: float = 1.0, batch: int | None
     c = torch.zeros(n_coefficients(bands), 3, dtype=dtype, device=device)
     c[0] = ambient * math.sqrt(4.0 * math.pi)
     return c if batch is None else c.expand(batch, -1, -1).clone()
+
+
+def lambert_factors(bands: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Per coefficient (bands**2,), A_l / pi: the clamped-cosine kernel's factor for band l
+    (Ramamoorthi and Hanrahan 2001) over pi, so that the irradiance over pi, the radiance of a
+    white Lambertian surface, is sum_lm (A_l / pi) c_lm Y_lm(n). A_0 = pi, A_1 = 2 pi / 3, A_l = 0
+    for odd l > 1, and for even l: 2 pi (-1)^(l/2 - 1) / ((l + 2)(l - 1)) * l! / (2^l ((l/2)!)^2)."""
+    _check_bands(bands)
+    factors = []
+    for l in range(bands):
+        if l == 0:
+            a = 1.0
+        elif l == 1:
+            a = 2.0 / 3.0
+        elif l % 2:
+            a = 0.0
+        else:
+            a = (2.0 * (-1) ** (l // 2 - 1) / ((l + 2) * (l - 1))
+                 * math.factorial(l) / (2 ** l * math.factorial(l // 2) ** 2))
+        factors += [a] * (2 * l + 1)
+    return torch.tensor(factors, dtype=dtype, device=device)
+
+
+def shading_error(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per light (...), the mean squared difference over all directions n and the 3 channels of
+    the radiance a white Lambertian surface with normal n has under two SH lights (..., n, 3):
+    what a diffuse face sees of a light, in radiance^2. The lights may have different bands (the
+    missing ones are zero); by SH orthonormality it is sum_lm (A_l / pi)^2 (dc_lm)^2 / (4 pi)."""
+    bands = max(bands_of(predicted.shape[-2]), bands_of(true.shape[-2]))
+    difference = with_bands(predicted, bands) - with_bands(true, bands)
+    weights = lambert_factors(bands, difference.dtype, difference.device) ** 2
+    return (weights[:, None] * difference.pow(2)).sum(-2).mean(-1) / (4.0 * math.pi)

@@ -214,3 +214,37 @@ def test_nonnegative_light_is_above_the_floor_and_changes_little_where_it_was_po
     coeffs.requires_grad_(True)
     sh.nonnegative(coeffs).sum().backward()
     assert coeffs.grad.abs().sum() > 0
+
+
+def _lambert_radiance(coeffs: torch.Tensor, normals: torch.Tensor, height: int = 256) -> torch.Tensor:
+    """(1/pi) * integral of L(w) max(0, n.w) dw over a fine envmap grid, per normal (N, 3) -> (N, 3)."""
+    directions = sh.envmap_directions(height, 2 * height, torch.float64)
+    omega = sh.envmap_solid_angles(height, 2 * height, torch.float64)
+    radiance = torch.einsum("hwn,nc->hwc", sh.sh_basis(directions, sh.bands_of(coeffs.shape[0])), coeffs)
+    cosine = (normals @ directions.reshape(-1, 3).T).clamp_min(0.0)          # (N, H W)
+    return cosine @ (radiance.reshape(-1, 3) * omega.reshape(-1, 1)) / math.pi
+
+
+def test_lambert_factors_shade_as_the_cosine_integral():
+    """sum_lm (A_l / pi) c_lm Y_lm(n) is the radiance of a white Lambertian surface: the
+    clamped-cosine integral of the light, evaluated numerically on an envmap grid."""
+    g = torch.Generator().manual_seed(3)
+    coeffs = torch.randn(25, 3, generator=g, dtype=torch.float64)
+    normals = torch.nn.functional.normalize(torch.randn(20, 3, generator=g, dtype=torch.float64), dim=-1)
+    closed = (sh.sh_basis(normals, 5) * sh.lambert_factors(5, torch.float64)) @ coeffs
+    assert torch.allclose(closed, _lambert_radiance(coeffs, normals), atol=2e-3)
+    assert sh.lambert_factors(5)[[0, 1, 4, 9, 16]].tolist() == pytest.approx([1, 2 / 3, 1 / 4, 0, -1 / 24])
+
+
+def test_shading_error_is_the_mean_over_normals_and_pads_missing_bands():
+    g = torch.Generator().manual_seed(4)
+    predicted = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    true = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    directions = sh.envmap_directions(128, 256, torch.float64)
+    omega = sh.envmap_solid_angles(128, 256, torch.float64)
+    basis = sh.sh_basis(directions, 4) * sh.lambert_factors(4, torch.float64)
+    difference = basis @ (sh.with_bands(predicted, 4) - true)                  # (H, W, 3)
+    numeric = (difference.pow(2).mean(-1) * omega).sum() / (4 * math.pi)
+    assert float(sh.shading_error(predicted, true)) == pytest.approx(float(numeric), rel=1e-3)
+    assert float(sh.shading_error(sh.initial_coefficients(3, 1.0), sh.initial_coefficients(9, 0.5))) == \
+        pytest.approx(0.25)

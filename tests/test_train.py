@@ -49,7 +49,7 @@ def dataset(installed_ict, tmp_path_factory) -> Path:
     return out
 
 
-def _trainer(dataset: Path, run_dir: Path, **overrides):
+def _trainer(dataset: Path, run_dir: Path, model: str = "ict", **overrides):
     from mfface.backend import select_variant
     from mfface.config import apply_overrides
     from mfface.learning.config import TrainConfig
@@ -62,7 +62,7 @@ def _trainer(dataset: Path, run_dir: Path, **overrides):
                 "logging.checkpoint_every": 1000, "logging.preview_every": 1000, "data.augment": True,
                 **overrides}
     config = apply_overrides(TrainConfig(), settings)
-    return Trainer(ModelStore().load("ict"), config, [dataset], run_dir, torch.device("cpu"))
+    return Trainer(ModelStore().load(model), config, [dataset], run_dir, torch.device("cpu"))
 
 
 def _losses(run_dir: Path) -> list[dict]:
@@ -209,6 +209,72 @@ def test_two_cpu_ranks_keep_identical_weights(dataset, tmp_path):
     found = json.loads(out.read_text())
     assert found["step"] == 3 and len(found["digests"]) == 2 and found["digests"][0] == found["digests"][1]
     assert (tmp_path / "run" / "weights.pt").is_file()   # written by rank 0 only
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Synthetic faces of the built-in model at 64 px, with truth (light, diffuse texture)."""
+    out = tmp_path_factory.mktemp("synth") / "synth64.h5"
+    result = invoke("synth", "8", "-o", out, "--size", "64", "--spp", "32", "--model", "ict-lite",
+                    "--workers", "1")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_appearance_pretraining_learns_light_and_maps_without_rendering(synthetic, tmp_path, monkeypatch):
+    """With photo_weight 0 the supervised light and diffuse terms train the head's light (encoder
+    phase, decoders frozen) and the diffuse decoder (decoder phase) from synthetic truth, and
+    nothing is rendered. One batch throughout, so that a few steps show the fall."""
+    from mfface.forward import ForwardModel
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered with photo_weight 0")
+    monkeypatch.setattr(ForwardModel, "render", no_render)
+    common = {"schedule.joint_steps": 0, "schedule.encoder_lr": 3e-3, "schedule.decoder_lr": 3e-3,
+              "data.augment": False, "data.val_fraction": 0.0, "data.batch": 2, "losses.photo_weight": 0.0,
+              "losses.light_weight": 10.0, "losses.diffuse_weight": 10.0}
+    encoder = _trainer(synthetic, tmp_path / "encoder", model="ict-lite",
+                       **{**common, "schedule.encoder_steps": 25, "schedule.decoder_steps": 0})
+    batch = encoder._batch(0)
+    losses = [encoder.train_step(step, batch).terms for step in range(25)]
+    light = [t["light_truth"] for t in losses]
+    assert np.mean(light[-3:]) < 0.85 * np.mean(light[:3]), light
+    assert len({t["diffuse_truth"] for t in losses}) == 1          # the decoders are frozen
+    decoders = _trainer(synthetic, tmp_path / "decoders", model="ict-lite",
+                        **{**common, "schedule.encoder_steps": 0, "schedule.decoder_steps": 10})
+    diffuse = [decoders.train_step(step, batch).terms["diffuse_truth"] for step in range(10)]
+    print(f"light {light[0]:.3f} -> {light[-1]:.3f}, diffuse {diffuse[0]:.3f} -> {diffuse[-1]:.3f}")
+    assert np.mean(diffuse[-3:]) < 0.8 * diffuse[0], diffuse
+
+
+def test_light_truth_follows_the_brightness_jitter(synthetic, tmp_path):
+    """An exposure change b of the crop is the truth's light times b: a prediction equal to that
+    costs nothing, one equal to the stored light does; flipped items are left out."""
+    from mfface.learning.dataset import Augmentation, FaceDataset
+
+    plain = FaceDataset([synthetic])[0]
+    brighter = FaceDataset([synthetic], Augmentation(brightness=(1.5, 1.5)))[0]
+    assert brighter["brightness"] == 1.5 and plain["brightness"] == 1.0
+    assert torch.allclose(brighter["image"], (1.5 * plain["image"]).clamp(0, 1))
+    objective = _trainer(synthetic, tmp_path / "run", model="ict-lite").objective
+    truth = {"sh": plain["truth"]["sh"][None, :9]}
+    state = type("State", (), {"sh": 1.5 * truth["sh"]})()
+    light = objective._supervised(state, truth, torch.tensor([False]), torch.tensor([1.5]))["light_truth"]
+    assert float(light()) == pytest.approx(0.0, abs=1e-12)
+    light = objective._supervised(state, truth, torch.tensor([False]), torch.tensor([1.0]))["light_truth"]
+    assert float(light()) > 0.0
+    assert objective._supervised(state, truth, torch.tensor([True]), torch.tensor([1.5])) == {}
+
+
+def test_diffuse_error_averages_the_texture_down_and_counts_only_the_given_texels():
+    from mfface.learning.train import diffuse_error
+
+    true = torch.zeros(1, 4, 4, 3)
+    true[0, :2, :2] = 1.0            # the top-left 2x2 block of the 4x4 texture is white
+    predicted = torch.full((1, 2, 2, 3), 0.25)
+    texels = torch.tensor([[True, True], [False, False]])
+    # Area-averaged to 2x2 the truth is [[1, 0], [0, 0]]: errors 0.75 and 0.25 on the top row.
+    assert diffuse_error(predicted, true, texels).tolist() == pytest.approx([0.5])
 
 
 @pytest.fixture(scope="module")

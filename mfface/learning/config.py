@@ -76,6 +76,10 @@ class LossConfig:
                                  "expression coefficients (std units).", 0.0)
     vertex_weight: float = _f(0.0, "Supervised (synthetic truth): mean squared model-space vertex "
                               "error (mm^2) of identity + expression.", 0.0)
+    light_weight: float = _f(0.0, "Supervised (synthetic truth): mean squared error of the light as a white "
+                             "Lambertian surface sees it (radiance^2; truth x the colour jitter's brightness).", 0.0)
+    diffuse_weight: float = _f(0.0, "Supervised (synthetic truth): mean absolute error of the diffuse map "
+                               "(linear RGB) against the true texture, over the skin's texels.", 0.0)
 
 
 @dataclass

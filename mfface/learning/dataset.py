@@ -13,6 +13,8 @@ Each item is a dict:
     affine      float32 (2, 3)     A = [M | t]: stored-crop pixel p -> returned pixel M p + t
                                    (identity without augmentation; includes the flip)
     flipped     bool               whether the sample was mirrored
+    brightness  float              the colour jitter's exposure factor b (1 without jitter): the
+                                   image is b x the stored one, as if the light were b x brighter
     index       int                the item's index; `path` str, the source path
     truth       dict of tensors    the `truth/` datasets, when the files have them (see below)
 
@@ -310,6 +312,7 @@ class FaceDataset(Dataset):
             "mask": mask, "valid": valid,
             "principal": torch.from_numpy(principal.astype(np.float32)),
             "affine": torch.from_numpy(affine.astype(np.float32)), "flipped": bool(draw.flip),
+            "brightness": float(draw.brightness),
             "index": index, "path": raw["path"],
         }
         if self.truth_names:

@@ -3,7 +3,8 @@
 Each step: crops -> FaceNet -> FaceState -> the forward model (`mfface.forward`, the fit's own
 renderer) -> the fit's own objectives (`mfface.objectives`) weighted by `[losses]` -> backward
 through Dr.Jit into the network. Synthetic datasets with truth can add supervised terms
-(identity and expression coefficients, model-space vertices). The schedule has DeepNextFace's
+(identity and expression coefficients, model-space vertices, SH light, diffuse map): with
+`photo_weight` 0 a whole network, light and albedo included, pre-trains without rendering. The schedule has DeepNextFace's
 three phases (`mfface.learning.config.phase_of`).
 
 Determinism and resuming: the split, the sample order of every epoch, every augmentation and every
@@ -44,9 +45,11 @@ from mfface.learning.dataset import Augmentation, FaceDataset
 from mfface.learning.network import MEAN_SKIN, FaceNet, NetworkSpec, Prediction
 from mfface.metrics import aligned_distances
 from mfface.morphable.model import MorphableModel
+from mfface.morphable.uv import texel_map
 from mfface.objectives import (chromaticity, landmark_loss, landmark_weights, photometric_loss, sh_energy,
                                smoothness_loss, statistical_prior, symmetry_loss, weighted_terms)
 from mfface.schedules import cosine_decay
+from mfface.sh import shading_error
 from mfface.textures import MirrorSampler
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
@@ -57,7 +60,7 @@ LOSS_WEIGHTS = {"photo": "photo_weight", "landmarks": "landmark_weight", "identi
                 "expression": "expression_prior", "albedo": "albedo_prior", "light": "sh_energy",
                 "albedo_symmetry": "albedo_symmetry", "albedo_smoothness": "albedo_smoothness",
                 "albedo_consistency": "albedo_consistency", "parameters": "parameter_weight",
-                "vertices": "vertex_weight"}
+                "vertices": "vertex_weight", "light_truth": "light_weight", "diffuse_truth": "diffuse_weight"}
 
 
 class TrainError(ValueError):
@@ -110,6 +113,7 @@ def collate(samples: list[dict[str, Any]], device: torch.device) -> dict[str, An
              for k in ("image", "landmarks", "mask", "valid", "principal")}
     batch["image"] = batch["image"].permute(0, 2, 3, 1)
     batch["flipped"] = torch.tensor([bool(s["flipped"]) for s in samples], device=device)
+    batch["brightness"] = torch.tensor([float(s["brightness"]) for s in samples], device=device)
     if all("truth" in s for s in samples):
         batch["truth"] = {k: torch.stack([torch.as_tensor(s["truth"][k]) for s in samples]).to(device)
                           for k in samples[0]["truth"]}
@@ -156,6 +160,7 @@ class Objective:
         self.generator = torch.Generator(device=device).manual_seed(config.data.seed)
         self.mean_chroma = chromaticity(torch.tensor(MEAN_SKIN, device=device))
         self.region = torch.as_tensor(model.regions.get("skin", np.arange(model.n_vertices)), device=device)
+        self.skin_texels = skin_texels(model, net.spec.albedo_size, device)
         r = config.render
         self.settings = RenderSettings(size=0, spp=r.spp, integrator=r.integrator, max_depth=r.max_depth,
                                        envmap_height=r.envmap_height, sampler=r.sampler)
@@ -189,31 +194,63 @@ class Objective:
                if self.mirror is not None else {}),
             "albedo_smoothness": lambda: smoothness_loss(state.diffuse),
             "albedo_consistency": lambda: (chromaticity(state.diffuse) - self.mean_chroma).abs().mean(),
-            **(self._supervised(state, truth, batch["flipped"]) if truth is not None else {}),
+            **(self._supervised(state, truth, batch["flipped"], batch["brightness"]) if truth is not None else {}),
         })
         total = sum(terms.values())
         return total, StepResult({k: float(v.detach()) for k, v in terms.items()}, prediction,
                                  landmarks.detach())
 
-    def _supervised(self, state, truth: dict[str, torch.Tensor], flipped: torch.Tensor) -> dict[str, Callable]:
+    def _supervised(self, state, truth: dict[str, torch.Tensor], flipped: torch.Tensor,
+                    brightness: torch.Tensor) -> dict[str, Callable]:
         """Supervised terms on synthetic truth, for items that were not flipped (a flipped face's
-        identity is another person's): coefficients and model-space vertices of identity and
-        expression, which no 2D augmentation changes."""
+        identity is another person's, its light mirrored): coefficients and model-space vertices
+        of identity and expression, which no 2D augmentation changes; the SH light as a white
+        Lambertian surface sees it (`shading_error`: the bands the network lacks, and the parts of
+        the truth a non-negative light of its bands cannot follow, cost what they cost), times the
+        colour jitter's brightness (an exposure change is a brighter light); the diffuse map
+        (contrast and saturation jitter are not undone: they stay a small noise on these two)."""
         keep = ~flipped
-        if not bool(keep.any()) or "identity" not in truth or "expression" not in truth:
+        if not bool(keep.any()):
             return {}
+        terms: dict[str, Callable] = {}
         model = self.forward.model
-        k = min(state.identity.shape[1], truth["identity"].shape[1])
+        if "identity" in truth and "expression" in truth:
+            k = min(state.identity.shape[1], truth["identity"].shape[1])
 
-        def parameters() -> torch.Tensor:
-            return ((state.identity[keep, :k] - truth["identity"][keep, :k]).pow(2).mean()
-                    + (state.expression[keep] - truth["expression"][keep]).pow(2).mean())
+            def parameters() -> torch.Tensor:
+                return ((state.identity[keep, :k] - truth["identity"][keep, :k]).pow(2).mean()
+                        + (state.expression[keep] - truth["expression"][keep]).pow(2).mean())
 
-        def vertices() -> torch.Tensor:
-            predicted = model.vertices(state.identity[keep], state.expression[keep])[:, self.region]
-            true = model.vertices(truth["identity"][keep].float(), truth["expression"][keep].float())[:, self.region]
-            return (predicted - true).pow(2).sum(-1).mean()
-        return {"parameters": parameters, "vertices": vertices}
+            def vertices() -> torch.Tensor:
+                predicted = model.vertices(state.identity[keep], state.expression[keep])[:, self.region]
+                true = model.vertices(truth["identity"][keep].float(), truth["expression"][keep].float())[:, self.region]
+                return (predicted - true).pow(2).sum(-1).mean()
+            terms.update(parameters=parameters, vertices=vertices)
+        if "sh" in truth:
+            terms["light_truth"] = lambda: shading_error(
+                state.sh[keep], truth["sh"][keep].float() * brightness[keep, None, None]).mean()
+        if "diffuse" in truth:
+            terms["diffuse_truth"] = lambda: diffuse_error(state.diffuse[keep], truth["diffuse"][keep],
+                                                           self.skin_texels).mean()
+        return terms
+
+
+def skin_texels(model: MorphableModel, size: int, device: torch.device) -> torch.Tensor:
+    """(size, size) bool: the texels of a square UV map covered by the skin region's triangles
+    (every triangle for a model without a skin region); row 0 at the top, as the maps."""
+    triangles = model.triangles
+    if "skin" in model.regions:
+        inside = np.zeros(model.n_vertices, dtype=bool)
+        inside[model.regions["skin"]] = True
+        triangles = triangles[inside[triangles].all(axis=1)]
+    return torch.from_numpy(texel_map(model.uvs, triangles, size, dilate=0).mask).to(device)
+
+
+def diffuse_error(predicted: torch.Tensor, true: torch.Tensor, texels: torch.Tensor) -> torch.Tensor:
+    """Per item, the mean absolute error (linear RGB) over `texels` (H, W) bool between predicted
+    maps (B, H, W, 3) and true textures (B, H', W', 3) area-averaged to (H, W) first."""
+    target = torch.nn.functional.adaptive_avg_pool2d(true.float().permute(0, 3, 1, 2), predicted.shape[1:3])
+    return (predicted - target.permute(0, 2, 3, 1)).abs()[:, texels].mean(dim=(1, 2))
 
 
 @dataclass
@@ -469,9 +506,10 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Held-out metrics (no augmentation): landmark error px (mean distance), photometric L1,
         and, with synthetic truth, the vertex error in mm after similarity alignment (median over
-        the model's skin region, as the fit benchmark); {} without a held-out split."""
+        the model's skin region, as the fit benchmark) and the diffuse map's error (`diffuse_error`,
+        linear RGB); {} without a held-out split."""
         self.net.eval()
-        rows: dict[str, list[float]] = {"landmark_px": [], "photo_l1": [], "vertex_mm": []}
+        rows: dict[str, list[float]] = {"landmark_px": [], "photo_l1": [], "vertex_mm": [], "diffuse_l1": []}
         for chosen in self._val_batches():
             batch = collate([self.plain[int(i)] for i in chosen], self.device)
             prediction = self.net(batch["image"].permute(0, 3, 1, 2))
@@ -487,6 +525,9 @@ class Trainer:
                 true = self.model.vertices(truth["identity"].float(), truth["expression"].float())[:, self.objective.region]
                 rows["vertex_mm"] += [float(np.median(aligned_distances(f.cpu().numpy(), t.cpu().numpy(), scale=True)))
                                       for f, t in zip(fitted, true)]
+            if truth is not None and "diffuse" in truth:
+                rows["diffuse_l1"] += diffuse_error(prediction.diffuse, truth["diffuse"],
+                                                    self.objective.skin_texels).tolist()
         return {k: float(np.mean(v)) for k, v in rows.items() if v}
 
     @torch.no_grad()
