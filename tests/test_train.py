@@ -266,6 +266,13 @@ def test_light_truth_follows_the_brightness_jitter(synthetic, tmp_path):
     assert objective._supervised(state, truth, torch.tensor([True]), torch.tensor([1.5])) == {}
 
 
+def test_truth_of_another_face_model_is_refused(installed_ict, synthetic, tmp_path):
+    from mfface.learning.train import TrainError
+
+    with pytest.raises(TrainError, match="rendered with the face model 'ict-lite', not 'ict'"):
+        _trainer(synthetic, tmp_path / "run", model="ict")
+
+
 def test_diffuse_error_averages_the_texture_down_and_counts_only_the_given_texels():
     from mfface.learning.train import diffuse_error
 

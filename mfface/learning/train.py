@@ -235,6 +235,21 @@ class Objective:
         return terms
 
 
+def check_truth_model(datasets: list[Path], model: MorphableModel) -> None:
+    """Raise TrainError when a synthetic dataset's truth was rendered with another face model (its
+    `truth` group's `model_fingerprint`): its coefficients would be compared with the wrong basis."""
+    import h5py
+
+    for path in datasets:
+        with h5py.File(path, "r") as f:
+            attrs = f["truth"].attrs if "truth" in f else {}
+            fingerprint = attrs.get("model_fingerprint")
+            if fingerprint is not None and str(fingerprint) != model.fingerprint():
+                raise TrainError(f"{path}'s truth was rendered with the face model {str(attrs.get('model'))!r}, "
+                                 f"not {model.name!r}; train with --model {str(attrs.get('model'))} or make the "
+                                 f"dataset with this model.")
+
+
 def skin_texels(model: MorphableModel, size: int, device: torch.device) -> torch.Tensor:
     """(size, size) bool: the texels of a square UV map covered by the skin region's triangles
     (every triangle for a model without a skin region); row 0 at the top, as the maps."""
@@ -276,6 +291,7 @@ class Trainer:
             raise TrainError(f"data.batch {config.data.batch} is not divisible by the {info.world} ranks; "
                              f"use a multiple of {info.world}.")
         self.per_rank = config.data.batch // info.world
+        check_truth_model(datasets, model)
         self.dataset = FaceDataset(datasets, Augmentation.training() if config.data.augment else None)
         self.plain = FaceDataset(datasets, None)
         self.split = split(self.dataset, config.data.val_fraction, config.data.seed)
