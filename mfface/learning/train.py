@@ -291,8 +291,8 @@ class Trainer:
             raise TrainError(f"data.batch {config.data.batch} is not divisible by the {info.world} ranks; "
                              f"use a multiple of {info.world}.")
         self.per_rank = config.data.batch // info.world
-        check_truth_model(datasets, model)
         self.dataset = FaceDataset(datasets, Augmentation.training() if config.data.augment else None)
+        check_truth_model(datasets, model)    # after FaceDataset: it reports missing or foreign files
         self.plain = FaceDataset(datasets, None)
         self.split = split(self.dataset, config.data.val_fraction, config.data.seed)
         self.ratios = mix_ratios(config, len(datasets))
