@@ -4,8 +4,8 @@ Each step: crops -> FaceNet -> FaceState -> the forward model (`mfface.forward`,
 renderer) -> the fit's own objectives (`mfface.objectives`) weighted by `[losses]` -> backward
 through Dr.Jit into the network. Synthetic datasets with truth can add supervised terms
 (identity and expression coefficients, model-space vertices, SH light, diffuse map): with
-`photo_weight` 0 a whole network, light and albedo included, pre-trains without rendering. The schedule has DeepNextFace's
-three phases (`mfface.learning.config.phase_of`).
+`photo_weight` 0 a whole network, light and albedo included, pre-trains without rendering. The
+schedule has DeepNextFace's three phases (`mfface.learning.config.phase_of`).
 
 Determinism and resuming: the split, the sample order of every epoch, every augmentation and every
 render seed follow from `data.seed` and the step; a checkpoint keeps the weights, the optimiser and
