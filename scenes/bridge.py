@@ -202,6 +202,25 @@ class FaceRenderer:
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
                 pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)
-            images.append(rgb)
+            images.append(_OneBackward.apply(rgb) if rgb.requires_grad else rgb)
             masks.append(alpha.detach())
         return torch.stack(images), torch.stack(masks)
+
+
+class _OneBackward(torch.autograd.Function):
+    """The identity on a render's image, whose backward may run once. Mitsuba's backward pass
+    consumes the render's Dr.Jit graph, and a second one (torch's `retain_graph=True`) returned the
+    first one's gradients again, whatever the new output gradient: it now raises instead."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
+        ctx.done = False
+        return image.view_as(image)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.done:
+            raise RuntimeError("A render can be differentiated once (Mitsuba's backward pass consumes it); "
+                               "render again for another gradient.")
+        ctx.done = True
+        return grad

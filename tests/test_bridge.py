@@ -241,6 +241,20 @@ def test_batch_of_two_equals_two_single_renders(setup) -> None:
     assert not mask.requires_grad
 
 
+def test_a_second_backward_through_one_render_is_refused(setup) -> None:
+    """Mitsuba's backward consumes the render: a second one (retain_graph) used to return the first
+    one's gradients for a different loss; it raises. A new render differentiates again."""
+    renderer, inputs, weights = setup
+    diffuse = inputs["diffuse"].clone().requires_grad_(True)
+    img, _ = renderer.render(focal=70.0, spp=2, seed=3, **{**inputs, "diffuse": diffuse})
+    first, = torch.autograd.grad((img * weights).sum(), diffuse, retain_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated once"):
+        torch.autograd.grad((img * (1 - weights)).sum(), diffuse)
+    img, _ = renderer.render(focal=70.0, spp=2, seed=3, **{**inputs, "diffuse": diffuse})
+    other, = torch.autograd.grad((img * (1 - weights)).sum(), diffuse)
+    assert not torch.allclose(first, other, rtol=0.05)
+
+
 def test_texture_and_envmap_sizes_may_change_between_calls(setup) -> None:
     renderer, inputs, _ = setup
     bigger = {**inputs,
