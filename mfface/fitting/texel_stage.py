@@ -1,7 +1,10 @@
 """Stage 3: free per-texel diffuse, specular and roughness maps, geometry and light held fixed.
 
-Starting from stage 2's maps, every texel is free; regularisers keep what the photo cannot
-determine plausible (weights in `Stage3Config`, all scaled by `texture_reg_scale`, as in NextFace):
+Starting from stage 2's maps, every texel is free: Adam iterations on all three maps, then the
+diffuse map solved per texel from the photo (`mfface.fitting.texel_solve`, `stage3.solve_passes`),
+which reaches in a few renders the fit to the photo that many more Adam iterations would approach
+(bench/RESULTS.md, "The diffuse map solved per texel"). In the iterations, regularisers keep what
+the photo cannot determine plausible (weights in `Stage3Config`, all scaled by `texture_reg_scale`, as in NextFace):
   symmetry     L1 between a surface point and its mirror point (`mfface.textures.MirrorSampler`);
   consistency  diffuse: L1 of chromaticity to stage 2's diffuse (shading must not leak into colour);
                specular/roughness: L1 to their stage-2 maps;
@@ -17,6 +20,7 @@ import torch
 from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
 from mfface.fitting.photometric_stage import StageReport, StepCallback
+from mfface.fitting.texel_solve import solve_diffuse
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.unseen import fill_unseen
 from mfface.forward import ForwardModel, RenderSettings
@@ -36,7 +40,8 @@ WEIGHTS = {"photo": "photo_weight", **{f"{m}_{p}": f"{m}_{p}" for m in MAPS for 
 
 def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, config: FitConfig,
                on_step: StepCallback | None = None) -> tuple[FaceState, StageReport]:
-    """Run stage 3 from stage 2's `state`; returns the state with refined maps and the losses."""
+    """Run stage 3 from stage 2's `state`: the iterations, then the diffuse solve, then the unseen
+    texels filled; returns the state with refined maps and the iterations' losses."""
     cfg = config.stage3
     model = forward.model
     state = state.detached()
@@ -85,7 +90,7 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         report.add(values)
         if on_step is not None:
             on_step(it, cfg.iterations, values)
-    state = state.detached()
+    state = solve_diffuse(forward, targets, state.detached(), config)
     if cfg.fill_unseen:
         state, report.figures["seen_texel_fraction"] = fill_unseen(forward, targets, state)
     return state, report

@@ -1,0 +1,66 @@
+"""The diffuse map's per-texel Gauss-Newton solve: it recovers a known map from its render."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mfface.config import FitConfig, apply_overrides
+from mfface.fitting.targets import FitTargets
+from mfface.fitting.texel_solve import solve_diffuse
+from mfface.fitting.unseen import seen_texels
+from mfface.forward import ForwardModel, RenderSettings
+from mfface.morphable.uv import texel_map
+from mfface.state import FaceState
+
+SIZE = 96
+TEXELS = 32
+
+
+def _scene(model) -> tuple[FaceState, torch.Tensor]:
+    """A frontal face under an ambient light with a sky from above, and a smooth random diffuse map."""
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0] = 2.0
+    sh[0, 2] = 0.8                                   # brighter from above: the shading varies
+    coarse = 0.2 + 0.6 * torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    truth = torch.nn.functional.interpolate(coarse, size=(TEXELS, TEXELS), mode="bilinear").permute(0, 2, 3, 1)
+    state = FaceState(identity=torch.zeros(1, model.n_identity), expression=torch.zeros(1, model.n_expression),
+                      euler=torch.zeros(1, 3), translation=torch.tensor([[0.0, 10.0, 600.0]]),
+                      focal=torch.tensor([250.0]), sh=sh, diffuse=torch.full((1, TEXELS, TEXELS, 3), 0.5),
+                      specular=torch.full((1, TEXELS, TEXELS, 3), 0.04),
+                      roughness=torch.full((1, TEXELS, TEXELS, 1), 0.4))
+    return state, truth
+
+
+def _targets(forward: ForwardModel, state: FaceState, config: FitConfig) -> FitTargets:
+    """The state's own render at 64 spp as the photo, its coverage as the skin mask."""
+    with torch.no_grad():
+        out = forward(state, RenderSettings.from_config(config, SIZE, 64, seed=99))
+    return FitTargets(images=out.image, skin=(out.coverage > 0.5).float(), landmarks=torch.zeros(1, 478, 2),
+                      landmark_index=torch.zeros(478, dtype=torch.long), landmark_weights=torch.ones(478),
+                      principal=torch.tensor([[SIZE / 2, SIZE / 2]]))
+
+
+def test_the_solve_recovers_a_known_diffuse_map(ict) -> None:
+    config = apply_overrides(FitConfig(), {"stage3.solve_passes": 6, "stage3.solve_spp": 8})
+    forward = ForwardModel(ict)
+    start, truth = _scene(ict)
+    targets = _targets(forward, dataclasses.replace(start, diffuse=truth), config)
+    solved = solve_diffuse(forward, targets, start, config)
+    texels = texel_map(ict.uvs, ict.triangles, (TEXELS, TEXELS))
+    seen = seen_texels(forward, start, targets, texels)
+    assert int(seen.sum()) > 100
+    before = float((start.diffuse[0][seen] - truth[0][seen]).abs().mean())
+    after = float((solved.diffuse[0][seen] - truth[0][seen]).abs().mean())
+    assert after < 0.25 * before, (before, after)
+    outside = ~torch.as_tensor(texels.mask)           # texels no triangle covers: no pixel, no change
+    assert torch.equal(solved.diffuse[0][outside], start.diffuse[0][outside])
+    assert float(solved.diffuse.min()) >= 0.0 and float(solved.diffuse.max()) <= 1.0
+
+
+def test_no_passes_leave_the_map_as_it_is(ict) -> None:
+    config = apply_overrides(FitConfig(), {"stage3.solve_passes": 0})
+    forward = ForwardModel(ict)
+    start, truth = _scene(ict)
+    targets = _targets(forward, dataclasses.replace(start, diffuse=truth), config)
+    assert solve_diffuse(forward, targets, start, config) is start
