@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_synthetic import image_metrics, landmark_error  # noqa: E402
 
 from mfface.backend import select_variant  # noqa: E402
-from mfface.config import FitConfig, apply_overrides  # noqa: E402
+from mfface.config import FitConfig, apply_overrides, to_toml  # noqa: E402
 from mfface.metrics import aligned_distances  # noqa: E402
 
 
@@ -121,21 +122,27 @@ def latency(weights: Path, model_name: str | None, photo: Path) -> dict:
             "final_spp": FitConfig().render.final_spp}
 
 
-def _fit_cache(path: Path | None, heldout: Path, size: int) -> dict:
+def _cache_key(heldout: Path, size: int, config: FitConfig) -> dict:
+    """What a cached full fit depends on: the faces, the crop size and every fit setting."""
+    return {"heldout": str(heldout.resolve()), "size": size,
+            "config": hashlib.sha256(to_toml(config).encode()).hexdigest()[:16]}
+
+
+def _fit_cache(path: Path | None, key: dict) -> dict:
     """The full fit's and the mean face's rows per held-out face from an earlier run (they do not
-    depend on the network), keyed by face index; {} when there is none or it was for other faces."""
+    depend on the network), keyed by face index; {} when there is none or it was made for other
+    faces or with other fit settings (`_cache_key`)."""
     if path is None or not path.is_file():
         return {}
     cached = json.loads(path.read_text())
-    same = cached.get("heldout") == str(heldout.resolve()) and cached.get("size") == size
-    return cached.get("faces", {}) if same else {}
+    return cached.get("faces", {}) if all(cached.get(k) == v for k, v in key.items()) else {}
 
 
-def _store_fit_cache(path: Path | None, heldout: Path, size: int, faces: dict) -> None:
+def _store_fit_cache(path: Path | None, key: dict, faces: dict) -> None:
     if path is not None:
         from mfface.atomic import write_text
 
-        write_text(path, json.dumps({"heldout": str(heldout.resolve()), "size": size, "faces": faces}))
+        write_text(path, json.dumps({**key, "faces": faces}))
 
 
 def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: str | None,
@@ -158,7 +165,8 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
     region = model.regions["skin"]
     methods = ("mean_face", "predict", "refine", "short_fit", "fit")
     rows: dict[str, list[dict]] = {m: [] for m in methods}
-    cache = _fit_cache(fit_cache, heldout, size)
+    key = _cache_key(heldout, size, config)
+    cache = _fit_cache(fit_cache, key)
     for index in range(min(faces, len(data))):
         raw = data.raw(index)
         photo = torch.from_numpy(raw["image"]).float() / 255.0
@@ -193,7 +201,7 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
                 row["psnr_db"] = image_metrics(result, state, image, 64)["psnr_db"]
             rows[method].append(row)
         cache[str(index)] = {m: rows[m][-1] for m in ("fit", "mean_face")}
-        _store_fit_cache(fit_cache, heldout, size, cache)
+        _store_fit_cache(fit_cache, key, cache)
         print(index, {m: {k: round(v, 3) for k, v in rows[m][-1].items()} for m in methods}, flush=True)
     return {m: {k: round(statistics.median(r[k] for r in rows[m]), 4) for k in rows[m][0]} | {"faces": len(rows[m])}
             for m in methods}
