@@ -33,11 +33,12 @@ def fit(ict, variant, tmp_path_factory):
 
 def test_every_stage_reports_its_iterations(fit) -> None:
     """The progress callback hears every iteration of every stage, stage 1 included (a video's
-    many-frame shape pass is stage 1 alone and showed no progress before)."""
+    many-frame shape pass is stage 1 alone and showed no progress before), and stage 3's solve
+    passes after its iterations."""
     _, _, result = fit
     config = result.config
     expected = {"stage1": config.stage1.iterations, "stage2": config.stage2.iterations,
-                "stage3": config.stage3.iterations}
+                "stage3": config.stage3.iterations + config.stage3.solve_passes}
     for stage, count in expected.items():
         calls = [(i, n) for s, i, n in result.steps if s == stage]
         runs = 1 + (stage == "stage1" and any(result.landmark_warnings))  # rerun with stronger priors

@@ -24,12 +24,14 @@ Adam iterations did, in less time.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
 from mfface.config import FitConfig
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.objectives import photometric_loss
 from mfface.state import FaceState
 
 SEED_OFFSET = 3_000_000  # the solve's renders use seeds SEED_OFFSET + pass (stage 3 uses 2_000_000 + iteration)
@@ -57,10 +59,12 @@ def diffuse_curvature(forward: ForwardModel, targets: FitTargets, state: FaceSta
     return transport + damping * level, weights
 
 
-def solve_diffuse(forward: ForwardModel, targets: FitTargets, state: FaceState, config: FitConfig) -> FaceState:
+def solve_diffuse(forward: ForwardModel, targets: FitTargets, state: FaceState, config: FitConfig,
+                  on_pass: Callable[[int, float], None] | None = None) -> FaceState:
     """`state` with its diffuse map solved from the photos by `stage3.solve_passes` Jacobi
     Gauss-Newton passes at `stage3.solve_spp` (module docstring); unchanged when there are none.
-    The map stays in [0, 1]."""
+    The map stays in [0, 1]. `on_pass(pass, photo)` hears each pass with the photometric term (as
+    stage 3 weighs it) of the render that pass started from."""
     cfg = config.stage3
     if cfg.solve_passes == 0:
         return state
@@ -73,8 +77,11 @@ def solve_diffuse(forward: ForwardModel, targets: FitTargets, state: FaceState, 
     current = state.diffuse.detach().clone()
     for step in range(cfg.solve_passes):
         diffuse = current.clone().requires_grad_(True)
-        image, _ = forward.render(dataclasses.replace(state, diffuse=diffuse),
-                                  settings.with_seed(SEED_OFFSET + 1 + step), vertices)
+        image, coverage = forward.render(dataclasses.replace(state, diffuse=diffuse),
+                                         settings.with_seed(SEED_OFFSET + 1 + step), vertices)
+        if on_pass is not None:
+            on_pass(step, cfg.photo_weight * float(photometric_loss(image.detach(), coverage, targets.images,
+                                                                     targets.skin)))
         residual = weights * (targets.images - image.detach())
         gradient, = torch.autograd.grad((residual * image).sum(), diffuse)
         current = (current + gradient / denominator / (step + 1)).clamp(0.0, 1.0)

@@ -58,6 +58,7 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
     with torch.no_grad():
         vertices = forward.vertices(state)
     report = StageReport()
+    steps = cfg.iterations + cfg.solve_passes   # what the progress callback counts: iterations, then passes
     for it in range(cfg.iterations):
         image, coverage = forward.render(state, settings.with_seed(SEED_OFFSET + it), vertices)
         uv_pairs = mirror.sample(8192, generator) if mirror is not None else None
@@ -89,8 +90,9 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         raise_if_requested()
         report.add(values)
         if on_step is not None:
-            on_step(it, cfg.iterations, values)
-    state = solve_diffuse(forward, targets, state.detached(), config)
+            on_step(it, steps, values)
+    state = solve_diffuse(forward, targets, state.detached(), config, on_pass=None if on_step is None else (
+        lambda index, photo: on_step(cfg.iterations + index, steps, {"total": photo, "photo": photo})))
     if cfg.fill_unseen:
         state, report.figures["seen_texel_fraction"] = fill_unseen(forward, targets, state)
     return state, report
