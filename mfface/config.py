@@ -160,13 +160,14 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(20, "Per-texel Adam iterations before the solve (NextFace: 100; measured trade-off in "
+    iterations: int = _f(30, "Per-texel Adam iterations before the solve (NextFace: 100; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     solve_passes: int = _f(8, "After the iterations, passes of the diffuse map's per-texel Gauss-Newton solve "
-                           "from the photo (`mfface.fitting.texel_solve`; 0 = none): 20 iterations and the "
-                           "solve fit the photo better than 50 iterations, in less time (bench/RESULTS.md).",
+                           "from the photo (`mfface.fitting.texel_solve`; 0 = none): 30 iterations and the "
+                           "solve fit the photo better than 50 iterations did, in about their time "
+                           "(bench/RESULTS.md).",
                            0, 10_000)
     solve_spp: int = _f(16, "Samples per pixel of the solve's renders (its steps are averaged over the passes).",
                         1, 16384)

@@ -18,7 +18,7 @@ def test_defaults_follow_nextface():
     assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 20)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
-    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 20, 4)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 30, 4)
     assert cfg.render.sampler == "ldsampler"   # mfface before 2026-12-03: independent
     assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
         0, 0, False, True)

@@ -17,9 +17,10 @@ with a new seed and takes the step, the first in full and pass j (from 0) with w
 running (Robbins-Monro) average, so that the Monte Carlo noise of the residual averages out instead
 of being written into the map.
 
-Measured (bench/RESULTS.md, "The diffuse map solved per texel"): after 20 Adam iterations of stage 3,
-8 passes at 16 spp (about 6 s at 256 px on 2 CPU cores) fit the photo 1.7-2.7 dB better than 50
-Adam iterations did, in less time.
+Measured (bench/RESULTS.md, "The diffuse map solved per texel"): after 30 Adam iterations of stage 3,
+8 passes at 16 spp (about 6 s at 256 px on 2 CPU cores) fit the photo better than 50 Adam
+iterations did, in about their time. The iterations before it matter: they fit the specular and
+roughness maps, which the solve keeps.
 """
 from __future__ import annotations
 
