@@ -29,7 +29,7 @@ from mfface.state import FaceState
 def refine_config(config: FitConfig, iterations: int) -> FitConfig:
     """The fit config of `--refine N`: stage 2 runs N iterations with the geometry free after the
     first quarter (the light and albedo settle first, as in a fit; those iterations render at
-    `coarse_size`, at most `coarse_iterations` of them), stage 3 N // 3."""
+    `coarse_size`, at most `coarse_iterations` of them), stage 3 N // 3 and then its diffuse solve."""
     if iterations < 0:
         raise ValueError(f"--refine needs a number of iterations >= 0, not {iterations}.")
     geometry_start = min(config.stage2.geometry_start, iterations // 4)
