@@ -196,6 +196,9 @@ class FaceDataset(Dataset):
                                           for n in info["truth"]}
                 info["boxes"] = f["boxes"][:]
                 info["source_sizes"] = f["source_sizes"][:]
+                truth_attrs = f["truth"].attrs if "truth" in f else {}
+                info["truth_model"] = {k: _decode_str(truth_attrs[k]) for k in ("model", "model_fingerprint")
+                                       if k in truth_attrs}
             finally:
                 f.close()
             infos.append(info)
@@ -212,6 +215,8 @@ class FaceDataset(Dataset):
                                "datasets (photo datasets have none).")
         self.truth_names: list[str] = list(infos[0]["truth"]) if truth else []
         self._geometry = infos[0]["truth_geometry"] if truth else {}
+        # per file, the face model its truth was rendered with: {"model", "model_fingerprint"} or {}
+        self.truth_models: list[dict[str, str]] = [info["truth_model"] for info in infos]
         self._counts = [info["count"] for info in infos]
         self._starts = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
         self._boxes = np.concatenate([info["boxes"] for info in infos])

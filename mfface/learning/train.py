@@ -235,19 +235,14 @@ class Objective:
         return terms
 
 
-def check_truth_model(datasets: list[Path], model: MorphableModel) -> None:
-    """Raise TrainError when a synthetic dataset's truth was rendered with another face model (its
-    `truth` group's `model_fingerprint`): its coefficients would be compared with the wrong basis."""
-    import h5py
-
-    for path in datasets:
-        with h5py.File(path, "r") as f:
-            attrs = f["truth"].attrs if "truth" in f else {}
-            fingerprint = attrs.get("model_fingerprint")
-            if fingerprint is not None and str(fingerprint) != model.fingerprint():
-                raise TrainError(f"{path}'s truth was rendered with the face model {str(attrs.get('model'))!r}, "
-                                 f"not {model.name!r}; train with --model {str(attrs.get('model'))} or make the "
-                                 f"dataset with this model.")
+def check_truth_model(dataset: FaceDataset, model: MorphableModel) -> None:
+    """Raise TrainError when a synthetic dataset file's truth was rendered with another face model
+    (its `truth` group's `model_fingerprint`): its coefficients would be compared with the wrong basis."""
+    for path, truth in zip(dataset.files, dataset.truth_models):
+        fingerprint, name = truth.get("model_fingerprint"), truth.get("model")
+        if fingerprint is not None and fingerprint != model.fingerprint():
+            raise TrainError(f"{path}'s truth was rendered with the face model {name!r}, not {model.name!r}; "
+                             f"train with --model {name} or make the dataset with this model.")
 
 
 def skin_texels(model: MorphableModel, size: int, device: torch.device) -> torch.Tensor:
@@ -292,7 +287,7 @@ class Trainer:
                              f"use a multiple of {info.world}.")
         self.per_rank = config.data.batch // info.world
         self.dataset = FaceDataset(datasets, Augmentation.training() if config.data.augment else None)
-        check_truth_model(datasets, model)    # after FaceDataset: it reports missing or foreign files
+        check_truth_model(self.dataset, model)
         self.plain = FaceDataset(datasets, None)
         self.split = split(self.dataset, config.data.val_fraction, config.data.seed)
         self.ratios = mix_ratios(config, len(datasets))
