@@ -32,6 +32,9 @@ does. Per face it measures
   the skin vertices' UVs, after scaling the fitted one per channel by the least-squares factor
   (light and albedo trade a per-channel scale: a brighter or tinted light with a darker or
   oppositely tinted albedo renders the same), also relative to the true mean;
+- light error: what a white Lambertian surface sees of the fitted light against the true one, after
+  the same per-channel scale, and relative to the best ambient light's (`light_rel`: 1 = no better
+  than an ambient light of the right brightness and colour);
 - seconds per fit (stages 1-3, and each stage).
 Photos (`/work/shared/data/images` or $MFFACE_TEST_DATA/images): astronaut.png and takeo.ppm with
 MediaPipe landmarks, takeo.ppm with its hand-placed .pts; PSNR/SSIM inside the skin mask, landmark
@@ -61,6 +64,7 @@ from mfface.config import FitConfig, apply_overrides, load_config
 from mfface.fitting.pipeline import FitResult, PreparedImage, Reconstructor, prepare_image, prepare_photo
 from mfface.metrics import align_points, aligned_distances, psnr, ssim
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.sh import shading_error
 from mfface.state import FaceState
 from mfface.textures import resize_texture, sample_texture
 
@@ -109,6 +113,21 @@ def albedo_error(model, fitted: torch.Tensor, true: torch.Tensor, region: np.nda
     scale = (f * t).sum(0) / (f * f).sum(0).clamp_min(1e-12)
     mae = float((f * scale - t).abs().mean())
     return {"albedo_mae": mae, "albedo_rel": mae / float(t.mean()), "albedo_scale": scale.tolist()}
+
+
+def light_error(fitted_sh: torch.Tensor, true_sh: torch.Tensor, albedo_scale: list[float]) -> dict[str, float]:
+    """The fitted SH light (1, n, 3) against the true one as a white Lambertian surface sees them
+    (`mfface.sh.shading_error`, radiance^2), after dividing the fitted light by the albedo's
+    per-channel scale (`albedo_error`: the albedo-light trade), and relative to the error of the
+    best ambient light (the true light's constant term alone): 1 = no more right about where the
+    light comes from than an ambient light, 0 = exact."""
+    scale = torch.as_tensor(albedo_scale, dtype=torch.float64)
+    fitted = fitted_sh[0].detach().double().cpu() / scale
+    true = true_sh[0].detach().double().cpu()
+    ambient = torch.zeros_like(true)
+    ambient[0] = true[0]
+    error = float(shading_error(fitted, true))
+    return {"light_err": error, "light_rel": error / max(float(shading_error(ambient, true)), 1e-12)}
 
 
 def fit_one(recon: Reconstructor, image: PreparedImage) -> tuple[FitResult, dict[int, FaceState], float]:
@@ -206,6 +225,7 @@ def run_synthetic(model, fit_model, config: FitConfig, faces: int, size: int, ph
                     row.update({f"{k}_s{stage}": v for k, v in image_metrics(result, states[stage], image,
                                                                              eval_spp).items()})
             row.update(albedo_error(model, result.state.diffuse, face.state.diffuse, region))
+            row.update(light_error(result.state.sh, face.state.sh, row["albedo_scale"]))
             row.update(vertex_mm=row[f"vertex_mm_s{last}"], vertex_mm_noscale=row[f"vertex_mm_noscale_s{last}"],
                        size_ratio=row[f"size_ratio_s{last}"], landmark_px=row[f"landmark_px_s{last}"],
                        psnr_db=row.get(f"psnr_db_s{last}"), ssim=row.get(f"ssim_s{last}"))
@@ -328,7 +348,8 @@ def main() -> None:
     for key in ("vertex_mm", "vertex_mm_s1", "vertex_mm_s2", "vertex_mm_mean_face", "vertex_mm_mean_identity",
                 "vertex_mm_noscale", "vertex_mm_noscale_s1", "vertex_mm_noscale_s2",
                 "vertex_mm_noscale_mean_face", "landmark_px", "landmark_px_s1", "mediapipe_px", "out_of_span_mm",
-                "psnr_db", "psnr_db_s2", "ssim", "ssim_s2", "albedo_mae", "albedo_rel", "seconds"):
+                "psnr_db", "psnr_db_s2", "ssim", "ssim_s2", "albedo_mae", "albedo_rel", "light_err", "light_rel",
+                "seconds"):
         summary[f"synthetic_median_{key}"] = _median(synthetic, key)
     gains = [1 - r["vertex_mm_s2"] / r["vertex_mm_s1"] for r in synthetic if "vertex_mm_s2" in r]
     ratios = [r["vertex_mm"] / r["vertex_mm_mean_face"] for r in synthetic]

@@ -155,6 +155,13 @@ class Stage2Config:
     albedo_smoothness: float = _f(1.0, "Free albedo texture: weight of its total variation.", 0.0)
     albedo_symmetry: float = _f(1.0, "Free albedo texture: weight of L1 between mirror points.", 0.0)
     specular_init: float = _f(0.04, "Specular albedo (Schlick F0) in stage 2, and stage 3's start.", 0.0, 1.0)
+    light_solve_bands: int = _f(0, "Before the iterations, replace the start light by the photo's "
+                                "least-squares light in this many SH bands (`mfface.fitting.light_solve`; "
+                                "0 = keep the start light). A light that points where the photo's does and "
+                                "a truer albedo, at a lower re-render PSNR (bench/RESULTS.md).", 0, 9)
+    light_solve_size: int = _f(64, "Side in px of the light solve's renders (the photo area-averaged to it).",
+                               8, 8192)
+    light_solve_spp: int = _f(16, "Samples per pixel of the light solve's renders.", 1, 16384)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from mfface.config import FitConfig
 from mfface.fitting.errors import check_finite
 from mfface.fitting.landmark_stage import StepCallback
+from mfface.fitting.light_solve import solve_light
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
@@ -93,7 +94,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     """Run stage 2 from `state`; returns the fitted state (diffuse at texture size) and the losses."""
     cfg = config.stage2
     model = forward.model
-    state = state.detached()
+    state = solve_light(forward, targets, state.detached(), config)
     lm_target, lm_index, lm_weights = targets.valid_landmarks()
     depth = state.translation[:, 2:3].clone()
     euler0, translation0 = state.euler.clone(), state.translation.clone()
