@@ -70,6 +70,25 @@ def ict(ict_indexed):
 
 
 @pytest.fixture(scope="session")
+def own_render_targets():
+    """`targets(forward, state, config, size)`: FitTargets whose photo is `state`'s own render
+    (`size` px, 64 spp) and whose skin mask is its coverage, for tests that recover a known scene."""
+    import torch
+
+    from mfface.fitting.targets import FitTargets
+    from mfface.forward import RenderSettings
+
+    def targets(forward, state, config, size: int) -> FitTargets:
+        with torch.no_grad():
+            out = forward(state, RenderSettings.from_config(config, size, 64, seed=99))
+        return FitTargets(images=out.image, skin=(out.coverage > 0.5).float(),
+                          landmarks=torch.zeros(1, 478, 2), landmark_index=torch.zeros(478, dtype=torch.long),
+                          landmark_weights=torch.ones(478), principal=torch.tensor([[size / 2, size / 2]]))
+
+    return targets
+
+
+@pytest.fixture(scope="session")
 def installed_ict(ict):
     """The ICT model saved into the test session's store as its default model."""
     from mfface.morphable.format import save_model

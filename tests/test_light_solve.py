@@ -8,7 +8,6 @@ import torch
 from mfface.config import FitConfig, apply_overrides
 from mfface.fitting.light_solve import basis_renders, solve_light
 from mfface.fitting.photometric_stage import fit_photometric
-from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.objectives import photometric_loss
 from mfface.sh import sh_to_envmap
@@ -37,15 +36,6 @@ def _lights() -> tuple[torch.Tensor, torch.Tensor]:
     return true, start
 
 
-def _targets(forward: ForwardModel, state: FaceState, config: FitConfig) -> FitTargets:
-    """The state's own render at 64 spp as the photo, its coverage as the skin mask."""
-    with torch.no_grad():
-        out = forward(state, RenderSettings.from_config(config, SIZE, 64, seed=99))
-    return FitTargets(images=out.image, skin=(out.coverage > 0.5).float(), landmarks=torch.zeros(1, 478, 2),
-                      landmark_index=torch.zeros(478, dtype=torch.long), landmark_weights=torch.ones(478),
-                      principal=torch.tensor([[SIZE / 2, SIZE / 2]]))
-
-
 def test_basis_renders_add_up_to_the_render(ict) -> None:
     """A render is linear in the SH light, negative lobes included (rendered shifted)."""
     config = FitConfig()
@@ -64,11 +54,11 @@ def test_basis_renders_add_up_to_the_render(ict) -> None:
     assert float((combined - direct)[inside].abs().mean()) < 0.04 * level       # per pixel: sampling noise
 
 
-def test_the_solve_recovers_a_known_light(ict) -> None:
+def test_the_solve_recovers_a_known_light(ict, own_render_targets) -> None:
     config = apply_overrides(FitConfig(), {"stage2.light_solve_bands": 3, "stage2.light_solve_size": 48})
     forward = ForwardModel(ict)
     true, start = _lights()
-    targets = _targets(forward, _state(ict, true), config)
+    targets = own_render_targets(forward, _state(ict, true), config, SIZE)
     solved = solve_light(forward, targets, _state(ict, start), config)
 
     def photo_error(state: FaceState) -> float:
@@ -84,12 +74,12 @@ def test_the_solve_recovers_a_known_light(ict) -> None:
     assert bool((solved.sh[0, 3] < 0).all())                                 # and from the left
 
 
-def test_no_bands_keep_the_start_light_and_stage2_solves_first(ict) -> None:
+def test_no_bands_keep_the_start_light_and_stage2_solves_first(ict, own_render_targets) -> None:
     forward = ForwardModel(ict)
     true, start = _lights()
     config = FitConfig()
     state = _state(ict, start)
-    targets = _targets(forward, _state(ict, true), config)
+    targets = own_render_targets(forward, _state(ict, true), config, SIZE)
     assert solve_light(forward, targets, state, config) is state
     solving = apply_overrides(config, {"stage2.iterations": 0, "stage2.light_solve_bands": 2,
                                        "stage2.light_solve_size": 32, "render.texture_size": 16})

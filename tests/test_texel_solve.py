@@ -6,10 +6,9 @@ import dataclasses
 import torch
 
 from mfface.config import FitConfig, apply_overrides
-from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_solve import solve_diffuse
 from mfface.fitting.unseen import seen_texels
-from mfface.forward import ForwardModel, RenderSettings
+from mfface.forward import ForwardModel
 from mfface.morphable.uv import texel_map
 from mfface.state import FaceState
 
@@ -32,20 +31,11 @@ def _scene(model) -> tuple[FaceState, torch.Tensor]:
     return state, truth
 
 
-def _targets(forward: ForwardModel, state: FaceState, config: FitConfig) -> FitTargets:
-    """The state's own render at 64 spp as the photo, its coverage as the skin mask."""
-    with torch.no_grad():
-        out = forward(state, RenderSettings.from_config(config, SIZE, 64, seed=99))
-    return FitTargets(images=out.image, skin=(out.coverage > 0.5).float(), landmarks=torch.zeros(1, 478, 2),
-                      landmark_index=torch.zeros(478, dtype=torch.long), landmark_weights=torch.ones(478),
-                      principal=torch.tensor([[SIZE / 2, SIZE / 2]]))
-
-
-def test_the_solve_recovers_a_known_diffuse_map(ict) -> None:
+def test_the_solve_recovers_a_known_diffuse_map(ict, own_render_targets) -> None:
     config = apply_overrides(FitConfig(), {"stage3.solve_passes": 6, "stage3.solve_spp": 8})
     forward = ForwardModel(ict)
     start, truth = _scene(ict)
-    targets = _targets(forward, dataclasses.replace(start, diffuse=truth), config)
+    targets = own_render_targets(forward, dataclasses.replace(start, diffuse=truth), config, SIZE)
     solved = solve_diffuse(forward, targets, start, config)
     texels = texel_map(ict.uvs, ict.triangles, (TEXELS, TEXELS))
     seen = seen_texels(forward, start, targets, texels)
@@ -58,9 +48,9 @@ def test_the_solve_recovers_a_known_diffuse_map(ict) -> None:
     assert float(solved.diffuse.min()) >= 0.0 and float(solved.diffuse.max()) <= 1.0
 
 
-def test_no_passes_leave_the_map_as_it_is(ict) -> None:
+def test_no_passes_leave_the_map_as_it_is(ict, own_render_targets) -> None:
     config = apply_overrides(FitConfig(), {"stage3.solve_passes": 0})
     forward = ForwardModel(ict)
     start, truth = _scene(ict)
-    targets = _targets(forward, dataclasses.replace(start, diffuse=truth), config)
+    targets = own_render_targets(forward, dataclasses.replace(start, diffuse=truth), config, SIZE)
     assert solve_diffuse(forward, targets, start, config) is start
