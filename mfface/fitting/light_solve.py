@@ -28,7 +28,7 @@ from mfface.config import FitConfig
 from mfface.fitting.targets import FitTargets
 from mfface.fitting.texel_solve import counted_pixels
 from mfface.forward import ForwardModel, RenderSettings
-from mfface.sh import n_coefficients, nonnegative, sh_to_envmap
+from mfface.sh import bands_of, envmap_basis, n_coefficients, nonnegative
 from mfface.state import FaceState
 
 SEED = 4_000_000
@@ -41,19 +41,19 @@ def basis_renders(forward: ForwardModel, state: FaceState, settings: RenderSetti
                   n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B_k (B, n, S, S, 3): the renders under each SH basis function alone, coverage (B, S, S))."""
     height = settings.envmap_height
-    unit = torch.zeros(1, n, 3, device=state.sh.device)
+    fields = envmap_basis(height, 2 * height, bands_of(n), state.sh.dtype, state.sh.device)   # (H, W, n)
     with torch.no_grad():
-        vertices = forward.vertices(state)
-        constant = torch.ones(1, height, 2 * height, 3, device=state.sh.device)
-        uniform, coverage = forward.render(state, settings, vertices, envmap=constant)
+        vertices, parts = forward.vertices(state), forward.part_vertices(state)
+
+        def render(envmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return forward.render(state, settings, vertices, envmap=envmap.expand(1, -1, -1, 3), parts=parts)
+
+        uniform, coverage = render(torch.ones_like(fields[None, ..., :1]))
         images = []
         for k in range(n):
-            unit.zero_()
-            unit[0, k] = 1.0
-            field = sh_to_envmap(unit, height, 2 * height, clamp=False)
+            field = fields[None, ..., k:k + 1]
             lowest = float(field.min())
-            shifted, _ = forward.render(state, settings, vertices, envmap=field - lowest)
-            images.append(shifted + lowest * uniform)
+            images.append(render(field - lowest)[0] + lowest * uniform)
     return torch.stack(images, 1), coverage
 
 
