@@ -10,8 +10,14 @@ replay, synthetic faces, and the network's training and prediction. The chain is
  -> FaceRenderer.render(vertices, maps, envmap, camera)   Mitsuba through dr.wrap
 
 and every step is differentiable in torch. `ForwardModel` owns the Mitsuba scenes: one
-`FaceRenderer` per (image size, integrator, max_depth), built on first use and then only updated,
-so a loop that renders at a fixed size never rebuilds a scene or recompiles a kernel.
+`FaceRenderer` per (image size, integrator, max_depth, sampler), built on first use and then only
+updated, so a loop that renders at a fixed size never rebuilds a scene or recompiles a kernel. It
+keeps only the most recently used scene (`max_scenes`): every live Mitsuba scene's shapes, BSDFs
+and emitters are traced into every render's virtual calls, so each scene kept alive slows the
+renders of the others (measured: a 128 px step 314 ms alone, 358 / 414 / 437 / 487 / 602 ms with
+1-5 scenes of other sizes alive, 341 ms once they were dropped; bench/RESULTS.md, "Live scenes").
+A fit of many photos of different crop sizes, or a light solve at 64 px before stage 2, would
+otherwise render ever slower.
 
 The model's parts (eyeballs, teeth, mouth interior: `MorphableModel.parts`) are rendered in every
 image: `model.part_vertices` with the state's identity and expression, posed by the same
@@ -21,6 +27,7 @@ only, which they never cover; docs/renderer.md, "Parts"). Models without parts r
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,14 +87,19 @@ class ForwardModel:
     """The differentiable forward model of one morphable model on one torch device."""
 
     def __init__(self, model: MorphableModel, device: torch.device | str = "cpu",
-                 part_gradients: bool = False) -> None:
+                 part_gradients: bool = False, max_scenes: int = 1) -> None:
         """`part_gradients` renders the parts differentiably (their vertices keep the autograd
         graph to identity, expression and pose); off by default: the fit's loss never counts them
-        and detached parts cost less (docs/renderer.md, "Parts")."""
+        and detached parts cost less (docs/renderer.md, "Parts"). `max_scenes` scenes are kept
+        (the most recently used); a caller that alternates between settings in a loop raises it
+        to their number, at the cost of slower renders while they are all alive."""
+        if max_scenes < 1:
+            raise ValueError(f"max_scenes must be at least 1, got {max_scenes}.")
         self.model = model
         self.device = torch.device(device)
         self.part_gradients = bool(part_gradients)
-        self._renderers: dict[tuple[int, str, int, str], FaceRenderer] = {}
+        self.max_scenes = int(max_scenes)
+        self._renderers: OrderedDict[tuple[int, str, int, str], FaceRenderer] = OrderedDict()
 
     @property
     def part_meshes(self) -> "tuple[PartMesh, ...]":
@@ -97,16 +109,20 @@ class ForwardModel:
         return tuple(PartMesh(p.name, p.material, p.triangles, p.material_coord) for p in self.model.parts)
 
     def renderer(self, settings: RenderSettings) -> "FaceRenderer":
-        """The Mitsuba scene for `settings`' size, integrator, depth and sampler, built once."""
+        """The Mitsuba scene for `settings`' size, integrator, depth and sampler: built on first
+        use, reused while it is among the `max_scenes` most recently used, dropped after."""
         key = (settings.size, settings.integrator, settings.max_depth, settings.sampler)
-        if key not in self._renderers:
+        renderer = self._renderers.pop(key, None)
+        if renderer is None:
             from mfface.scenes.bridge import FaceRenderer
 
-            self._renderers[key] = FaceRenderer(self.model.triangles, self.model.uvs, settings.size,
-                                                settings.size, integrator=settings.integrator,
-                                                max_depth=settings.max_depth, sampler=settings.sampler,
-                                                parts=self.part_meshes)
-        return self._renderers[key]
+            while len(self._renderers) >= self.max_scenes:  # free the old scene before building
+                self._renderers.popitem(last=False)
+            renderer = FaceRenderer(self.model.triangles, self.model.uvs, settings.size, settings.size,
+                                    integrator=settings.integrator, max_depth=settings.max_depth,
+                                    sampler=settings.sampler, parts=self.part_meshes)
+        self._renderers[key] = renderer
+        return renderer
 
     def vertices(self, state: FaceState) -> torch.Tensor:
         """Camera-space vertices (B, V, 3) mm of `state` (shared identity broadcast over B)."""

@@ -53,11 +53,37 @@ def test_forward_model_matches_the_renderer_called_directly(ict, variant):
 
 
 def test_forward_model_keeps_one_scene_per_size_and_integrator(ict, variant):
-    forward = ForwardModel(ict)
+    forward = ForwardModel(ict, max_scenes=3)
     first = forward.renderer(RenderSettings(32))
     assert forward.renderer(RenderSettings(32, spp=8, seed=3)) is first
-    assert forward.renderer(RenderSettings(40)) is not first
-    assert forward.renderer(RenderSettings(32, integrator="prb_projective")) is not first
+    other = forward.renderer(RenderSettings(40))
+    assert other is not first
+    assert forward.renderer(RenderSettings(32, integrator="prb_projective")) not in (first, other)
+    assert forward.renderer(RenderSettings(32)) is first and forward.renderer(RenderSettings(40)) is other
+
+
+def test_forward_model_frees_the_scenes_it_no_longer_keeps(ict, variant):
+    """Live scenes slow each other's renders (module docstring), so only the `max_scenes` most
+    recently used stay alive, and a dropped one is freed at once (no garbage collection)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        forward = ForwardModel(ict)
+        first = weakref.ref(forward.renderer(RenderSettings(32)))
+        assert forward.renderer(RenderSettings(32, spp=16, seed=2)) is first()
+        second = weakref.ref(forward.renderer(RenderSettings(40)))
+        assert first() is None and second() is not None
+        two = ForwardModel(ict, max_scenes=2)
+        a, b = (weakref.ref(two.renderer(RenderSettings(s))) for s in (32, 40))
+        assert two.renderer(RenderSettings(32)) is a()  # reused: now the most recent
+        two.renderer(RenderSettings(48))
+        assert a() is not None and b() is None
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="max_scenes"):
+        ForwardModel(ict, max_scenes=0)
 
 
 def test_a_dropped_forward_model_frees_its_scenes_without_the_garbage_collector(ict, variant):
