@@ -30,13 +30,20 @@ CONTOUR_LANDMARKS: dict[str, tuple[int, ...]] = {
 
 # -- image terms ------------------------------------------------------------------------------------
 
+def masked_l1_sums(image: torch.Tensor, target: torch.Tensor,
+                   weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`masked_l1`'s two sums, sum(w |image - target|) and sum(w): both add up over items, so a
+    batch can be taken item by item (`mfface.learning.train.itemwise_photometric`)."""
+    return (weight[..., None] * (image - target).abs()).sum(), weight.sum()
+
+
 def masked_l1(image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """sum(w |image - target|) / (3 max(sum(w), 1)): mean L1 over channels of the weighted pixels.
 
     image/target (B, S, S, 3); weight (B, S, S). The denominator's floor of one pixel keeps an
     empty mask at 0 instead of NaN."""
-    weight = weight[..., None]
-    return (weight * (image - target).abs()).sum() / (3.0 * weight.sum().clamp_min(1.0))
+    error, weight_sum = masked_l1_sums(image, target, weight)
+    return error / (3.0 * weight_sum.clamp_min(1.0))
 
 
 def photometric_loss(image: torch.Tensor, coverage: torch.Tensor, target: torch.Tensor,

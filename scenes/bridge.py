@@ -193,12 +193,16 @@ class FaceRenderer:
         if spp < 1:
             raise ValueError(f"spp={spp} renders nothing; use 1 or more samples per pixel.")
         images, masks = [], []
+        # A differentiable item keeps its scene until its backward pass; items without gradients
+        # share scene 0, since every live scene slows every render (docs/renderer.md, "Batches").
+        differentiable = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (vertices, diffuse, specular, roughness, envmap, parts))
         for b in range(batch):
             pick = {k: t[b if t.shape[0] > 1 else 0] for k, t in items.items()}
             part_item = (None if not self.parts
                          else parts[b if parts.shape[0] > 1 else 0].float().contiguous())
             rgb, alpha = self._wrapped(
-                self, b, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
+                self, b if differentiable else 0, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
                 pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)

@@ -42,6 +42,7 @@ from mfface.interrupt import raise_if_requested
 from mfface.learning import checkpoint as ckpt
 from mfface.learning.config import RESUMABLE_CHANGES, TrainConfig, mix_ratios, phase_of
 from mfface.learning.dataset import Augmentation, FaceDataset
+from mfface.learning.itemwise import itemwise_photometric
 from mfface.learning.network import MEAN_SKIN, FaceNet, NetworkSpec, Prediction
 from mfface.metrics import aligned_distances
 from mfface.morphable.model import MorphableModel
@@ -177,9 +178,10 @@ class Objective:
 
         def photo() -> torch.Tensor:
             # Only this term renders: with photo_weight 0 (geometry pre-training) a step costs the
-            # network and the model's vertices, not Mitsuba.
-            image, coverage = self.forward.render(state, replace(self.settings, size=size, seed=seed), vertices)
-            return photometric_loss(image, coverage, batch["image"], mask)
+            # network and the model's vertices, not Mitsuba. Item by item through one scene: a
+            # batch's scenes alive together slow each other (mfface.learning.itemwise).
+            return itemwise_photometric(self.forward, state, replace(self.settings, size=size, seed=seed),
+                                        vertices, batch["image"], mask)
         terms = weighted_terms(cfg, LOSS_WEIGHTS, {
             "photo": photo,
             "landmarks": lambda: landmark_loss(landmarks, target_lm, self.weights,
