@@ -33,7 +33,7 @@ CONTOUR_LANDMARKS: dict[str, tuple[int, ...]] = {
 def masked_l1_sums(image: torch.Tensor, target: torch.Tensor,
                    weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`masked_l1`'s two sums, sum(w |image - target|) and sum(w): both add up over items, so a
-    batch can be taken item by item (`mfface.learning.train.itemwise_photometric`)."""
+    batch can be taken item by item (`mfface.itemwise.itemwise_photometric`)."""
     return (weight[..., None] * (image - target).abs()).sum(), weight.sum()
 
 

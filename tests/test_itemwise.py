@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mfface.forward import ForwardModel, RenderSettings
-from mfface.learning.itemwise import itemwise_photometric
+from mfface.itemwise import itemwise_photometric
 from mfface.objectives import photometric_loss
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState

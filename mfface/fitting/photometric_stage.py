@@ -28,8 +28,9 @@ from mfface.fitting.light_solve import solve_light
 from mfface.fitting.targets import FitTargets
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
-from mfface.objectives import (landmark_loss, photometric_loss, sh_energy, smoothness_loss,
-                               statistical_prior, symmetry_loss, weighted_terms)
+from mfface.itemwise import itemwise_photometric
+from mfface.objectives import (landmark_loss, sh_energy, smoothness_loss, statistical_prior, symmetry_loss,
+                               weighted_terms)
 from mfface.schedules import cosine_decay
 from mfface.sh import nonnegative
 from mfface.state import FaceState
@@ -131,10 +132,13 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         seen = coarse_targets if it < cfg.coarse_iterations else targets
         scale = seen.size / targets.size
         view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
-        out = forward(view, RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it), lm_index)
+        settings = RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it)
+        vertices = forward.vertices(view)
+        landmarks = forward.landmarks(view, vertices, lm_index, seen.size)
         terms = weighted_terms(cfg, WEIGHTS, {
-            "photo": lambda: photometric_loss(out.image, out.coverage, seen.images, seen.skin),
-            "landmarks": lambda: landmark_loss(out.landmarks / scale, lm_target, lm_weights, robust),
+            # photo by photo through one scene (a batch of them: shared identity; mfface.itemwise)
+            "photo": lambda: itemwise_photometric(forward, view, settings, vertices, seen.images, seen.skin),
+            "landmarks": lambda: landmark_loss(landmarks / scale, lm_target, lm_weights, robust),
             "identity": lambda: statistical_prior(state.identity),
             "expression": lambda: statistical_prior(state.expression),
             "light": lambda: sh_energy(state.sh),

@@ -25,8 +25,9 @@ from mfface.fitting.targets import FitTargets
 from mfface.fitting.unseen import fill_unseen
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.interrupt import raise_if_requested
-from mfface.objectives import (closeness_loss, consistency_loss, photometric_loss, range_loss,
-                               smoothness_loss, symmetry_loss, weighted_terms)
+from mfface.itemwise import itemwise_photometric
+from mfface.objectives import (closeness_loss, consistency_loss, range_loss, smoothness_loss, symmetry_loss,
+                               weighted_terms)
 from mfface.schedules import cosine_decay
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler
@@ -60,7 +61,6 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
     report = StageReport()
     steps = cfg.iterations + cfg.solve_passes   # what the progress callback counts: iterations, then passes
     for it in range(cfg.iterations):
-        image, coverage = forward.render(state, settings.with_seed(SEED_OFFSET + it), vertices)
         uv_pairs = mirror.sample(8192, generator) if mirror is not None else None
         priors = {}
         for name, texture in maps.items():
@@ -73,7 +73,8 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
             priors[f"{name}_smoothness"] = lambda t=texture: smoothness_loss(t)
             priors[f"{name}_range"] = lambda t=texture, b=low_high: range_loss(t, *b)
         terms = weighted_terms(cfg, WEIGHTS, {
-            "photo": lambda: photometric_loss(image, coverage, targets.images, targets.skin), **priors})
+            "photo": lambda: itemwise_photometric(forward, state, settings.with_seed(SEED_OFFSET + it), vertices,
+                                                  targets.images, targets.skin), **priors})
         terms = {k: (v if k == "photo" else cfg.texture_reg_scale * v) for k, v in terms.items()}
         total = sum(terms.values())
         optimiser.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ from mfface.interrupt import raise_if_requested
 from mfface.learning import checkpoint as ckpt
 from mfface.learning.config import RESUMABLE_CHANGES, TrainConfig, mix_ratios, phase_of
 from mfface.learning.dataset import Augmentation, FaceDataset
-from mfface.learning.itemwise import itemwise_photometric
+from mfface.itemwise import itemwise_photometric
 from mfface.learning.network import MEAN_SKIN, FaceNet, NetworkSpec, Prediction
 from mfface.metrics import aligned_distances
 from mfface.morphable.model import MorphableModel
@@ -179,7 +179,7 @@ class Objective:
         def photo() -> torch.Tensor:
             # Only this term renders: with photo_weight 0 (geometry pre-training) a step costs the
             # network and the model's vertices, not Mitsuba. Item by item through one scene: a
-            # batch's scenes alive together slow each other (mfface.learning.itemwise).
+            # batch's scenes alive together slow each other (mfface.itemwise).
             return itemwise_photometric(self.forward, state, replace(self.settings, size=size, seed=seed),
                                         vertices, batch["image"], mask)
         terms = weighted_terms(cfg, LOSS_WEIGHTS, {
