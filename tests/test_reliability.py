@@ -276,8 +276,8 @@ def test_params_json_is_strict_json(fitted):
 def test_a_diverging_fit_stops_with_one_line(installed_ict, tmp_path, monkeypatch):
     import mfface.fitting.photometric_stage as stage2
 
-    real = stage2.photometric_loss
-    monkeypatch.setattr(stage2, "photometric_loss", lambda *a: real(*a) * float("nan"))
+    real = stage2.itemwise_photometric
+    monkeypatch.setattr(stage2, "itemwise_photometric", lambda *a: real(*a) * float("nan"))
     line = fails("fit", astronaut(), "-o", tmp_path / "out", *TINY)
     assert "diverged in stage 2 at iteration 1" in line
     assert not (tmp_path / "out" / "astronaut").exists()
