@@ -4,7 +4,8 @@ Parts (`--part`, repeatable; all by default):
 - `throughput`: images/s of `Trainer.train_step` (forward + backward through Mitsuba, batch 8,
   ResNet-18) at 128 px / 4 spp and 224 px / 8 spp, and at 128 px without the photometric term
   (geometry pre-training: no render), on `mfface synth` data made for it (a few timed steps after
-  two warm-up steps).
+  two warm-up steps); `--setting 224x4` picks others, `--data-dir` keeps the data for a machine
+  without MediaPipe, `--device cuda` runs on a GPU.
 - `latency`: the encoder alone (one 224 px crop, ResNet-18, 2 torch threads) in ms, and the whole
   prediction of one photo excluding start-up (detection, crop, network, result folder written at
   the default final spp) in s.
@@ -42,9 +43,15 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_synthetic import image_metrics, landmark_error  # noqa: E402
 
-from mfface.backend import select_variant  # noqa: E402
+from mfface.backend import select_variant, torch_device  # noqa: E402
 from mfface.config import FitConfig, apply_overrides, to_toml  # noqa: E402
 from mfface.metrics import aligned_distances  # noqa: E402
+
+
+def mi_variant() -> str:
+    import mitsuba as mi
+
+    return mi.variant()
 
 
 def _model(name: str | None):
@@ -53,30 +60,62 @@ def _model(name: str | None):
     return ModelStore().load(name)
 
 
-def throughput(model_name: str | None, steps: int) -> dict:
-    """Training images/s at the two settings the issue names."""
+SETTINGS = ("128x4", "224x8", "128x0")
+
+
+def throughput(model_name: str | None, steps: int, settings: list[str], data_dir: Path | None,
+               device: torch.device, profile: bool = False) -> dict:
+    """Training images/s at each `SIZExSPP` setting (SPP 0: geometry pre-training, no render).
+
+    Each setting trains on 24 `mfface synth` faces of its size, made in `data_dir` when missing
+    there (kept for the next run, so that a machine without MediaPipe can reuse files made
+    elsewhere) or in a temporary folder. `profile` prints where the timed steps' host time goes
+    (cProfile, the 25 functions of most own time)."""
+    import cProfile
+    import pstats
+
     from mfface.learning.config import TrainConfig
     from mfface.learning.train import Trainer
 
     rows = {}
-    for size, spp, photo in ((128, 4, True), (224, 8, True), (128, 4, False)):
+    for setting in settings:
+        size, spp = (int(v) for v in setting.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "d.h5"
-            _synth(data, 24, size, 4, model_name)
-            config = apply_overrides(TrainConfig(), {"data.batch": 8, "render.spp": spp, "data.val_fraction": 0.0,
+            data = (data_dir or Path(tmp)) / f"throughput_{size}.h5"
+            if not data.exists():
+                _synth(data, 24, size, 4, model_name)
+            config = apply_overrides(TrainConfig(), {"data.batch": 8, "render.spp": max(spp, 1),
+                                                     "data.val_fraction": 0.0,
                                                      "schedule.encoder_steps": steps + 2,
-                                                     **({} if photo else {"losses.photo_weight": 0.0})})
-            trainer = Trainer(_model(model_name), config, [data], Path(tmp) / "run", torch.device("cpu"))
+                                                     **({} if spp else {"losses.photo_weight": 0.0})})
+            trainer = Trainer(_model(model_name), config, [data], Path(tmp) / "run", device)
             for step in range(2):
                 trainer.train_step(step)
+            _synchronize(device)
+            profiler = cProfile.Profile() if profile else None
             started = time.perf_counter()
+            if profiler:
+                profiler.enable()
             for step in range(2, steps + 2):
                 trainer.train_step(step)
+            _synchronize(device)
             seconds = (time.perf_counter() - started) / steps
-            name = f"{size}px_{spp}spp" if photo else f"{size}px_no_render"
+            if profiler:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            name = f"{size}px_{spp}spp" if spp else f"{size}px_no_render"
             rows[name] = {"images_per_s": round(8 / seconds, 3), "seconds_per_step": round(seconds, 3)}
             print(f"train {name}: {rows[name]}", flush=True)
     return rows
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work (torch's and Dr.Jit's) so that a timer measures it."""
+    if device.type == "cuda":
+        import drjit as dr
+
+        dr.sync_thread()
+        torch.cuda.synchronize()
 
 
 def _synth(path: Path, count: int, size: int, spp: int, model_name: str | None) -> None:
@@ -220,13 +259,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (throughput)")
     parser.add_argument("--photo", type=Path, default=None, help="photo for the latency part")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--setting", action="append", default=None,
+                        help=f"SIZExSPP training setting (throughput; repeatable; default {' '.join(SETTINGS)})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder for the throughput datasets, reused when present (throughput)")
+    parser.add_argument("--profile", action="store_true", help="profile the timed steps (throughput)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where Mitsuba and torch run (cuda: a GPU machine)")
     args = parser.parse_args()
     parts = args.part or ["throughput", "latency", "quality"]
-    select_variant("cpu")
+    select_variant(args.device)
+    device = torch_device()
     summary = {"machine": f"{os.cpu_count()} cores", "load_start": round(os.getloadavg()[0], 2),
-               "torch_threads": torch.get_num_threads()}
+               "torch_threads": torch.get_num_threads(), "variant": mi_variant()}
+    if device.type == "cuda":
+        summary["gpu"] = torch.cuda.get_device_name(0)
     if "throughput" in parts:
-        summary["throughput"] = throughput(args.model, args.steps)
+        summary["throughput"] = throughput(args.model, args.steps, args.setting or list(SETTINGS),
+                                           args.data_dir, device, args.profile)
     if "latency" in parts:
         from mfface.sample import example_photo_path
 

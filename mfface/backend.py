@@ -103,8 +103,13 @@ def select_variant(device: str | None = None) -> str:
     if device not in (None, "cpu", "cuda"):
         raise BackendError(f"Unknown device {device!r}; use 'cpu' or 'cuda'.")
     if device != "cuda":
-        # The LLVM backend is still initialised when CUDA is used (Mitsuba's host-side code uses it).
-        os.environ["DRJIT_LIBLLVM_PATH"] = str(find_libllvm())
+        # Mitsuba's host-side code uses the LLVM backend when it is there, also beside CUDA; a GPU
+        # machine without a usable libLLVM still renders with `cuda_ad_rgb` (auto or 'cuda').
+        try:
+            os.environ["DRJIT_LIBLLVM_PATH"] = str(find_libllvm())
+        except BackendError:
+            if device == "cpu" or not _cuda_works():
+                raise
     import mitsuba as mi
 
     if device == "cuda" or (device is None and _cuda_works()):

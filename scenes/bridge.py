@@ -23,6 +23,7 @@ import mitsuba as mi
 import numpy as np
 import torch
 
+from mfface.backend import torch_device
 from mfface.camera import principal_point
 from mfface.scenes import face_scene as fs
 from mfface.scenes.parts import PartMesh, check_parts
@@ -149,15 +150,19 @@ class FaceRenderer:
         (`mfface.camera`); parts (B, P, 3) or (P, 3) camera-space mm, the vertices of
         `self.parts` concatenated in order (required when the renderer has parts; pass them
         detached unless their gradients are wanted). Unbatched inputs (no leading B) give B = 1.
+        Inputs on another torch device than the Mitsuba variant's (CPU tensors under
+        `cuda_ad_rgb`) are copied there, and the image and mask return to the vertices' device.
         The image is differentiable w.r.t. vertices, the three textures and the envmap (and
         parts that require grad); the mask, the coverage of face and parts, is not.
         Item b uses seed `seed + b` so that the items' noise is independent.
         """
-        vertices = _batched(vertices, "vertices", 3)
-        diffuse = _batched(diffuse, "diffuse", 4)
-        specular = _batched(specular, "specular", 4)
-        roughness = _batched(roughness, "roughness", 4)
-        envmap = _batched(envmap, "envmap", 4)
+        home = vertices.device  # the image comes back here; Mitsuba renders on the variant's device
+        device = torch_device()
+        vertices = _batched(vertices, "vertices", 3).to(device)
+        diffuse = _batched(diffuse, "diffuse", 4).to(device)
+        specular = _batched(specular, "specular", 4).to(device)
+        roughness = _batched(roughness, "roughness", 4).to(device)
+        envmap = _batched(envmap, "envmap", 4).to(device)
         batch = vertices.shape[0]
         if vertices.shape[1:] != (self.n_vertices, 3):
             raise ValueError(f"vertices must have shape (B, {self.n_vertices}, 3), got {tuple(vertices.shape)}.")
@@ -184,7 +189,7 @@ class FaceRenderer:
             if parts is None:
                 raise ValueError(f"this renderer shows {len(self.parts)} parts "
                                  f"({', '.join(p.name for p in self.parts)}); pass their vertices as parts=.")
-            parts = _batched(parts, "parts", 3)
+            parts = _batched(parts, "parts", 3).to(device)
             if parts.shape[1:] != (self.n_part_vertices, 3) or parts.shape[0] not in (1, batch):
                 raise ValueError(f"parts must have shape (B, {self.n_part_vertices}, 3) with B = 1 or "
                                  f"{batch}, got {tuple(parts.shape)}.")
@@ -208,7 +213,7 @@ class FaceRenderer:
                 pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)
             images.append(_OneBackward.apply(rgb) if rgb.requires_grad else rgb)
             masks.append(alpha.detach())
-        return torch.stack(images), torch.stack(masks)
+        return torch.stack(images).to(home), torch.stack(masks).to(home)
 
 
 class _OneBackward(torch.autograd.Function):

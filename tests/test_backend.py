@@ -65,3 +65,29 @@ def test_variant_is_selected(variant: str) -> None:
 def test_unknown_device_is_rejected() -> None:
     with pytest.raises(backend.BackendError, match="Unknown device"):
         backend.select_variant("tpu")
+
+
+@pytest.mark.parametrize("device, cuda, expected", [
+    (None, True, "cuda_ad_rgb"),       # a GPU machine without libLLVM renders on the GPU
+    (None, False, "No libLLVM"),       # nothing to render with: the install message
+    ("cpu", True, "No libLLVM"),       # the CPU was asked for: it needs libLLVM
+])
+def test_missing_llvm_only_matters_without_cuda(monkeypatch: pytest.MonkeyPatch, device: str | None,
+                                                cuda: bool, expected: str) -> None:
+    import mitsuba as mi
+
+    def no_llvm() -> Path:
+        raise backend.BackendError("No libLLVM >= 18 found (found: none); install it.")
+
+    chosen = []
+    monkeypatch.setattr(backend, "find_libllvm", no_llvm)
+    monkeypatch.setattr(backend, "_cuda_works", lambda: cuda)
+    monkeypatch.setattr(mi, "set_variant", chosen.append)
+    monkeypatch.setenv("DRJIT_LIBLLVM_PATH", "unchanged")
+    select = backend.select_variant.__wrapped__  # past the cache: this call's own decision
+    if expected.startswith("No"):
+        with pytest.raises(backend.BackendError, match=expected):
+            select(device)
+        assert chosen == []
+    else:
+        assert select(device) == expected and chosen == [expected]
