@@ -85,7 +85,7 @@ class PureDrJit:
         import mitsuba as mi
         from mfface.scenes import face_scene as fs
 
-        self.scene, self.params = renderer._scenes[0]
+        self.scene, self.params = next(iter(renderer._scenes.values()))[0]  # the bridge's scene 0
         self.verts = mi.Float(x["vertices"].detach().numpy().ravel())
         self.tensors = {fs.DIFFUSE: mi.TensorXf(x["diffuse"].detach().numpy()),
                         fs.SPECULAR: mi.TensorXf(x["specular"].detach().numpy()),

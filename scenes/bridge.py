@@ -12,8 +12,8 @@ Dr.Jit, so no value is read back to the host per call.
 Batches use one scene per batch item (each item has its own camera and envmap; see
 docs/renderer.md for the measurement behind this choice).
 
-Parts (eyeballs, teeth, mouth interior; `mfface.scenes.parts`) are extra meshes in the same
-scenes, their positions written from one (B, P, 3) tensor on every call like the face's. The
+Parts (eyeballs, teeth, mouth interior; `mfface.scenes.parts`) are one extra mesh in the same
+scenes, its positions written from one (B, P, 3) tensor on every call like the face's. The
 forward model passes them detached (no gradients: docs/renderer.md, "Parts").
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ class FaceRenderer:
             scene = self._build_scene(spec)
             params = mi.traverse(scene)
             params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
-                         fs.PRINCIPAL_X, fs.PRINCIPAL_Y] + [fs.part_positions(p) for p in self.parts])
+                         fs.PRINCIPAL_X, fs.PRINCIPAL_Y] + ([fs.PARTS_POSITIONS] if self.parts else []))
             scenes.append((scene, params))
         return scenes[index]
 
@@ -116,12 +116,8 @@ class FaceRenderer:
         env = (envmap.shape[0], envmap.shape[1] - 2)
         scene, params = self._scene(index, tex, env, fs.sampler_for(self.sampler, spp))
         params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
-        start = 0
-        for part in self.parts:  # fixed slices of one buffer: the same kernel on every call
-            stop = start + 3 * part.n_vertices
-            params[fs.part_positions(part)] = dr.gather(mi.Float, parts.array,
-                                                        dr.arange(mi.UInt32, start, stop))
-            start = stop
+        if self.parts:
+            params[fs.PARTS_POSITIONS] = parts.array
         params[fs.DIFFUSE] = diffuse
         params[fs.SPECULAR] = specular
         params[fs.ROUGHNESS] = roughness

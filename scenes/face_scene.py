@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from mfface.scenes import bsdf as _bsdf
-from mfface.scenes.parts import MATERIALS, PartMesh, check_parts, part_uvs
+from mfface.scenes.parts import PartMesh, check_parts, material_atlas, part_uvs
 
 INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path")
 SAMPLERS = ("ldsampler", "multijitter", "independent")
@@ -60,9 +60,8 @@ PRINCIPAL_X = f"{SENSOR_KEY}.principal_point_offset_x"
 PRINCIPAL_Y = f"{SENSOR_KEY}.principal_point_offset_y"
 
 
-def part_positions(part: PartMesh) -> str:
-    """The Mitsuba parameter name of a part's vertex positions."""
-    return f"{part.key}.vertex_positions"
+PARTS_KEY = "parts"  # one mesh holding every part, their vertices concatenated in order
+PARTS_POSITIONS = f"{PARTS_KEY}.vertex_positions"
 
 
 @dataclass(frozen=True)
@@ -159,24 +158,24 @@ def build_mesh(triangles: np.ndarray, uvs: np.ndarray, bsdf: mi.BSDF, name: str 
     return mesh
 
 
-def part_mesh(part: PartMesh, fresnel: str) -> mi.Mesh:
-    """The Mitsuba mesh of a part, `part.key`, with its material (`scenes.parts.MATERIALS`) as an
-    `mfface` BSDF of constant textures; positions are set by the bridge on every render."""
-    material = MATERIALS[part.material]
-    bsdf = mi.load_dict({
-        "type": _bsdf.PLUGIN_NAME,
-        "diffuse": _bitmap(material.diffuse_profile()),
-        "specular": _texture((1, 1), 3, material.specular),
-        "roughness": _texture((1, 1), 1, material.roughness),
-        "fresnel": fresnel,
-    })
-    return build_mesh(part.triangles, part_uvs(part), bsdf, name=part.key)
+def parts_mesh(parts: tuple[PartMesh, ...], fresnel: str) -> mi.Mesh:
+    """One Mitsuba mesh (`PARTS_KEY`) of all parts, their vertices concatenated in order, with one
+    `mfface` BSDF over their material atlas (`scenes.parts.material_atlas`; part r's UVs in atlas row
+    r). One shape and one BSDF instead of one per part: every shape is updated and every BSDF
+    instance traced on each render. Positions are set by the bridge on every render."""
+    diffuse, specular, roughness = material_atlas(parts)
+    bsdf = mi.load_dict({"type": _bsdf.PLUGIN_NAME, "diffuse": _bitmap(diffuse), "specular": _bitmap(specular),
+                         "roughness": _bitmap(roughness), "fresnel": fresnel})
+    offsets = np.cumsum([0] + [part.n_vertices for part in parts])
+    triangles = np.concatenate([np.asarray(part.triangles) + offset for part, offset in zip(parts, offsets)])
+    uvs = np.concatenate([part_uvs(part, row, len(parts)) for row, part in enumerate(parts)])
+    return build_mesh(triangles, uvs, bsdf, name=PARTS_KEY)
 
 
 def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
                parts: tuple[PartMesh, ...] = ()) -> dict:
     """The face scene for `spec` as a Mitsuba scene dict, with placeholder values (grey textures,
-    white light, 60 deg fov): the face mesh (`MESH_KEY`), one mesh per part (`part.key`), the
+    white light, 60 deg fov): the face mesh (`MESH_KEY`), the parts' mesh (`PARTS_KEY`), the
     envmap (`EMITTER_KEY`), the camera (`SENSOR_KEY`) and the integrator. Every scene that shows
     the face is built from this dict (`build_scene`, and the relighting scene in
     `mfface.scenes.relight_scene`, which adds lamps), so what is added here (more geometry,
@@ -220,8 +219,8 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
                      "sample_border": spec.integrator.endswith("_projective")},
         },
     }
-    for part in parts:
-        scene[part.key] = part_mesh(part, spec.fresnel)
+    if parts:
+        scene[PARTS_KEY] = parts_mesh(tuple(parts), spec.fresnel)
     return scene
 
 

@@ -1,7 +1,10 @@
 """The meshes rendered beside the face (eyeballs, teeth, mouth interior) and their materials.
 
 A part is a triangle mesh whose vertices the bridge updates on every render, like the face's,
-with a fixed material of its own: the `mfface` BSDF (`scenes/bsdf.py`) with constant textures.
+with a fixed material of its own. The scene holds all parts as one mesh with one `mfface` BSDF
+(`scenes/bsdf.py`) whose textures are an atlas with one row per part (`material_atlas`): Dr.Jit
+traces a BSDF call once per BSDF instance in the scene and updates every shape, so one mesh and
+BSDF per part cost each render its own traces (bench/RESULTS.md, "GPU").
 Reflectance values are linear RGB in [0, 1], chosen to look plausible next to skin albedos of
 0.2-0.5 under the fitted light (they are not fitted: the photometric loss never counts them):
 
@@ -13,8 +16,9 @@ Reflectance values are linear RGB in [0, 1], chosen to look plausible next to sk
 - `mouth`: mouth socket, gums and tongue, a dark red (0.30, 0.075, 0.06), specular 0.03,
   roughness 0.35 (wet); the cavity's own shadow makes it darker still.
 
-The coordinate t reaches the texture as the mesh's u = clamp(t / COORD_RANGE, 0, 1) (v = 0.5):
-a 1 x PROFILE_SIZE diffuse texture holds the colour profile over t in [0, COORD_RANGE].
+The coordinate t reaches the texture as the mesh's u = clamp(t / COORD_RANGE, 0, 1), and v is the
+centre of the part's atlas row: row r of the diffuse atlas (R x PROFILE_SIZE) holds part r's colour
+profile over t in [0, COORD_RANGE]; the specular and roughness atlases (R x 1) its constants.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ PROFILE_SIZE = 256     # texels of a material's diffuse profile
 
 @dataclass(frozen=True)
 class PartMesh:
-    """What the renderer needs of a part: its name (Mitsuba key `part_<name>`), material
+    """What the renderer needs of a part: its name, material
     (a key of MATERIALS), triangles (F, 3) into its own vertices and the per-vertex material
     coordinate (V,) (see the module docstring)."""
     name: str
@@ -39,11 +43,6 @@ class PartMesh:
     @property
     def n_vertices(self) -> int:
         return int(self.material_coord.shape[0])
-
-    @property
-    def key(self) -> str:
-        """The mesh's key in the Mitsuba scene (and the prefix of its parameters)."""
-        return f"part_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,18 @@ def check_parts(parts: tuple[PartMesh, ...]) -> None:
                              f"{part.material_coord.shape}.")
 
 
-def part_uvs(part: PartMesh) -> np.ndarray:
-    """(V, 2) model-convention UVs (v = 0 at the bottom) that carry t: u = clamp(t / COORD_RANGE)."""
+def part_uvs(part: PartMesh, row: int = 0, rows: int = 1) -> np.ndarray:
+    """(V, 2) model-convention UVs (v = 0 at the bottom) that carry t, u = clamp(t / COORD_RANGE),
+    at the centre of atlas row `row` of `rows` (row 0 at the top), v = 1 - (row + 0.5) / rows."""
     u = np.clip(np.asarray(part.material_coord, np.float64) / COORD_RANGE, 0.0, 1.0)
-    return np.stack([u, np.full_like(u, 0.5)], axis=1).astype(np.float32)
+    return np.stack([u, np.full_like(u, 1.0 - (row + 0.5) / rows)], axis=1).astype(np.float32)
+
+
+def material_atlas(parts: tuple[PartMesh, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shared BSDF's textures, row r for parts[r]: diffuse (R, PROFILE_SIZE, 3) colour profiles,
+    specular (R, 1, 3) and roughness (R, 1, 1) constants; float32 linear values."""
+    materials = [MATERIALS[part.material] for part in parts]
+    diffuse = np.concatenate([m.diffuse_profile() for m in materials], axis=0)
+    specular = np.array([[[m.specular] * 3] for m in materials], np.float32)
+    roughness = np.array([[[m.roughness]] for m in materials], np.float32)
+    return diffuse, specular, roughness
