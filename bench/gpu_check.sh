@@ -26,6 +26,7 @@ timeout "${TESTS_S:-200}" python3 -m pytest -q -p no:cacheprovider -n 8 --timeou
     tests/test_forward.py tests/test_itemwise.py tests/test_sh.py tests/test_light_solve.py \
     tests/test_texel_solve.py tests/test_objectives.py tests/test_network.py tests/test_train.py \
     tests/test_relight.py tests/test_camera.py tests/test_uncertainty.py tests/test_fit_parts.py \
+    tests/test_direct.py \
     >"$OUT/tests.log" 2>&1
 
 # Where the host time of a training step goes (tracing against kernels), 224 px / 4 spp.

@@ -70,10 +70,8 @@ def throughput(model_name: str | None, steps: int, settings: list[str], data_dir
     Each setting trains on 24 `mfface synth` faces of its size, made in `data_dir` when missing
     there (kept for the next run, so that a machine without MediaPipe can reuse files made
     elsewhere) or in a temporary folder. `profile` prints where the timed steps' host time goes
-    (cProfile, the 25 functions of most own time)."""
-    import cProfile
-    import pstats
-
+    (cProfile, the 25 functions of most own time). Each setting is timed twice: steps that load
+    their batch (as `data.workers = 0`) and steps on batches loaded beforehand (`_preloaded`)."""
     from mfface.learning.config import TrainConfig
     from mfface.learning.train import Trainer
 
@@ -86,27 +84,42 @@ def throughput(model_name: str | None, steps: int, settings: list[str], data_dir
                 _synth(data, 24, size, 4, model_name)
             config = apply_overrides(TrainConfig(), {"data.batch": 8, "render.spp": max(spp, 1),
                                                      "data.val_fraction": 0.0,
-                                                     "schedule.encoder_steps": steps + 2,
+                                                     "schedule.encoder_steps": 2 * steps + 2,
                                                      **({} if spp else {"losses.photo_weight": 0.0})})
             trainer = Trainer(_model(model_name), config, [data], Path(tmp) / "run", device)
             for step in range(2):
                 trainer.train_step(step)
             _synchronize(device)
-            profiler = cProfile.Profile() if profile else None
-            started = time.perf_counter()
-            if profiler:
-                profiler.enable()
-            for step in range(2, steps + 2):
-                trainer.train_step(step)
-            _synchronize(device)
-            seconds = (time.perf_counter() - started) / steps
-            if profiler:
-                profiler.disable()
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             name = f"{size}px_{spp}spp" if spp else f"{size}px_no_render"
-            rows[name] = {"images_per_s": round(8 / seconds, 3), "seconds_per_step": round(seconds, 3)}
+            loading = _timed_steps(trainer, range(2, steps + 2), device, preload=False, profile=profile)
+            # the next steps with their batches loaded beforehand, as `data.workers` provide them
+            preloaded = _timed_steps(trainer, range(steps + 2, 2 * steps + 2), device, preload=True)
+            rows[name] = {"images_per_s": round(8 / loading, 3), "seconds_per_step": round(loading, 3),
+                          "images_per_s_preloaded": round(8 / preloaded, 3)}
             print(f"train {name}: {rows[name]}", flush=True)
     return rows
+
+
+def _timed_steps(trainer, steps: range, device: torch.device, preload: bool, profile: bool = False) -> float:
+    """Seconds per training step over `steps`: each step loading its batch (`preload` False) or
+    on batches loaded before the clock starts; `profile` prints cProfile's top 25 by own time."""
+    import cProfile
+    import pstats
+
+    batches = {step: trainer._batch(step) for step in steps} if preload else {}
+    profiler = cProfile.Profile() if profile else None
+    _synchronize(device)
+    started = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    for step in steps:
+        trainer.train_step(step, batches.get(step))
+    _synchronize(device)
+    seconds = (time.perf_counter() - started) / len(steps)
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return seconds
 
 
 def _synchronize(device: torch.device) -> None:

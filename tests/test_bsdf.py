@@ -69,12 +69,15 @@ def test_eval_pdf_sample_match_the_builtin_bsdf(variant: str, kind, kd, ks, roug
     ctx = mi.BSDFContext()
     si, wo, rng = _interaction(4096, 1)
 
+    # CUDA's approximate division and square root put 9 of 12288 values up to 5e-4 (relative)
+    # from the C++ reference on an H200 (bench/RESULTS.md, "GPU"); the CPU agrees to 1e-4.
+    rtol = 1e-4 if variant.startswith("llvm") else 1e-3
     v1, p1 = ours.eval_pdf(ctx, si, wo)
     v2, p2 = ref.eval_pdf(ctx, si, wo)
-    np.testing.assert_allclose(np.array(v1), np.array(v2), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.array(p1), np.array(p2), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.array(ours.eval(ctx, si, wo)), np.array(v2), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.array(ours.pdf(ctx, si, wo)), np.array(p2), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.array(v1), np.array(v2), rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(np.array(p1), np.array(p2), rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(np.array(ours.eval(ctx, si, wo)), np.array(v2), rtol=rtol, atol=1e-6)
+    np.testing.assert_allclose(np.array(ours.pdf(ctx, si, wo)), np.array(p2), rtol=rtol, atol=1e-6)
     below = np.array(wo.z) < 0   # one-sided: nothing below the surface
     assert below.any() and np.all(np.array(v1)[:, below] == 0) and np.all(np.array(p1)[below] == 0)
 
