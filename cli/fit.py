@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -153,7 +154,9 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
         appearance = None if predictor is None else predictor.start_state(prepared, shared_identity)
         return reconstructor.fit(prepared, shared_identity=shared_identity, skip_stages=skip, resume=resume,
                                  checkpoint_dir=run_dir, on_step=on_step, appearance=appearance)
-    with LandmarkDetector(max_num_faces=config.input.max_faces) as detector:
+    # a landmark file needs no detector: MediaPipe is not even loaded (a machine without it fits)
+    detecting = landmark_file is None
+    with (LandmarkDetector(max_num_faces=config.input.max_faces) if detecting else nullcontext()) as detector:
         job = GroupJob(config, output, overwrite, Progress(*PROGRESS_COLUMNS, console=_CONSOLE),
                        _prepare(config, detector, landmark_file, shared_identity), solve,
                        _resume_command(output, shared_identity, model_name, landmark_file))

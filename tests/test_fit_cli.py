@@ -147,7 +147,13 @@ def test_landmark_file_for_several_photos_is_refused(installed_ict, tmp_path: Pa
     assert "one photo" in output
 
 
-def test_fit_with_an_ibug68_landmark_file(installed_ict, tmp_path: Path) -> None:
+def test_fit_with_an_ibug68_landmark_file(installed_ict, tmp_path: Path, monkeypatch) -> None:
+    import mfface.landmarks
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("a fit from a landmark file built MediaPipe's detector")
+
+    monkeypatch.setattr(mfface.landmarks, "LandmarkDetector", no_detector)
     result = run(str(data_file("images/takeo.ppm")), "-o", str(tmp_path), *TINY,
                  "--landmarks", str(data_file("images/takeo.pts")))
     assert result.exit_code == 0, result.output

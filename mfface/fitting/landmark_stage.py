@@ -128,7 +128,8 @@ def fit_landmarks(model: MorphableModel, landmarks: torch.Tensor, landmark_index
 
     if init is None:
         with torch.no_grad():
-            start = model.vertices(identity)[:, vertex_index].expand(batch, -1, -1)
+            # the mean face is made on the CPU when identity is None: index it with CPU indices
+            start = model.vertices(identity)[:, vertex_index.cpu()].expand(batch, -1, -1)
         euler0, trans0, focal0 = _pnp_init(start.cpu().double().numpy(), target.cpu().double().numpy(),
                                            width, height, known_focal, centre.cpu().double().numpy())
     else:
