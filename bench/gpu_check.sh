@@ -2,7 +2,12 @@
 # The GPU checks of one lent device session (see bench/RESULTS.md, "GPU"), run by the device tool
 # from the repository root with `carry: [.gpu]`. .gpu/ (git-ignored) holds what that machine lacks:
 #   site.tar.xz  mitsuba 3.9.1 + drjit 1.5.0 + trimesh cp312 wheels unpacked, the spectral/mono
-#                variants removed (the machine's python3 is 3.12 with its own torch and numpy);
+#                variants removed (the machine's python3 is 3.12 with its own torch and numpy):
+#                  pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                    --platform manylinux_2_28_x86_64 -d whl mitsuba==3.9.1 drjit==1.5.0 trimesh==5.2.0
+#                  (cd site && for w in ../whl/*.whl; do unzip -q $w; done; rm -rf share mitsuba/include \
+#                    mitsuba/{cuda,llvm}_ad_{mono,spectral}* mitsuba/scalar_spectral*)
+#                  tar -cJf .gpu/site.tar.xz -C site .     (34 MB; the wheels are 68 MB, over the limit)
 #   data/        the throughput datasets made here by `bench/train.py --data-dir .gpu/data` (the GPU
 #                machine has no MediaPipe, which `mfface synth` runs on its renders).
 # Results go to $OUT: the environment, the render and throughput benches' logs, the selected tests'
