@@ -58,6 +58,32 @@ MEDIAPIPE_FACE_OVAL: tuple[int, ...] = (
     152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
 )
 
+# The face-mesh edges of the eyes, brows and lips, as MediaPipe 0.10.21 defines them (FACEMESH_*
+# in mediapipe/python/solutions/face_mesh_connections.py, Apache-2.0; tests/test_masks.py checks
+# them against the installed package): the skin mask's holes need them, and a fit from a landmark
+# file does not need MediaPipe otherwise.
+MEDIAPIPE_LEFT_EYE: frozenset[tuple[int, int]] = frozenset({
+    (249, 390), (263, 249), (263, 466), (373, 374), (374, 380), (380, 381), (381, 382), (382, 362),
+    (384, 398), (385, 384), (386, 385), (387, 386), (388, 387), (390, 373), (398, 362), (466, 388),
+})
+MEDIAPIPE_RIGHT_EYE: frozenset[tuple[int, int]] = frozenset({
+    (7, 163), (33, 7), (33, 246), (144, 145), (145, 153), (153, 154), (154, 155), (155, 133),
+    (157, 173), (158, 157), (159, 158), (160, 159), (161, 160), (163, 144), (173, 133), (246, 161),
+})
+MEDIAPIPE_LEFT_EYEBROW: frozenset[tuple[int, int]] = frozenset({
+    (276, 283), (282, 295), (283, 282), (293, 334), (295, 285), (296, 336), (300, 293), (334, 296),
+})
+MEDIAPIPE_RIGHT_EYEBROW: frozenset[tuple[int, int]] = frozenset({
+    (46, 53), (52, 65), (53, 52), (63, 105), (65, 55), (66, 107), (70, 63), (105, 66),
+})
+MEDIAPIPE_LIPS: frozenset[tuple[int, int]] = frozenset({
+    (0, 267), (13, 312), (14, 317), (17, 314), (37, 0), (39, 37), (40, 39), (61, 146), (61, 185),
+    (78, 95), (78, 191), (80, 81), (81, 82), (82, 13), (84, 17), (87, 14), (88, 178), (91, 181),
+    (95, 88), (146, 91), (178, 87), (181, 84), (185, 40), (191, 80), (267, 269), (269, 270),
+    (270, 409), (310, 415), (311, 310), (312, 311), (314, 405), (317, 402), (318, 324), (321, 375),
+    (324, 308), (375, 291), (402, 318), (405, 321), (409, 291), (415, 308),
+})
+
 MEDIAPIPE_TO_IBUG68: tuple[tuple[int, ...], ...] = (
     # jaw contour 0-16, from the subject's right (image left) to the left
     (127,), (234,), (93,), (132, 58), (58, 172), (136,), (150,), (176,), (152,),

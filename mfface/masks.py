@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.spatial import ConvexHull, QhullError
 
-from mfface.landmarks import MEDIAPIPE_FACE_OVAL, LandmarkCheckError
+from mfface.landmarks import (MEDIAPIPE_FACE_OVAL, MEDIAPIPE_LEFT_EYE, MEDIAPIPE_LEFT_EYEBROW, MEDIAPIPE_LIPS,
+                              MEDIAPIPE_RIGHT_EYE, MEDIAPIPE_RIGHT_EYEBROW, LandmarkCheckError)
 
 
 class SkinMaskError(LandmarkCheckError):
@@ -54,15 +55,12 @@ def _loops(edges: frozenset[tuple[int, int]]) -> list[list[int]]:
 
 @lru_cache(maxsize=1)
 def _mediapipe_regions() -> dict[str, list]:
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
     return {
         "face": list(MEDIAPIPE_FACE_OVAL),
         "holes": [sorted({i for e in s for i in e}) for s in (
-            fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE,
-            fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW)],
+            MEDIAPIPE_LEFT_EYE, MEDIAPIPE_RIGHT_EYE, MEDIAPIPE_LEFT_EYEBROW, MEDIAPIPE_RIGHT_EYEBROW)],
         # MediaPipe's lips are two loops (outer and inner); the inner one, the smaller, is the hole.
-        "mouth": _loops(fmc.FACEMESH_LIPS),
+        "mouth": _loops(MEDIAPIPE_LIPS),
     }
 
 

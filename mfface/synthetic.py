@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from mfface.camera import to_camera
 from mfface.config import FitConfig, _f
 from mfface.forward import ForwardModel, RenderSettings
+from mfface.landmarks import (MEDIAPIPE_LEFT_EYE, MEDIAPIPE_LEFT_EYEBROW, MEDIAPIPE_LIPS, MEDIAPIPE_RIGHT_EYE,
+                              MEDIAPIPE_RIGHT_EYEBROW)
 from mfface.morphable.model import MorphableModel
 from mfface.sh import envmap_directions, envmap_to_sh
 from mfface.state import FaceState
@@ -131,11 +133,9 @@ def background(g: torch.Generator, size: int) -> torch.Tensor:
 def _fill_uncovered(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`points` (478, 2) with the landmarks the model does not cover (index -1) filled in: iris
     points at their eye-contour centres (module docstring), any other at the covered points' mean."""
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
     missing = index < 0
     points = torch.where(missing[:, None], points[~missing].mean(0), points)
-    for iris, contour in ((RIGHT_IRIS, fmc.FACEMESH_RIGHT_EYE), (LEFT_IRIS, fmc.FACEMESH_LEFT_EYE)):
+    for iris, contour in ((RIGHT_IRIS, MEDIAPIPE_RIGHT_EYE), (LEFT_IRIS, MEDIAPIPE_LEFT_EYE)):
         eye = sorted({i for edge in contour for i in edge})
         for i in iris:
             if missing[i]:
@@ -539,15 +539,13 @@ def skin_tone(g: torch.Generator, config: AlbedoVariation) -> tuple[torch.Tensor
 def _mediapipe_contours() -> dict[str, list[int]]:
     """MediaPipe landmark ids of the regions synth paints: eye contours ('right_eye' belongs to
     iris points 468-472, 'left_eye' to 473-477), brows, and the lips' outer and inner loops."""
-    from mediapipe.python.solutions import face_mesh_connections as fmc
-
     from mfface.masks import _loops
 
     def ids(edges: frozenset[tuple[int, int]]) -> list[int]:
         return sorted({i for e in edges for i in e})
-    lips = _loops(fmc.FACEMESH_LIPS)
-    return {"right_eye": ids(fmc.FACEMESH_RIGHT_EYE), "left_eye": ids(fmc.FACEMESH_LEFT_EYE),
-            "right_brow": ids(fmc.FACEMESH_RIGHT_EYEBROW), "left_brow": ids(fmc.FACEMESH_LEFT_EYEBROW),
+    lips = _loops(MEDIAPIPE_LIPS)
+    return {"right_eye": ids(MEDIAPIPE_RIGHT_EYE), "left_eye": ids(MEDIAPIPE_LEFT_EYE),
+            "right_brow": ids(MEDIAPIPE_RIGHT_EYEBROW), "left_brow": ids(MEDIAPIPE_LEFT_EYEBROW),
             "lips_a": lips[0], "lips_b": lips[1]}
 
 

@@ -161,6 +161,23 @@ def test_fit_with_an_ibug68_landmark_file(installed_ict, tmp_path: Path, monkeyp
     assert params["fit"]["stage1_landmark_rms_px"] < 5.0
 
 
+def test_fit_from_a_mediapipe_landmark_file_needs_no_mediapipe(installed_ict, tmp_path: Path, monkeypatch) -> None:
+    """Landmarks detected elsewhere (here by MediaPipe, before it is made unimportable) are all a
+    fit needs: a machine without MediaPipe (a GPU server with numpy 2, say) fits from the file."""
+    import sys
+
+    from mfface.landmarks import LandmarkDetector
+
+    photo = data_file("images/astronaut.png")
+    with LandmarkDetector() as detector:
+        points = detector.detect(np.asarray(Image.open(photo).convert("RGB")))
+    np.save(tmp_path / "landmarks.npy", points)
+    monkeypatch.setitem(sys.modules, "mediapipe", None)   # any import of it now fails
+    result = run(str(photo), "-o", str(tmp_path / "out"), *TINY, "--landmarks", str(tmp_path / "landmarks.npy"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "astronaut" / "params.json").is_file()
+
+
 def test_shared_identity_shares_identity_and_maps(installed_ict, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

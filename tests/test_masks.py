@@ -62,3 +62,35 @@ def test_closed_eyes_and_mouth_are_cut_as_lines():
 def test_wrong_count_is_a_value_error():
     with pytest.raises(ValueError, match="478 .MediaPipe. or 68"):
         skin_mask(np.zeros((100, 2)), 10, 10)
+
+
+def test_mediapipe_edge_tables_are_mediapipes():
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    from mfface import landmarks
+
+    for name in ("LEFT_EYE", "RIGHT_EYE", "LEFT_EYEBROW", "RIGHT_EYEBROW", "LIPS"):
+        assert getattr(landmarks, f"MEDIAPIPE_{name}") == getattr(fmc, f"FACEMESH_{name}"), name
+
+
+def test_a_mediapipe_mask_needs_no_mediapipe(monkeypatch):
+    """A fit from a MediaPipe landmark file runs where MediaPipe is not installed: the mask's eye,
+    brow and lip holes come from the project's own tables."""
+    import sys
+
+    from mfface import masks
+    from mfface.morphable.correspondence import read_canonical_mesh
+
+    canonical = read_canonical_mesh(data_file("mediapipe/canonical_face_model.obj"))
+    pts = np.stack([120 + 1.2 * canonical[:, 0], 130 - 1.2 * canonical[:, 1]], axis=1)  # frontal, y down
+    expected = skin_mask(pts, 256, 256)
+    masks._mediapipe_regions.cache_clear()
+    monkeypatch.setitem(sys.modules, "mediapipe", None)   # any import of it now fails
+    try:
+        mask = skin_mask(pts, 256, 256)
+    finally:
+        masks._mediapipe_regions.cache_clear()
+    assert 0.1 < mask.mean() < 0.6
+    assert np.array_equal(mask, expected)
+    right_eye = pts[sorted({i for e in masks.MEDIAPIPE_RIGHT_EYE for i in e})].mean(0)
+    assert mask[int(right_eye[1]), int(right_eye[0])] == 0.0   # the eye is a hole
