@@ -10,7 +10,7 @@ Parts (`--part`, repeatable; all by default):
   prediction of one photo excluding start-up (detection, crop, network, result folder written at
   the default final spp) in s.
 - `quality`: on held-out synthetic faces (a `mfface synth` file with truth; landmarks are MediaPipe's
-  on the render, never the model's), for the trained `--weights`: predict alone, predict +
+  on the render, never the model's), for the trained `--weights` (without them, the fits alone): predict alone, predict +
   `--refine N`, the same short fit without the network (stage 1 and refine's iterations of stages
   2-3 from the default light and albedo: what the network's start is worth), and the full default
   fit; per method the median landmark error (px, against the
@@ -200,7 +200,9 @@ def _store_fit_cache(path: Path | None, key: dict, faces: dict) -> None:
 def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: str | None,
             fit_cache: Path | None = None) -> dict:
     """Predict / predict + refine / full fit / mean face on held-out synthetic faces. With
-    `fit_cache`, the full fit's figures of a face already fitted for the same file are reused."""
+    `fit_cache`, the full fit's figures of a face already fitted for the same file are reused.
+    Without `weights`, only the fits and the mean face (what the time ratio needs: refine costs
+    the short fit's iterations plus one prediction)."""
     from mfface.fitting.pipeline import Reconstructor, prepare_photo
     from mfface.learning.dataset import FaceDataset
     from mfface.learning.predict import Predictor, refine_config
@@ -210,12 +212,12 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
     data = FaceDataset([heldout], truth=True)
     size = data.size
     config = apply_overrides(FitConfig(), {"input.max_resolution": size})
-    predictor = Predictor(weights, model, config)
+    predictor = Predictor(weights, model, config) if weights is not None else None
     full = Reconstructor(model, config)
     short = Reconstructor(model, refine_config(config, refine))   # refine's iterations, no network
-    short.forward = full.forward = predictor.reconstructor.forward
+    short.forward = full.forward = predictor.reconstructor.forward if predictor else full.forward
     region = model.regions["skin"]
-    methods = ("mean_face", "predict", "refine", "short_fit", "fit")
+    methods = ("mean_face", "predict", "refine", "short_fit", "fit") if predictor else ("mean_face", "short_fit", "fit")
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     key = _cache_key(heldout, size, config)
     cache = _fit_cache(fit_cache, key)
@@ -227,11 +229,13 @@ def quality(weights: Path, heldout: Path, faces: int, refine: int, model_name: s
         truth = truth_state(raw["truth"])
         true_vertices = model.vertices(truth.identity, truth.expression)[0].numpy()[region]
         reference = image.crop_landmarks
-        started = time.perf_counter()
-        predicted = predictor.finish(image, predictor.predict([image]))
-        runs = {"predict": (predicted, time.perf_counter() - started)}
-        started = time.perf_counter()
-        runs["refine"] = (predictor.finish(image, predictor.predict([image]), refine), time.perf_counter() - started)
+        runs = {}
+        if predictor:
+            started = time.perf_counter()
+            runs["predict"] = (predictor.finish(image, predictor.predict([image])), time.perf_counter() - started)
+            started = time.perf_counter()
+            runs["refine"] = (predictor.finish(image, predictor.predict([image]), refine),
+                              time.perf_counter() - started)
         started = time.perf_counter()
         runs["short_fit"] = (short.fit([image]), time.perf_counter() - started)
         if str(index) not in cache:
