@@ -9,9 +9,11 @@
 #                    mitsuba/{cuda,llvm}_ad_{mono,spectral}* mitsuba/scalar_spectral*)
 #                  tar -cJf .gpu/site.tar.xz -C site .     (34 MB; the wheels are 68 MB, over the limit)
 #   data/        the throughput datasets made here by `bench/train.py --data-dir .gpu/data` (the GPU
-#                machine has no MediaPipe, which `mfface synth` runs on its renders).
+#                machine has no MediaPipe, which `mfface synth` runs on its renders);
+#   example_face_landmarks.npy  MediaPipe's 478 landmarks of mfface/data/example_face.jpg, made here
+#                (`LandmarkDetector().detect`), for a whole `mfface fit --device cuda` there.
 # Results go to $OUT: the environment, the render and throughput benches' logs, the selected tests'
-# log, a profile of the training step (PROFILE_S=0 skips it).
+# log, a fit's log and overview, a profile of the training step (PROFILE_S=0 skips it).
 set -u
 mkdir -p /tmp/site && tar -xJf .gpu/site.tar.xz -C /tmp/site
 # The package as pyproject.toml maps it (one namespace over the top-level folders), without pip:
@@ -34,6 +36,14 @@ timeout "${TESTS_S:-200}" python3 -m pytest -q -p no:cacheprovider -n 8 --timeou
     tests/test_direct.py \
     >"$OUT/tests.log" 2>&1
 
+# A whole fit on the GPU, from the landmark file (no MediaPipe needed), when the file was carried.
+if [ -f .gpu/example_face_landmarks.npy ]; then
+    repo=$PWD
+    (cd /tmp && timeout "${FIT_S:-150}" python3 -c "from mfface.cli.main import cli; cli()" fit \
+        "$repo/mfface/data/example_face.jpg" --landmarks "$repo/.gpu/example_face_landmarks.npy" \
+        -o /tmp/gpufit --model ict-lite --device cuda) 2>&1 | tail -15 | tee "$OUT/fit.log"
+    cp /tmp/gpufit/example_face/overview.png "$OUT/" 2>/dev/null
+fi
 # Where the host time of a training step goes (tracing against kernels), 224 px / 4 spp.
 [ "${PROFILE_S:-90}" -gt 0 ] && timeout "${PROFILE_S:-90}" python3 bench/train.py --part throughput --device cuda --model ict-lite \
     --steps 4 --setting 224x4 --data-dir .gpu/data --profile >"$OUT/profile.log" 2>&1
