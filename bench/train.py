@@ -10,10 +10,10 @@ Parts (`--part`, repeatable; all by default):
   prediction of one photo excluding start-up (detection, crop, network, result folder written at
   the default final spp) in s.
 - `quality`: on held-out synthetic faces (a `mfface synth` file with truth; landmarks are MediaPipe's
-  on the render, never the model's), for the trained `--weights` (without them, the fits alone): predict alone, predict +
-  `--refine N`, the same short fit without the network (stage 1 and refine's iterations of stages
-  2-3 from the default light and albedo: what the network's start is worth), and the full default
-  fit; per method the median landmark error (px, against the
+  on the render, never the model's), for the trained `--weights` (without them, the fits alone):
+  predict alone, predict + `--refine N`, the same short fit without the network (stage 1 and
+  refine's iterations of stages 2-3 from the default light and albedo: what the network's start is
+  worth), and the full default fit; per method the median landmark error (px, against the
   MediaPipe landmarks the fit sees), vertex error (mm, NoW-style similarity alignment over the
   model's skin region, as bench/fit_synthetic.py), PSNR in the skin mask (dB) and seconds per
   face; the model's mean face with the fit's pose (from stage 1) as the trivial baseline.
@@ -46,12 +46,6 @@ from fit_synthetic import image_metrics, landmark_error  # noqa: E402
 from mfface.backend import select_variant, torch_device  # noqa: E402
 from mfface.config import FitConfig, apply_overrides, to_toml  # noqa: E402
 from mfface.metrics import aligned_distances  # noqa: E402
-
-
-def mi_variant() -> str:
-    import mitsuba as mi
-
-    return mi.variant()
 
 
 def _model(name: str | None):
@@ -285,10 +279,10 @@ def main() -> None:
                         help="where Mitsuba and torch run (cuda: a GPU machine)")
     args = parser.parse_args()
     parts = args.part or ["throughput", "latency", "quality"]
-    select_variant(args.device)
+    variant = select_variant(args.device)
     device = torch_device()
     summary = {"machine": f"{os.cpu_count()} cores", "load_start": round(os.getloadavg()[0], 2),
-               "torch_threads": torch.get_num_threads(), "variant": mi_variant()}
+               "torch_threads": torch.get_num_threads(), "variant": variant}
     if device.type == "cuda":
         summary["gpu"] = torch.cuda.get_device_name(0)
     if "throughput" in parts:

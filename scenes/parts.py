@@ -91,7 +91,7 @@ def check_parts(parts: tuple[PartMesh, ...]) -> None:
                              f"{part.material_coord.shape}.")
 
 
-def part_uvs(part: PartMesh, row: int = 0, rows: int = 1) -> np.ndarray:
+def part_uvs(part: PartMesh, row: int, rows: int) -> np.ndarray:
     """(V, 2) model-convention UVs (v = 0 at the bottom) that carry t, u = clamp(t / COORD_RANGE),
     at the centre of atlas row `row` of `rows` (row 0 at the top), v = 1 - (row + 0.5) / rows."""
     u = np.clip(np.asarray(part.material_coord, np.float64) / COORD_RANGE, 0.0, 1.0)
