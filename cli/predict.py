@@ -23,8 +23,9 @@ _CONSOLE = Console(stderr=True)
 @click.option("--weights", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="weights.pt (or checkpoints/latest.pt) of an `mfface train` run.")
 @click.option("--refine", default=0, type=int, show_default=True,
-              help="Refine each prediction with the fit's stages 2-3: N photometric iterations, then "
-                   "N // 3 per-texel iterations (0 = the network's prediction alone).")
+              help="Refine each prediction with the fit: N photometric iterations at raised rates, "
+                   "then the diffuse solve (0 = the network's prediction alone; 20 takes about a "
+                   "third of a fit).")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Photos per network forward pass.")
 @click.option("--overwrite", is_flag=True, help="Replace earlier mfface results of the same photos.")
