@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--heldout", type=Path, help="mfface synth file with truth (quality)")
     parser.add_argument("--faces", type=int, default=50)
-    parser.add_argument("--refine", type=int, default=20)
+    parser.add_argument("--refine", type=int, default=22)
     parser.add_argument("--fit-cache", type=Path, default=None,
                         help="JSON file of the full fit's per-face figures: read when it is for the same "
                              "held-out file, updated after each face (quality)")

@@ -24,7 +24,7 @@ _CONSOLE = Console(stderr=True)
               help="weights.pt (or checkpoints/latest.pt) of an `mfface train` run.")
 @click.option("--refine", default=0, type=int, show_default=True,
               help="Refine each prediction with the fit: N photometric iterations at raised rates, "
-                   "then the diffuse solve (0 = the network's prediction alone; 20 takes about a "
+                   "then the diffuse solve (0 = the network's prediction alone; about 20 takes a "
                    "third of a fit).")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Photos per network forward pass.")
