@@ -83,7 +83,7 @@ def _resume_command(output: Path, shared: bool, model_name: str | None,
 @click.option("--skip-stage", "skip", type=click.IntRange(1, 3), multiple=True,
               help="Skip a stage (repeatable); a skipped stage 1 keeps only its PnP pose.")
 @click.option("--init", "init_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Start stage 2 from a trained network's light and maps (weights.pt of `mfface train`) "
+              help="Start stage 2 from a trained network's maps and ambient light (weights.pt of `mfface train`) "
                    "instead of stage 1's defaults; the geometry still comes from stage 1.")
 @click.option("--checkpoint", "resume", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Resume from a stageN.npz checkpoint of an earlier run of the same photo(s).")

@@ -226,8 +226,8 @@ class Reconstructor:
         `identity` (1, K) fixes the shape coefficients in every stage (e.g. a video's shape,
         fitted from more frames than its maps; `mfface.tracking.identity`).
 
-        `appearance` (e.g. a network's prediction) gives stage 2 its start light and maps in place
-        of stage 1's defaults (its SH light padded or cut to `light.sh_bands`); the geometry still
+        `appearance` (e.g. a network's prediction) gives stage 2 its start maps and ambient light in
+        place of stage 1's defaults (`_with_appearance`); the geometry still
         comes from stage 1's landmark fit, which places the face more exactly than a network's
         one-pass guess (bench/RESULTS.md, "network": +1.5 to +6 dB after a short refinement).
 
@@ -273,9 +273,7 @@ class Reconstructor:
                                                    identity, step("stage1"))
             result.stage1_rms_px = report.rms
             if appearance is not None:
-                state = dataclasses.replace(state, sh=with_bands(appearance.sh.detach(), cfg.light.sh_bands),
-                                            **{m: getattr(appearance, m).detach()
-                                               for m in ("diffuse", "specular", "roughness")})
+                state = _with_appearance(state, appearance, cfg)
             state = finish(1, state, started)
         if done < 2 and 2 not in skip_stages:
             started = time.perf_counter()
@@ -290,6 +288,20 @@ class Reconstructor:
         result.state = state
         result.uncertainty = fit_uncertainty(self.model, targets, state)
         return result
+
+
+def _with_appearance(state: FaceState, appearance: FaceState, config: FitConfig) -> FaceState:
+    """`state` with the ambient part of `appearance`'s light (its band 0: colour and level; the
+    other bands zero, as stage 1's default light) and its maps, resized to
+    `stage2.albedo_resolution`, the size of stage 2's free albedo, for which its rates and
+    smoothness are set. Measured on held-out faces with a starter network (bench/RESULTS.md,
+    "network"): a short stage 2 from the network's directional bands ended 1.5-4.6 dB lower than
+    from its ambient term, which its maps match; its 128 px maps kept as they are made the
+    refinement slower (another texture size rebuilds the scene)."""
+    size = (config.stage2.albedo_resolution,) * 2
+    ambient = with_bands(with_bands(appearance.sh.detach(), 1), config.light.sh_bands)
+    return dataclasses.replace(state, sh=ambient, **{m: resize_texture(getattr(appearance, m).detach(), size)
+                                                     for m in ("diffuse", "specular", "roughness")})
 
 
 def _upsampled(state: FaceState, config: FitConfig) -> FaceState:

@@ -4,7 +4,7 @@
 each photo as the fit does (landmarks, a square crop, resized to the network's input size), runs the
 network in batches and returns a `FitResult`, so `mfface.results.write_results` writes the same
 result folder and `mfface replay` works on it. With `refine` iterations the fit refines it: stage 1
-places the face on the landmarks (a second or two), the network's light and maps replace stage
+places the face on the landmarks (a second or two), the network's maps and ambient light replace stage
 1's defaults, and stages 2-3 run short (`Reconstructor.fit(appearance=...)`). Measured on held-out
 synthetic faces, this beat starting stage 2 from the network's whole prediction by 1.5-6 dB, whose
 pose was a few px off (bench/RESULTS.md, "network").
@@ -83,7 +83,7 @@ class Predictor:
 
     def start_state(self, images: list[PreparedImage], shared_identity: bool) -> FaceState:
         """The network's prediction of already prepared fit images (any crop size: they are
-        resized to the network's input), whose light and maps start a fit
+        resized to the network's input), whose maps and ambient light start a fit
         (`Reconstructor.fit(appearance=...)`); with `shared_identity`, one identity and one set of
         maps, the photos' means."""
         size = self.size
@@ -109,7 +109,7 @@ class Predictor:
     def finish(self, image: PreparedImage, state: FaceState, refine: int = 0, on_step=None,
                checkpoint_dir: Path | None = None) -> FitResult:
         """The FitResult of one predicted image (`state`, batch 1), refined by the fit (stage 1, then
-        stages 2-3 from the network's light and maps) when `refine` > 0; what `write_results` writes."""
+        stages 2-3 from the network's maps and ambient light) when `refine` > 0; what `write_results` writes."""
         if refine > 0:
             recon = Reconstructor(self.model, self.config_for(refine), self.device)
             recon.forward = self.reconstructor.forward  # share the Mitsuba scenes
