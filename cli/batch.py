@@ -159,7 +159,7 @@ def run_group(job: GroupJob, paths: list[Path]) -> Outcome:
                 finish_run_dir(run_dir)
             raise
         finish_run_dir(run_dir)
-    losses = {stage: rep.last("photo") for stage, rep in result.reports.items()}
+    losses = {stage: rep.final_photo() for stage, rep in result.reports.items()}
     return Outcome(names, folders, time.perf_counter() - started, result.stage1_rms_px, losses,
                    warnings=result.landmark_warnings or None)
 

@@ -54,3 +54,20 @@ def test_no_passes_leave_the_map_as_it_is(ict, own_render_targets) -> None:
     start, truth = _scene(ict)
     targets = own_render_targets(forward, dataclasses.replace(start, diffuse=truth), config, SIZE)
     assert solve_diffuse(forward, targets, start, config) is start
+
+
+def test_stage_3_without_iterations_reports_the_solve(ict, own_render_targets) -> None:
+    """A refinement's stage 3 is the solve alone: its report holds each pass's photometric term
+    (falling as the map is solved), and that is the stage's final photometric loss, not NaN."""
+    from mfface.fitting.texel_stage import fit_texels
+
+    config = apply_overrides(FitConfig(), {"stage3.iterations": 0, "stage3.solve_passes": 3, "stage3.solve_spp": 4,
+                                           "stage3.fill_unseen": False})
+    forward = ForwardModel(ict)
+    start, truth = _scene(ict)
+    targets = own_render_targets(forward, dataclasses.replace(start, diffuse=truth), config, SIZE)
+    _, report = fit_texels(forward, targets, start, config)
+    passes = report.losses["solve_photo"]
+    assert len(passes) == 3 and "photo" not in report.losses
+    assert passes[-1] < 0.7 * passes[0], passes
+    assert report.final_photo() == passes[-1]

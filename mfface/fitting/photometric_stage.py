@@ -53,6 +53,11 @@ class StageReport:
         values = self.losses.get(name, [])
         return values[-1] if values else float("nan")
 
+    def final_photo(self) -> float:
+        """The photometric term of the stage's last step: stage 3's diffuse solve (`solve_photo`,
+        the render its last pass started from) when it ran, else the last iteration's."""
+        return self.last("solve_photo" if self.losses.get("solve_photo") else "photo")
+
 
 class AlbedoSource:
     """The stage-2 diffuse albedo texture: a statistical model's or a free low-resolution texture."""

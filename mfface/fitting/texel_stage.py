@@ -92,8 +92,12 @@ def fit_texels(forward: ForwardModel, targets: FitTargets, state: FaceState, con
         report.add(values)
         if on_step is not None:
             on_step(it, steps, values)
-    state = solve_diffuse(forward, targets, state.detached(), config, on_pass=None if on_step is None else (
-        lambda index, photo: on_step(cfg.iterations + index, steps, {"total": photo, "photo": photo})))
+    def on_pass(index: int, photo: float) -> None:
+        report.add({"solve_photo": photo})
+        if on_step is not None:
+            on_step(cfg.iterations + index, steps, {"total": photo, "photo": photo})
+
+    state = solve_diffuse(forward, targets, state.detached(), config, on_pass=on_pass)
     if cfg.fill_unseen:
         state, report.figures["seen_texel_fraction"] = fill_unseen(forward, targets, state)
     return state, report
