@@ -353,21 +353,21 @@ def test_refinement_takes_the_geometry_from_the_landmarks_and_the_ambient_light_
 
 def test_refine_config_raises_the_rates_of_a_short_stage_2_and_ends_on_the_diffuse_solve():
     """A refinement N times shorter than the fit's stage 2 moves light, albedo and pose faster by
-    RATE_MARGIN * (iterations / N), never slower; geometry joins after a quarter; stage 3 is the
-    solve alone."""
+    RATE_MARGIN * (iterations / N), never slower; the geometry is free from the start; stage 3 is
+    the solve alone."""
     from mfface.config import FitConfig
     from mfface.learning.predict import RATE_MARGIN, refine_config
 
     config = FitConfig()
     short = refine_config(config, 20)
     rate = RATE_MARGIN * config.stage2.iterations / 20
-    assert short.stage2.iterations == 20 and short.stage2.geometry_start == 5
+    assert short.stage2.iterations == 20 and short.stage2.geometry_start == 0
     for name in ("sh_lr", "albedo_lr", "pose_lr"):
         assert getattr(short.stage2, name) == pytest.approx(getattr(config.stage2, name) * rate), name
     assert short.stage2.geometry_lr == config.stage2.geometry_lr
     assert short.stage3.iterations == 0 and short.stage3.solve_passes == config.stage3.solve_passes
     long = refine_config(config, 10 * config.stage2.iterations)
-    assert long.stage2.sh_lr == config.stage2.sh_lr and long.stage2.geometry_start == config.stage2.geometry_start
+    assert long.stage2.sh_lr == config.stage2.sh_lr
     with pytest.raises(ValueError, match="-1"):
         refine_config(config, -1)
 
