@@ -153,7 +153,7 @@ def fit_photos(full: MorphableModel, models: dict[str, MorphableModel], config: 
     region = full.regions["skin"]
     recons = {name: Reconstructor(model, config) for name, model in models.items()}
     rows, shapes = [], {}
-    with LandmarkDetector(config.input.max_faces) as detector:
+    with LandmarkDetector.from_config(config.input) as detector:
         for photo in photos:
             path = DATA / "images" / "people" / photo
             image = prepare_image(path, config, detector)

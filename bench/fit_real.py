@@ -97,7 +97,7 @@ def main() -> None:
     recon = Reconstructor(model, config)
     load_start = os.getloadavg()[0]
     rows, shapes, shapes_s1, prepared = [], {}, {}, {}
-    with LandmarkDetector(config.input.max_faces) as detector:
+    with LandmarkDetector.from_config(config.input) as detector:
         for path in photos:
             image = prepare_image(path, config, detector)
             prepared[path.stem] = image

@@ -189,7 +189,7 @@ def run_synthetic(model, fit_model, config: FitConfig, faces: int, size: int, ph
     region = model.regions["skin"]
     recon = Reconstructor(fit_model, config)
     rows = []
-    with LandmarkDetector(1) as detector:
+    with LandmarkDetector.from_config(config.input, 1) as detector:
         for index in range(first_seed, first_seed + faces):
             face, photo, detected, truth_all, out_of_span = synthetic_photo(
                 model, BENCH_SEED, index, size, photo_spp, displacement_mm, detector)
@@ -240,7 +240,7 @@ def run_photos(model, config: FitConfig, folder: Path, eval_spp: int) -> list[di
     jobs = [("astronaut.png", None), ("takeo.ppm", None), ("takeo.ppm", "takeo.pts")]
     recon = Reconstructor(model, config)
     rows = []
-    with LandmarkDetector(config.input.max_faces) as detector:
+    with LandmarkDetector.from_config(config.input) as detector:
         for name, landmark_file in jobs:
             path = folder / name
             if not path.is_file() or (landmark_file and not (folder / landmark_file).is_file()):

@@ -119,7 +119,7 @@ def run_synthetic(args, model, tracker_config: TrackConfig) -> dict:
     source = open_frames(video)
     tracker = VideoTracker(model, tracker_config)
     first, stop = frame_range(source, tracker_config)
-    with LandmarkDetector() as detector:
+    with LandmarkDetector.from_config(tracker_config.input) as detector:
         found, stats = tracker.detect(source, first, stop, detector)
     started = time.perf_counter()
     identity = tracker.identity(source, first, stop, found)
@@ -246,7 +246,7 @@ def run_real(args, model, tracker_config: TrackConfig) -> list[dict]:
         source = open_frames(video)
         tracker = VideoTracker(model, tracker_config)
         first, stop = frame_range(source, tracker_config)
-        with LandmarkDetector() as detector:
+        with LandmarkDetector.from_config(tracker_config.input) as detector:
             found, stats = tracker.detect(source, first, stop, detector)
         identity = tracker.identity(source, first, stop, found)
         scale = working_scale(found.landmarks, found.found, tracker_config.input.max_resolution)

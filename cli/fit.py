@@ -156,7 +156,7 @@ def _fit(inputs: tuple[Path, ...], output: Path, overwrite: bool, shared_identit
                                  checkpoint_dir=run_dir, on_step=on_step, appearance=appearance)
     # a landmark file needs no detector: MediaPipe is not even loaded (a machine without it fits)
     detecting = landmark_file is None
-    with (LandmarkDetector(max_num_faces=config.input.max_faces) if detecting else nullcontext()) as detector:
+    with (LandmarkDetector.from_config(config.input) if detecting else nullcontext()) as detector:
         job = GroupJob(config, output, overwrite, Progress(*PROGRESS_COLUMNS, console=_CONSOLE),
                        _prepare(config, detector, landmark_file, shared_identity), solve,
                        _resume_command(output, shared_identity, model_name, landmark_file))

@@ -74,7 +74,7 @@ def _predict(inputs, output, weights, refine, batch, overwrite, config_file, mod
         raise UserError(str(e)) from None
     predicted: dict[Path, object] = {}
 
-    with LandmarkDetector(max_num_faces=config.input.max_faces) as detector:
+    with LandmarkDetector.from_config(config.input) as detector:
         def prepare(group: list[Path]) -> list:
             """Prepare the photo, and predict it together with the next `batch - 1` photos."""
             if group[0] not in predicted:

@@ -121,7 +121,7 @@ def _track(source: Path, output: Path, name: str | None, overwrite: bool, config
         with ResultLock(output, [name]):
             for note in recover(output, [name], name):
                 _CONSOLE.print(f"[yellow]{note}")
-            with LandmarkDetector(max_num_faces=config.input.max_faces) as detector:
+            with LandmarkDetector.from_config(config.input) as detector:
                 try:
                     report = tracker.run(frames, folder, detector, overwrite, PhaseProgress(progress))
                 finally:

@@ -316,3 +316,36 @@ def test_a_few_points_outside_are_allowed():
 
 def test_check_errors_are_landmark_file_errors():
     assert issubclass(LandmarkCheckError, LandmarkFileError) and issubclass(LandmarkCheckError, ValueError)
+
+
+def test_mirror_average_is_mirror_equivariant():
+    # The flip test averages the face mesh on the image and on its mirror, so detecting on the
+    # mirror image must give exactly the mirror of the detection (up to float rounding), which
+    # the plain face mesh does not (its own jitter: about 0.75 px per point).
+    from mfface.learning.mirror import mirror_landmarks
+
+    img = _rgb("images/astronaut.png")
+    flipped = np.ascontiguousarray(img[:, ::-1])
+    with LandmarkDetector(mirror_average=True) as mirrored:
+        both = mirrored.detect_whole_image(img), mirrored.detect_whole_image(flipped)
+    with LandmarkDetector(mirror_average=False) as plain:
+        single = plain.detect_whole_image(img), plain.detect_whole_image(flipped)
+    width = img.shape[1]
+    assert np.abs(mirror_landmarks(both[1], width) - both[0]).max() < 1e-3
+    plain_gap = np.abs(mirror_landmarks(single[1], width) - single[0]).max()
+    assert plain_gap > 0.1
+    # the average stays on the face: within MediaPipe's own left/right disagreement of either pass
+    assert np.linalg.norm(both[0] - single[0], axis=1).max() <= plain_gap
+
+
+def test_mirror_partner_is_the_same_face_only():
+    from mfface.landmarks import MIRROR_MATCH, _averaged_with_partner
+
+    rng = np.random.default_rng(0)
+    face = rng.uniform(0.3, 0.6, (478, 2))  # box side about 0.3
+    near = face + 0.01
+    other = face + (0.35, 0.0)  # a neighbour's face beside it
+    assert np.allclose(_averaged_with_partner(face, [other, near]), face + 0.005)
+    assert np.array_equal(_averaged_with_partner(face, [other]), face)
+    assert np.array_equal(_averaged_with_partner(face, []), face)
+    assert MIRROR_MATCH * 0.3 < 0.35

@@ -18,7 +18,8 @@ from mfface.interrupt import raise_if_requested
 from mfface.learning.dataset_format import DatasetWriter
 
 DEFAULT_SIZE = 224
-LANDMARK_DETECTOR = "MediaPipe face mesh with irises (mediapipe 0.10.21, mfface.landmarks.LandmarkDetector)"
+LANDMARK_DETECTOR = ("MediaPipe face mesh with irises, averaged with its mirror image (mediapipe 0.10.21, "
+                     "mfface.landmarks.LandmarkDetector)")
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
