@@ -114,7 +114,8 @@ class FaceRenderer:
         """
         tex = (diffuse.shape[0], diffuse.shape[1])
         env = (envmap.shape[0], envmap.shape[1] - 2)
-        scene, params = self._scene(index, tex, env, fs.sampler_for(self.sampler, spp))
+        sampler = fs.sampler_for(self.sampler, spp)
+        scene, params = self._scene(index, tex, env, sampler)
         params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
         if self.parts:
             params[fs.PARTS_POSITIONS] = parts.array
@@ -128,7 +129,7 @@ class FaceRenderer:
         params[fs.PRINCIPAL_X] = (0.5 * self.width - cx) / self.width
         params[fs.PRINCIPAL_Y] = (0.5 * self.height - cy) / self.height
         params.update()
-        img = mi.render(scene, params, spp=spp, seed=dr.opaque(mi.UInt32, seed))
+        img = mi.render(scene, params, spp=fs.sample_count(sampler, spp), seed=dr.opaque(mi.UInt32, seed))
         rgb = img[:, :, :3]
         alpha = dr.detach(img[:, :, 3])
         return rgb, alpha

@@ -24,8 +24,10 @@ hidden from camera rays by default (background 0).
 Samples: the sensor's sampler is `ldsampler` by default, Mitsuba's low-discrepancy (0,2)-sequence
 with a random scramble per seed, which needs a sample count that is a power of 4 of at least 4
 (4, 16, 64, 256, ...; Mitsuba rounds 1 up to 4); `sampler_for` falls back to `multijitter`
-(correlated multi-jittered, any count) for other counts instead of letting Mitsuba round the
-count up. At the fit's 4 spp a low-discrepancy image has about half the variance of an
+(correlated multi-jittered) for other counts instead of letting Mitsuba round the count up to a
+power of 4. Multijitter stratifies on an a x b grid and so takes the next count of that form
+(`sample_count`: 32 -> 35, 128 -> 132); renders ask for that count, so Mitsuba has nothing to
+round and no warning to print on every render. At the fit's 4 spp a low-discrepancy image has about half the variance of an
 `independent` one (bench/RESULTS.md, "Samplers"), at the same cost, and each seed still gives an
 independent estimate (the fit's forward and backward passes stay decorrelated).
 
@@ -77,6 +79,16 @@ class SceneSpec:
     hide_emitters: bool = True
     fresnel: str = "schlick"
     sampler: str = "ldsampler"
+
+
+def sample_count(sampler: str, spp: int) -> int:
+    """The samples per pixel that a render asked for `spp` takes with `sampler`: multijitter's
+    a x b grid, a = floor(sqrt(spp)), b = ceil(spp / a), as Mitsuba 3.9 rounds it; `spp` itself
+    for the others (ldsampler gets powers of 4 only, `sampler_for`)."""
+    if sampler != "multijitter":
+        return spp
+    a = max(1, math.isqrt(spp))
+    return a * -(-spp // a)
 
 
 def sampler_for(sampler: str, spp: int) -> str:

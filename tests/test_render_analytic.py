@@ -150,3 +150,20 @@ def test_samplers_choose_by_count_and_low_discrepancy_has_less_noise(variant: st
         renderer.render(verts, kd, ks, rough, env, focal=100.0, spp=2)
         assert {key[2] for key in renderer._scenes} == {sampler_for(sampler, 4), sampler_for(sampler, 2)}
     assert errors["ldsampler"] < 0.8 * errors["independent"], errors
+
+
+def test_sample_count_is_what_mitsuba_takes(variant: str) -> None:
+    """Renders ask for the count the sampler will take (multijitter rounds up to an a x b grid),
+    so Mitsuba does not warn on every render of a count such as 32: the formula agrees with the
+    count Mitsuba's own samplers report, and such counts are left as they are."""
+    import mitsuba as mi
+
+    from mfface.scenes.face_scene import sample_count
+
+    for sampler in ("multijitter", "independent", "ldsampler"):
+        counts = (4, 16, 64) if sampler == "ldsampler" else (1, 2, 3, 8, 32, 35, 100, 128, 132)
+        for n in counts:
+            taken = mi.load_dict({"type": sampler, "sample_count": n}).sample_count()
+            assert sample_count(sampler, n) == taken, (sampler, n, taken)
+            assert sample_count(sampler, taken) == taken
+    assert sample_count("multijitter", 32) == 35 and sample_count("multijitter", 128) == 132
