@@ -349,3 +349,17 @@ def test_mirror_partner_is_the_same_face_only():
     assert np.array_equal(_averaged_with_partner(face, [other]), face)
     assert np.array_equal(_averaged_with_partner(face, []), face)
     assert MIRROR_MATCH * 0.3 < 0.35
+
+
+def test_detector_from_config_follows_mirror_average():
+    import dataclasses
+
+    from mfface.config import FitConfig
+
+    img = _rgb("images/astronaut.png")
+    plain_input = dataclasses.replace(FitConfig().input, mirror_average=False)
+    with LandmarkDetector.from_config(FitConfig().input) as default, \
+            LandmarkDetector.from_config(plain_input) as plain, LandmarkDetector(mirror_average=False) as reference:
+        assert default.max_num_faces == FitConfig().input.max_faces
+        np.testing.assert_array_equal(plain.detect(img), reference.detect(img))
+        assert np.abs(default.detect(img) - reference.detect(img)).max() > 0.05
