@@ -1,5 +1,5 @@
 """Regenerate `mfface/data/mediapipe_mirror478.txt`: the mirror permutation of MediaPipe's 478
-landmarks (see mfface.learning.mirror for the derivation).
+landmarks (see mfface.mirror for the derivation).
 
 Usage: python bench/mediapipe_mirror_table.py CANONICAL_MESH [OUT]
 CANONICAL_MESH is MediaPipe's canonical_face_model.obj (in the shared test data:
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mfface.learning.mirror import TABLE_FILE, derive_mirror_permutation, write_table
+from mfface.mirror import TABLE_FILE, derive_mirror_permutation, write_table
 
 
 def main(argv: list[str]) -> None:

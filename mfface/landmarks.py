@@ -34,13 +34,16 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from mfface.atomic import write_text
-from mfface.learning.mirror import mirror_landmarks
+from mfface.mirror import mirror_landmarks
+
+if TYPE_CHECKING:
+    from mfface.config import InputConfig
 
 SCHEMES = ("mediapipe478", "ibug68")
 PTS_OFFSET = 0.5  # px subtracted from 1-based, centre-at-integer .pts coordinates
@@ -305,7 +308,7 @@ class LandmarkDetector:
 
     With `mirror_average` (the default), the face mesh also runs on the mirror image of each
     crop, and each face's points are averaged with those of the same face found there, flipped
-    back and renumbered (`mfface.learning.mirror`): the "flip test" of landmark detectors.
+    back and renumbered (`mfface.mirror`): the "flip test" of landmark detectors.
     MediaPipe's errors that change side with the image cancel, so the result is exactly
     mirror-equivariant. The mirror image goes to a second face-mesh graph in a worker thread,
     beside the first (MediaPipe releases the GIL), so the face mesh takes 1.35x its time per
@@ -340,7 +343,7 @@ class LandmarkDetector:
         return [g for g in (self._mesh, self._mirror_mesh, self._detector, self._confirmer) if g is not None]
 
     @classmethod
-    def from_config(cls, config: Any, max_num_faces: int | None = None) -> "LandmarkDetector":
+    def from_config(cls, config: "InputConfig", max_num_faces: int | None = None) -> "LandmarkDetector":
         """A detector set up as a FitConfig's `input` section says (`max_faces`, `mirror_average`)."""
         return cls(max_num_faces or config.max_faces, mirror_average=config.mirror_average)
 

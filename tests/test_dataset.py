@@ -19,7 +19,7 @@ from mfface.learning.dataset import Augmentation, Draw, FaceDataset, jitter_colo
 from mfface.learning.dataset_format import (DatasetError, DatasetSpec, DatasetWriter,
                                             merge_datasets, read_info, sample_columns,
                                             truth_columns)
-from mfface.learning.mirror import (IRIS_MIRROR, derive_mirror_permutation, mirror_landmarks,
+from mfface.mirror import (IRIS_MIRROR, derive_mirror_permutation, mirror_landmarks,
                                     mirror_permutation)
 from mfface.learning.prepare import PrepareSettings, prepare_dataset
 

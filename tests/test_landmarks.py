@@ -322,7 +322,7 @@ def test_mirror_average_is_mirror_equivariant():
     # The flip test averages the face mesh on the image and on its mirror, so detecting on the
     # mirror image must give exactly the mirror of the detection (up to float rounding), which
     # the plain face mesh does not (its own jitter: about 0.75 px per point).
-    from mfface.learning.mirror import mirror_landmarks
+    from mfface.mirror import mirror_landmarks
 
     img = _rgb("images/astronaut.png")
     flipped = np.ascontiguousarray(img[:, ::-1])

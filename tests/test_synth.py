@@ -207,7 +207,7 @@ def test_reader_returns_the_truth(base):
     np.testing.assert_allclose(item["principal"].numpy(), SIZE / 2.0)
     np.testing.assert_allclose(item["landmarks"].numpy(), data["landmarks"][1])
     flipped = FaceDataset(base, augment=Augmentation(flip=1.0))[1]
-    from mfface.learning.mirror import mirror_landmarks
+    from mfface.mirror import mirror_landmarks
 
     expected = mirror_landmarks(data["truth/landmarks"][1], SIZE)
     assert flipped["flipped"]

@@ -4,6 +4,5 @@
 - `prepare`: photos -> dataset (landmarks, crops, skin masks), resumable and shardable;
 - `dataset_run`: what `prepare` and `synth` share (worker pool, the writing loop, the run summary);
 - `dataset`: `FaceDataset`, a torch Dataset over such files, with `Augmentation`;
-- `mirror`: the left-right mirror permutation of MediaPipe's 478 landmarks.
 Nothing is imported here, so `import mfface.learning` stays cheap.
 """

@@ -23,7 +23,7 @@ training setting) draws, per item, one similarity transform about the crop's cen
 rotation, shift) and a horizontal flip, and applies that single affine to image, mask and
 landmarks alike (image bilinear, mask bilinear then > 0.5, both sampled at pixel centres in the
 pixel-corner convention), so the landmarks stay on the features they mark. A flip maps x to
-S - x and renumbers the landmarks with MediaPipe's mirror permutation (mfface.learning.mirror),
+S - x and renumbers the landmarks with MediaPipe's mirror permutation (mfface.mirror),
 so landmark i is still the same anatomical point (e.g. the subject's right eye corner). Colour
 jitter acts on the linear image: brightness b multiplies it (an exposure change), contrast c
 scales its deviation from its mean luminance, saturation s scales each pixel's deviation from
@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 
 from mfface.learning.dataset_format import (GAMMA, DatasetError, _decode_str, _open_h5,
                                             describe_file)
-from mfface.learning.mirror import mirror_permutation
+from mfface.mirror import mirror_permutation
 
 # Rec. 709 luminance weights of linear RGB.
 _LUMA = torch.tensor([0.2126, 0.7152, 0.0722])

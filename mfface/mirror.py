@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-TABLE_FILE = Path(__file__).resolve().parents[1] / "data" / "mediapipe_mirror478.txt"
+TABLE_FILE = Path(__file__).resolve().parent / "data" / "mediapipe_mirror478.txt"
 # Iris points: (centre, image-right, top, image-left, bottom) of each eye; mirrored, right and
 # left swap and the two irises trade places.
 IRIS_MIRROR: dict[int, int] = {468: 473, 469: 476, 470: 475, 471: 474, 472: 477}
@@ -34,7 +34,7 @@ _MAX_PAIR_DISTANCE = 1e-3
 
 HEADER = """# Mirror permutation of MediaPipe's 478 face-mesh landmarks (one index per line, in order):
 # after a horizontal flip, landmark i is the flipped point MIRROR[i]. Derived data, written by
-# bench/mediapipe_mirror_table.py with mfface.learning.mirror.derive_mirror_permutation from
+# bench/mediapipe_mirror_table.py with mfface.mirror.derive_mirror_permutation from
 # MediaPipe's canonical_face_model.obj (Apache-2.0) and the iris ordering in that module.
 """
 
