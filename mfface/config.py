@@ -150,6 +150,9 @@ class Stage2Config:
     pose_lr: float = _f(1e-4, "Learning rate of the pose (rad and mm).", 0.0, 10.0)
     geometry_start: int = _f(20, "Iteration at which identity, expression and pose join the fit "
                              "(NextFace: 100 of 400; here a quarter of the 80, as in NextFace).", 0)
+    geometry_warmup: int = _f(0, "Iterations over which the geometry's learning rates ramp up linearly "
+                              "from geometry_start (Adam's first steps move every parameter by its rate; "
+                              "--refine, whose rates are raised, uses 4).", 0)
     lr_decay: bool = _f(False, "Decay every learning rate along a cosine to 0 by the last iteration "
                         "(the geometry's from geometry_start), so that the last steps settle instead of "
                         "jittering on noisy Monte Carlo gradients.")

@@ -113,7 +113,7 @@ def test_click_options_set_values():
 # the cosine learning-rate decay of stages 2 and 3 and the renders' sampler (non-default values).
 GEOMETRY_KEYS = {"landmarks.sliding_contour": True, "stage2.coarse_size": 96, "stage2.coarse_iterations": 30,
                  "stage2.lr_decay": True, "stage3.lr_decay": False, "render.sampler": "independent",
-                 "input.mirror_average": False}
+                 "input.mirror_average": False, "stage2.geometry_warmup": 3}
 
 
 def _dotted(cfg: FitConfig, key: str):
@@ -141,7 +141,7 @@ def test_geometry_keys_through_toml_and_flags(tmp_path):
 
     flags = ["--landmarks-sliding-contour", "--stage2-coarse-size", "96", "--stage2-coarse-iterations", "30",
              "--stage2-lr-decay", "--no-stage3-lr-decay", "--render-sampler", "independent",
-             "--no-input-mirror-average"]
+             "--no-input-mirror-average", "--stage2-geometry-warmup", "3"]
     out = CliRunner().invoke(show, flags)
     assert out.exit_code == 0, out.output
     assert out.output.strip() == repr(GEOMETRY_KEYS)

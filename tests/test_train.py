@@ -353,15 +353,16 @@ def test_refinement_takes_the_geometry_from_the_landmarks_and_the_ambient_light_
 
 def test_refine_config_raises_the_rates_of_a_short_stage_2_and_ends_on_the_diffuse_solve():
     """A refinement N times shorter than the fit's stage 2 moves light, albedo and pose faster by
-    RATE_MARGIN * (iterations / N), never slower; the geometry is free from the start; stage 3 is
-    the solve alone."""
+    RATE_MARGIN * (iterations / N), never slower; the geometry is free from the start, its rates
+    ramped up; stage 3 is the solve alone."""
     from mfface.config import FitConfig
-    from mfface.learning.predict import RATE_MARGIN, refine_config
+    from mfface.learning.predict import RATE_MARGIN, REFINE_WARMUP, refine_config
 
     config = FitConfig()
     short = refine_config(config, 20)
     rate = RATE_MARGIN * config.stage2.iterations / 20
     assert short.stage2.iterations == 20 and short.stage2.geometry_start == 0
+    assert short.stage2.geometry_warmup == REFINE_WARMUP > config.stage2.geometry_warmup
     for name in ("sh_lr", "albedo_lr", "pose_lr"):
         assert getattr(short.stage2, name) == pytest.approx(getattr(config.stage2, name) * rate), name
     assert short.stage2.geometry_lr == config.stage2.geometry_lr

@@ -31,7 +31,7 @@ from mfface.interrupt import raise_if_requested
 from mfface.itemwise import itemwise_photometric
 from mfface.objectives import (landmark_loss, sh_energy, smoothness_loss, statistical_prior, symmetry_loss,
                                weighted_terms)
-from mfface.schedules import cosine_decay
+from mfface.schedules import cosine_decay, warmup
 from mfface.sh import nonnegative
 from mfface.state import FaceState
 from mfface.textures import MirrorSampler, StatisticalAlbedo, resize_texture
@@ -125,8 +125,9 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     shape = [state.identity, state.expression] if cfg.fit_identity else [state.expression]
     geometry_opt = torch.optim.Adam([{"params": shape, "lr": cfg.geometry_lr},
                                      {"params": [d_euler, d_trans], "lr": cfg.pose_lr}])
-    schedules = [cosine_decay(light_opt, cfg.iterations),
-                 cosine_decay(geometry_opt, cfg.iterations - cfg.geometry_start)] if cfg.lr_decay else []
+    light_schedule = cosine_decay(light_opt, cfg.iterations) if cfg.lr_decay else None
+    geometry_schedule = warmup(geometry_opt, cfg.geometry_warmup,
+                               cfg.iterations - cfg.geometry_start if cfg.lr_decay else None)
     report = StageReport()
     for it in range(cfg.iterations):
         geometry_on = it >= cfg.geometry_start
@@ -162,11 +163,12 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
             with torch.no_grad():
                 sh_param.copy_(nonnegative(sh_param * band_scale, config.light.floor,
                                            config.light.envmap_height) / band_scale)
+        if light_schedule is not None:
+            light_schedule.step()
         if geometry_on:
             geometry_opt.step()
+            geometry_schedule.step()
             model.clamp_expression_(state.expression)
-        for schedule in schedules[:1 + geometry_on]:
-            schedule.step()
         if not albedo.statistical:
             with torch.no_grad():
                 albedo.parameter.clamp_(0.0, 1.0)

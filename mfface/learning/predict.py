@@ -33,13 +33,20 @@ from mfface.state import FaceState
 # the full fit, x6 0.5 dB; the same x6 rates over all 80 iterations lost 1.7 dB (the Monte Carlo
 # noise of the 4-spp gradients is walked into the maps), so they are the refinement's only.
 RATE_MARGIN = 1.5
+# Iterations over which the refinement's geometry rates ramp up (stage2.geometry_warmup): at full
+# rate from the first step, Adam's first step doubled the landmark loss. On 16 held-out faces
+# against no ramp (bench/RESULTS.md, "network", 2026-12-05): 2 / 4 / 8 iterations raised the PSNR
+# on 13 / 10 / 11 faces (median +0.06 / +0.04 / +0.06 dB, one face +2.7 dB at 4), the shape
+# closer on 11 / 13 / 13.
+REFINE_WARMUP = 4
 
 
 def refine_config(config: FitConfig, iterations: int) -> FitConfig:
     """The fit config of `--refine N`: stage 2 runs N iterations with the light, albedo and pose
     rates scaled up (RATE_MARGIN above) and the geometry free from the first iteration (the raised
     rates settle light and albedo within a few; holding the geometry for a quarter, as the fit
-    does, left faces whose outline needs moving 1.6-2.4 dB lower); stage 3 is its diffuse solve
+    does, left faces whose outline needs moving 1.6-2.4 dB lower), its rates ramped up over
+    REFINE_WARMUP iterations; stage 3 is its diffuse solve
     alone (its Adam iterations barely move the maps in a short run, and the solve replaces the
     diffuse map they fit)."""
     if iterations < 0:
@@ -47,6 +54,7 @@ def refine_config(config: FitConfig, iterations: int) -> FitConfig:
     cfg = config.stage2
     rate = max(1.0, RATE_MARGIN * cfg.iterations / max(iterations, 1))
     stage2 = dataclasses.replace(cfg, iterations=iterations, geometry_start=0, coarse_iterations=0,
+                                 geometry_warmup=max(cfg.geometry_warmup, REFINE_WARMUP),
                                  sh_lr=cfg.sh_lr * rate, albedo_lr=cfg.albedo_lr * rate, pose_lr=cfg.pose_lr * rate)
     stage3 = dataclasses.replace(config.stage3, iterations=0)
     return dataclasses.replace(config, stage2=stage2, stage3=stage3)
