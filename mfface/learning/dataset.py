@@ -59,7 +59,7 @@ from mfface.learning.dataset_format import (GAMMA, DatasetError, _decode_str, _o
 from mfface.mirror import mirror_permutation
 
 # Truth datasets with rows of at most this many bytes are held in memory (20,000 samples of the
-# ICT truth: about 20 MB); larger ones (maps, landmarks) are read per item.
+# ICT truth: about 30 MB); larger ones (maps, landmarks) are read per item.
 PRELOAD_ROW_BYTES = 1024
 
 # Rec. 709 luminance weights of linear RGB.
