@@ -97,6 +97,9 @@ def test_weights_round_trip_and_refusals(ict, tmp_path):
     (tmp_path / "bad.pt").write_bytes((tmp_path / "w.pt").read_bytes()[:1000])
     with pytest.raises(ckpt.WeightsError, match="damaged or not mfface network weights"):
         ckpt.load(tmp_path / "bad.pt")
+    (tmp_path / "text.pt").write_text("not weights\n")   # torch's legacy reader: IndexError
+    with pytest.raises(ckpt.WeightsError, match="damaged or not mfface network weights"):
+        ckpt.load(tmp_path / "text.pt")
     with pytest.raises(ckpt.WeightsError, match="does not exist"):
         ckpt.load(tmp_path / "missing.pt")
     torch.save({"format": "something"}, tmp_path / "foreign.pt")
