@@ -13,8 +13,14 @@ Batches use one scene per batch item (each item has its own camera and envmap; s
 docs/renderer.md for the measurement behind this choice).
 
 Parts (eyeballs, teeth, mouth interior; `mfface.scenes.parts`) are one extra mesh in the same
-scenes, its positions written from one (B, P, 3) tensor on every call like the face's. The
-forward model passes them detached (no gradients: docs/renderer.md, "Parts").
+scenes, its positions written from one (B, P, 3) tensor like the face's. The forward model passes
+them detached (no gradients: docs/renderer.md, "Parts").
+
+Geometry is written only when it changed: a scene remembers the detached vertices (and parts) it
+last received without gradients, and a render with the same values and no gradients on them
+leaves the meshes alone. Writing positions makes `params.update()` rebuild the ray-tracing
+acceleration structure (about 20 ms per 20k triangles on a CPU core, whatever changed), which
+stage 3, the texel solve and relighting, whose geometry is fixed, paid on every render.
 """
 from __future__ import annotations
 
@@ -36,6 +42,36 @@ def _batched(x: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
     if x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim - 1} or {ndim} dimensions, got shape {tuple(x.shape)}.")
     return x
+
+
+class _SceneSlot:
+    """One cached scene, its parameters, and the geometry it holds when that was written without
+    gradients (None otherwise): detached copies of the face's vertices (V, 3) and the parts' (P, 3)."""
+
+    def __init__(self, scene: mi.Scene, params: mi.SceneParameters, sampler: str) -> None:
+        self.scene, self.params, self.sampler = scene, params, sampler
+        self.geometry: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def holds(self, vertices: torch.Tensor, parts: torch.Tensor | None) -> bool:
+        """True when the scene already holds exactly these vertices and parts and neither needs
+        gradients, so that writing them again would only rebuild the acceleration structure."""
+        if self.geometry is None or vertices.requires_grad or (parts is not None and parts.requires_grad):
+            return False
+        held_vertices, held_parts = self.geometry
+        return (torch.equal(held_vertices, vertices)
+                and (parts is None or (held_parts is not None and torch.equal(held_parts, parts))))
+
+    def write(self, vertices: torch.Tensor, parts: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record the geometry about to be written and return what to write. Without gradients:
+        private copies, kept as the held geometry (Dr.Jit shares the memory of a torch tensor it is
+        given, so a geometry kept between renders must be one nobody else can change). With
+        gradients: the tensors themselves, and nothing is held."""
+        if vertices.requires_grad or (parts is not None and parts.requires_grad):
+            self.geometry = None
+            return vertices, parts
+        self.geometry = (vertices.detach().clone(), None if parts is None else parts.detach().clone())
+        return self.geometry
 
 
 class FaceRenderer:
@@ -71,7 +107,7 @@ class FaceRenderer:
         self.n_vertices = self.uvs.shape[0]
         self.n_part_vertices = sum(part.n_vertices for part in self.parts)
         # scenes per (texture size, envmap size, sampler), one per batch item
-        self._scenes: dict[tuple, list[tuple[mi.Scene, mi.SceneParameters]]] = {}
+        self._scenes: dict[tuple, list[_SceneSlot]] = {}
         # The wrapped function takes the renderer as an argument rather than being bound to it: a
         # bound method stored on `self` is a reference cycle, and a renderer in a cycle (with its
         # Mitsuba scenes) is freed by the garbage collector, in whatever thread it runs, instead of
@@ -81,7 +117,7 @@ class FaceRenderer:
 
     # -- scene cache ---------------------------------------------------------------------------
     def _scene(self, index: int, texture_size: tuple[int, int], envmap_size: tuple[int, int],
-               sampler: str) -> tuple[mi.Scene, mi.SceneParameters]:
+               sampler: str) -> _SceneSlot:
         """Scene `index` (one per batch item) with `sampler`; scenes of other texture or envmap
         sizes are dropped (those of another sampler are kept: a fit alternates spp)."""
         sizes = (texture_size, envmap_size)
@@ -95,7 +131,7 @@ class FaceRenderer:
             params = mi.traverse(scene)
             params.keep([fs.POSITIONS, fs.DIFFUSE, fs.SPECULAR, fs.ROUGHNESS, fs.ENVMAP, fs.X_FOV,
                          fs.PRINCIPAL_X, fs.PRINCIPAL_Y] + ([fs.PARTS_POSITIONS] if self.parts else []))
-            scenes.append((scene, params))
+            scenes.append(_SceneSlot(scene, params, sampler))
         return scenes[index]
 
     def _build_scene(self, spec: fs.SceneSpec) -> mi.Scene:
@@ -104,21 +140,20 @@ class FaceRenderer:
         return fs.build_scene(self.triangles, self.uvs, spec, self.parts)
 
     # -- the Dr.Jit side -----------------------------------------------------------------------
-    def _render_drjit(self, index: int, vertices: mi.TensorXf, diffuse: mi.TensorXf,
-                      specular: mi.TensorXf, roughness: mi.TensorXf, envmap: mi.TensorXf,
-                      camera: mi.TensorXf, spp: int, seed: int,
+    def _render_drjit(self, slot: _SceneSlot, write_geometry: bool, vertices: mi.TensorXf,
+                      diffuse: mi.TensorXf, specular: mi.TensorXf, roughness: mi.TensorXf,
+                      envmap: mi.TensorXf, camera: mi.TensorXf, spp: int, seed: int,
                       parts: mi.TensorXf | None = None) -> tuple[mi.TensorXf, mi.TensorXf]:
-        """Update scene `index` and render it: returns (H, W, 3) radiance and (H, W) coverage.
+        """Update the scene of `slot` and render it: returns (H, W, 3) radiance and (H, W) coverage.
 
-        camera (3,) = (focal, c_x, c_y) px; parts (P, 3) the parts' vertices (None: no parts).
+        camera (3,) = (focal, c_x, c_y) px; parts (P, 3) the parts' vertices (None: no parts);
+        the vertices and parts are written only when `write_geometry`.
         """
-        tex = (diffuse.shape[0], diffuse.shape[1])
-        env = (envmap.shape[0], envmap.shape[1] - 2)
-        sampler = fs.sampler_for(self.sampler, spp)
-        scene, params = self._scene(index, tex, env, sampler)
-        params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
-        if self.parts:
-            params[fs.PARTS_POSITIONS] = parts.array
+        params = slot.params
+        if write_geometry:
+            params[fs.POSITIONS] = vertices.array   # a flat buffer: assign .array or the AD graph is lost
+            if self.parts:
+                params[fs.PARTS_POSITIONS] = parts.array
         params[fs.DIFFUSE] = diffuse
         params[fs.SPECULAR] = specular
         params[fs.ROUGHNESS] = roughness
@@ -129,7 +164,7 @@ class FaceRenderer:
         params[fs.PRINCIPAL_X] = (0.5 * self.width - cx) / self.width
         params[fs.PRINCIPAL_Y] = (0.5 * self.height - cy) / self.height
         params.update()
-        img = mi.render(scene, params, spp=fs.sample_count(sampler, spp), seed=dr.opaque(mi.UInt32, seed))
+        img = mi.render(slot.scene, params, spp=fs.sample_count(slot.sampler, spp), seed=dr.opaque(mi.UInt32, seed))
         rgb = img[:, :, :3]
         alpha = dr.detach(img[:, :, 3])
         return rgb, alpha
@@ -199,12 +234,19 @@ class FaceRenderer:
         # share scene 0, since every live scene slows every render (docs/renderer.md, "Batches").
         differentiable = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (vertices, diffuse, specular, roughness, envmap, parts))
+        sampler = fs.sampler_for(self.sampler, spp)
         for b in range(batch):
             pick = {k: t[b if t.shape[0] > 1 else 0] for k, t in items.items()}
+            vertex_item = vertices[b].float().contiguous()
             part_item = (None if not self.parts
                          else parts[b if parts.shape[0] > 1 else 0].float().contiguous())
+            slot = self._scene(b if differentiable else 0, tuple(diffuse.shape[1:3]), tuple(envmap.shape[1:3]),
+                               sampler)
+            write_geometry = not slot.holds(vertex_item, part_item)
+            if write_geometry:
+                vertex_item, part_item = slot.write(vertex_item, part_item)
             rgb, alpha = self._wrapped(
-                self, b if differentiable else 0, vertices[b].float().contiguous(), pick["diffuse"].float().contiguous(),
+                self, slot, write_geometry, vertex_item, pick["diffuse"].float().contiguous(),
                 pick["specular"].float().contiguous(), pick["roughness"].float().contiguous(),
                 fs.envmap_with_halo(pick["envmap"].float()).contiguous(),
                 pick["camera"].float().contiguous(), int(spp), int(seed) + b, part_item)

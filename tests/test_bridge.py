@@ -295,6 +295,59 @@ def test_parts_are_rendered_with_their_materials_and_covered(setup) -> None:
     assert torch.all(mask_both >= mask_face - 1e-6)
 
 
+def _geometry_writes(renderer, monkeypatch) -> list[bool]:
+    """Record, per item rendered, whether the bridge wrote the geometry into its scene."""
+    writes: list[bool] = []
+    wrapped = renderer._wrapped
+
+    def spy(self, slot, write_geometry, *args):
+        writes.append(write_geometry)
+        return wrapped(self, slot, write_geometry, *args)
+    monkeypatch.setattr(renderer, "_wrapped", spy)
+    return writes
+
+
+def test_unchanged_geometry_is_not_written_again(setup, monkeypatch) -> None:
+    """Equal vertices and parts without gradients leave the scene's meshes alone (no acceleration
+    rebuild); new values, or vertices that need gradients, are written; every image equals that of
+    a fresh renderer given the same inputs."""
+    from mfface.scenes import FaceRenderer
+
+    renderer, inputs, _ = setup
+    parts, part_vertices = _parts()
+    cached = FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE, parts=tuple(parts))
+    writes = _geometry_writes(cached, monkeypatch)
+    moved = inputs["vertices"] + torch.tensor([2.0, 0.0, 0.0])
+    sequence = [(inputs["vertices"], part_vertices), (inputs["vertices"].clone(), part_vertices.clone()),
+                (moved, part_vertices), (moved, part_vertices + 1.0),
+                (moved.clone().requires_grad_(True), part_vertices + 1.0), (moved, part_vertices + 1.0)]
+    for vertices, part_item in sequence:
+        diffuse = inputs["diffuse"].clone().requires_grad_(True)   # stage 3: maps differentiable
+        img, mask = cached.render(focal=70.0, spp=4, seed=5, **{**inputs, "vertices": vertices,
+                                                               "diffuse": diffuse}, parts=part_item)
+        fresh = FaceRenderer(renderer.triangles, renderer.uvs, SIZE, SIZE, parts=tuple(parts))
+        expected, expected_mask = fresh.render(focal=70.0, spp=4, seed=5, **{**inputs, "vertices": vertices.detach()},
+                                               parts=part_item)
+        # (differentiable maps compile other kernels: float rounding differs by ~1e-5)
+        torch.testing.assert_close(img.detach(), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mask, expected_mask)
+    assert writes == [True, False, True, True, True, True]
+
+
+def test_a_held_geometry_does_not_follow_the_caller_s_tensor(setup, monkeypatch) -> None:
+    """Dr.Jit shares the memory of the tensors it is given: a geometry kept between renders is the
+    bridge's own copy, so changing the caller's tensor in place does not move the face."""
+    renderer, inputs, _ = setup
+    vertices = inputs["vertices"].clone()
+    before, _ = renderer.render(focal=70.0, spp=4, seed=5, **{**inputs, "vertices": vertices})
+    original = vertices.clone()
+    vertices += torch.tensor([6.0, 0.0, 0.0])      # in place, after the scene was written
+    again, _ = renderer.render(focal=70.0, spp=4, seed=5, **{**inputs, "vertices": original})
+    torch.testing.assert_close(again, before, rtol=1e-5, atol=1e-6)
+    moved, _ = renderer.render(focal=70.0, spp=4, seed=5, **{**inputs, "vertices": vertices})
+    assert not torch.allclose(moved, before, atol=1e-3)
+
+
 def test_parts_must_be_given_with_the_renderer_s_shape(setup) -> None:
     from mfface.scenes import FaceRenderer
 
