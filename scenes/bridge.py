@@ -19,8 +19,8 @@ them detached (no gradients: docs/renderer.md, "Parts").
 Geometry is written only when it changed: a scene remembers the detached vertices (and parts) it
 last received without gradients, and a render with the same values and no gradients on them
 leaves the meshes alone. Writing positions makes `params.update()` rebuild the ray-tracing
-acceleration structure (about 20 ms per 20k triangles on a CPU core, whatever changed), which
-stage 3, the texel solve and relighting, whose geometry is fixed, paid on every render.
+acceleration structure (15-20 ms per 20k triangles on 2 CPU cores, whatever changed), which
+stage 3 and the texel solve, whose geometry is fixed, paid on every render.
 """
 from __future__ import annotations
 
