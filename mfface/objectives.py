@@ -27,6 +27,10 @@ CONTOUR_LANDMARKS: dict[str, tuple[int, ...]] = {
     "ibug68": tuple(range(17)),
 }
 
+# The nose tip of each scheme: the reference height of `upper_face_landmarks`.
+NOSE_TIP_LANDMARK: dict[str, int] = {"mediapipe478": 1, "ibug68": 30}
+UPPER_FACE_MM = 50.0
+
 
 # -- image terms ------------------------------------------------------------------------------------
 
@@ -67,6 +71,17 @@ def landmark_weights(scheme: str, count: int, contour_weight: float,
     contour = [i for i in CONTOUR_LANDMARKS[scheme] if i < count]
     weights[contour] = contour_weight
     return weights
+
+
+def upper_face_landmarks(mean_shape: np.ndarray, landmark_index: np.ndarray, scheme: str,
+                         height_mm: float = UPPER_FACE_MM) -> np.ndarray:
+    """Indices of the landmarks whose model vertex (`landmark_index`, -1 = none) lies more than
+    `height_mm` above the scheme's nose tip on the mean face (`mean_shape` (V, 3) mm, y up): the
+    brows, the forehead and the outline's top for MediaPipe's points."""
+    index = np.asarray(landmark_index)
+    nose = mean_shape[index[NOSE_TIP_LANDMARK[scheme]]]
+    height = np.where(index >= 0, mean_shape[np.clip(index, 0, None), 1] - nose[1], -np.inf)
+    return np.flatnonzero(height > height_mm)
 
 
 def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,

@@ -25,7 +25,8 @@ from mfface.fitting.targets import FitTargets
 from mfface.interrupt import raise_if_requested
 from mfface.landmarks import scheme_for_count
 from mfface.morphable.model import MorphableModel
-from mfface.objectives import landmark_loss, landmark_weights, sparsity_prior, statistical_prior
+from mfface.objectives import (landmark_loss, landmark_weights, sparsity_prior, statistical_prior,
+                                upper_face_landmarks)
 from mfface.schedules import cosine_decay
 from mfface.sh import initial_coefficients
 from mfface.state import FaceState
@@ -285,9 +286,15 @@ def run_landmark_stage(model: MorphableModel, targets: FitTargets, config: FitCo
     `iterations` overrides `stage1.iterations` (0 keeps only the PnP pose, for --skip-stage 1);
     `identity` (1 or B, K) fixes the shape instead of fitting it; `on_step` as `fit_landmarks`'."""
     stage = config.stage1 if iterations is None else dataclasses.replace(config.stage1, iterations=iterations)
+    weights = targets.landmark_weights
+    if stage.upper_face_weight != 1.0:
+        upper = upper_face_landmarks(model.mean_shape, targets.landmark_index.cpu().numpy(),
+                                     scheme_for_count(targets.landmarks.shape[1]))
+        weights = weights.clone()
+        weights[torch.from_numpy(upper).to(weights.device)] *= stage.upper_face_weight
     fitted = fit_landmarks(model, targets.landmarks, targets.landmark_index, targets.size, targets.size,
                            stage, identity=identity, shared_identity=shared_identity,
-                           principal=targets.principal, loss=config.landmarks, weights=targets.landmark_weights,
+                           principal=targets.principal, loss=config.landmarks, weights=weights,
                            on_step=on_step)
     state = initial_state(model, targets, fitted, shared_identity, config)
     return state, Stage1Report([float(r) for r in fitted.rms], fitted.losses)
