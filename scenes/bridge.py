@@ -44,6 +44,10 @@ def _batched(x: torch.Tensor, name: str, ndim: int) -> torch.Tensor:
     return x
 
 
+def _needs_grad(vertices: torch.Tensor, parts: torch.Tensor | None) -> bool:
+    return vertices.requires_grad or (parts is not None and parts.requires_grad)
+
+
 class _SceneSlot:
     """One cached scene, its parameters, and the geometry it holds when that was written without
     gradients (None otherwise): detached copies of the face's vertices (V, 3) and the parts' (P, 3)."""
@@ -55,7 +59,7 @@ class _SceneSlot:
     def holds(self, vertices: torch.Tensor, parts: torch.Tensor | None) -> bool:
         """True when the scene already holds exactly these vertices and parts and neither needs
         gradients, so that writing them again would only rebuild the acceleration structure."""
-        if self.geometry is None or vertices.requires_grad or (parts is not None and parts.requires_grad):
+        if self.geometry is None or _needs_grad(vertices, parts):
             return False
         held_vertices, held_parts = self.geometry
         return (torch.equal(held_vertices, vertices)
@@ -67,7 +71,7 @@ class _SceneSlot:
         private copies, kept as the held geometry (Dr.Jit shares the memory of a torch tensor it is
         given, so a geometry kept between renders must be one nobody else can change). With
         gradients: the tensors themselves, and nothing is held."""
-        if vertices.requires_grad or (parts is not None and parts.requires_grad):
+        if _needs_grad(vertices, parts):
             self.geometry = None
             return vertices, parts
         self.geometry = (vertices.detach().clone(), None if parts is None else parts.detach().clone())
