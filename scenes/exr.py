@@ -69,17 +69,7 @@ def read_hdr_image(path: str | os.PathLike) -> torch.Tensor:
     if suffix not in RADIANCE_SUFFIXES:
         raise ValueError(f"{path} is neither OpenEXR (.exr) nor Radiance (.hdr); give an HDR "
                          f"image in one of those formats.")
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; give the path of an .exr or .hdr file.")
-    select_variant()
-    import mitsuba as mi
-
-    try:
-        bitmap = mi.Bitmap(str(path), mi.Bitmap.FileFormat.RGBE)
-    except RuntimeError as e:
-        raise ValueError(f"{path} could not be read as a Radiance .hdr file ({_reason(e)}); check that it "
-                         f"is one.") from None
-    return _rgb_tensor(bitmap)
+    return _read_bitmap(path, "RGBE", "a Radiance .hdr file", "an .exr or .hdr file")
 
 
 def _reason(error: Exception) -> str:
@@ -100,15 +90,21 @@ def _rgb_tensor(bitmap) -> torch.Tensor:
 def read_exr(path: str | os.PathLike) -> torch.Tensor:
     """Read an OpenEXR file as a float32 tensor (H, W, 3) of linear values (alpha dropped,
     one channel repeated to three)."""
-    path = Path(path)
+    return _read_bitmap(Path(path), "OpenEXR", "OpenEXR", "an .exr file")
+
+
+def _read_bitmap(path: Path, file_format: str, kind: str, wanted: str) -> torch.Tensor:
+    """Decode `path` with Mitsuba as `mi.Bitmap.FileFormat.<file_format>` into (H, W, 3) float32;
+    a missing or undecodable file is a ValueError that names it, `kind` (what it failed to be
+    read as) and `wanted` (what to give instead)."""
     if not path.is_file():
-        raise ValueError(f"{path} does not exist; give the path of an .exr file.")
+        raise ValueError(f"{path} does not exist; give the path of {wanted}.")
     select_variant()
     import mitsuba as mi
 
     try:
-        bitmap = mi.Bitmap(str(path), mi.Bitmap.FileFormat.OpenEXR)
+        bitmap = mi.Bitmap(str(path), getattr(mi.Bitmap.FileFormat, file_format))
     except RuntimeError as e:
-        raise ValueError(f"{path} could not be read as OpenEXR ({_reason(e)}); check that it is an EXR "
-                         f"file.") from None
+        raise ValueError(f"{path} could not be read as {kind} ({_reason(e)}); check that it is "
+                         f"{wanted}.") from None
     return _rgb_tensor(bitmap)
