@@ -139,6 +139,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         scale = seen.size / targets.size
         view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
         settings = RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it)
+        if it >= cfg.iterations - cfg.silhouette_iterations:
+            settings = dataclasses.replace(settings, integrator="direct_projective")
         vertices = forward.vertices(view)
         landmarks = forward.landmarks(view, vertices, lm_index, seen.size)
         terms = weighted_terms(cfg, WEIGHTS, {
