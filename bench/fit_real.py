@@ -17,10 +17,14 @@ Figures
   bench/fit_synthetic.py), stage 1's start (stage-2 input) and the final fit.
 - light: fraction of the lat-long texels whose unclamped SH radiance is below 1% of the mean
   (`mfface.sh.negative_fraction`), and the unclamped minimum and maximum.
-- seconds per fit.
+- seconds per fit (wall and process CPU). With `--against BASELINE.toml` each photo is also fitted
+  with that config right before its own fit, so that both see the same load (these machines are
+  shared, and two runs minutes apart differed by 14%): `baseline_seconds`, `baseline_psnr_db`
+  per photo and `time_ratio` / `cpu_time_ratio` (total over the baseline's total) in the summary.
 The last line printed is one JSON object with every figure.
 
     MFFACE_HOME=<store> .venv/bin/python bench/fit_real.py [--set light.nonnegative=false] [--model ict]
+        [--against bench/defaults_2026-12-02.toml]
 """
 from __future__ import annotations
 
@@ -73,6 +77,13 @@ def light_figures(sh: torch.Tensor) -> dict:
             "light_max": float(env.max())}
 
 
+def timed_fit(recon, image) -> tuple:
+    """`recon`'s fit of one prepared photo, with its wall and process CPU seconds."""
+    started, cpu = time.perf_counter(), time.process_time()
+    result = recon.fit([image])
+    return result, time.perf_counter() - started, time.process_time() - cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="TOML config to start from instead of FitConfig() "
@@ -81,6 +92,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--eval-spp", type=int, default=64)
     parser.add_argument("--no-shared", action="store_true", help="skip the per-person shared fits")
+    parser.add_argument("--against", type=Path, metavar="BASELINE_TOML",
+                        help="also fit each photo with this config, interleaved, for a side-by-side time")
     args = parser.parse_args()
     from mfface.fitting.pipeline import Reconstructor, prepare_image, prepare_photo
     from mfface.landmarks import LandmarkDetector
@@ -95,22 +108,25 @@ def main() -> None:
     nose = model.mean_shape[model.landmarks["mediapipe478"][NOSE_TIP]]
     region = np.flatnonzero(np.linalg.norm(model.mean_shape - nose, axis=1) <= RADIUS_MM)
     recon = Reconstructor(model, config)
+    baseline = Reconstructor(model, load_config(args.against)) if args.against else None
     load_start = os.getloadavg()[0]
     rows, shapes, shapes_s1, prepared = [], {}, {}, {}
     with LandmarkDetector.from_config(config.input) as detector:
         for path in photos:
             image = prepare_image(path, config, detector)
             prepared[path.stem] = image
-            started = time.perf_counter()
-            result = recon.fit([image])
-            seconds = time.perf_counter() - started
+            timed = {}
+            if baseline is not None:
+                base_result, timed["baseline_seconds"], timed["baseline_cpu_seconds"] = timed_fit(baseline, image)
+                timed["baseline_psnr_db"] = image_metrics(base_result, base_result.state, image, args.eval_spp)["psnr_db"]
+            result, seconds, timed["cpu_seconds"] = timed_fit(recon, image)
             shapes[path.stem] = identity_shape(model, result.state.identity, region)
             shapes_s1[path.stem] = identity_shape(model, result.stages[1].identity, region)
             row = {"photo": path.stem, "person": path.stem.split("_")[0], "crop_px": image.target.shape[0],
                    "seconds": seconds, "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
                    "psnr_db_start": image_metrics(result, result.stages[1], image, args.eval_spp)["psnr_db"],
                    "psnr_db": image_metrics(result, result.state, image, args.eval_spp)["psnr_db"],
-                   **light_figures(result.state.sh)}
+                   **light_figures(result.state.sh), **timed}
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     person = {r["photo"]: r["person"] for r in rows}
@@ -135,6 +151,11 @@ def main() -> None:
                "light_below_1pct_median": statistics.median(r["light_below_1pct"] for r in rows),
                "light_below_1pct_max": max(r["light_below_1pct"] for r in rows),
                "seconds_median": statistics.median(r["seconds"] for r in rows), "per_photo": rows}
+    if baseline is not None:
+        summary["against"] = str(args.against)
+        summary["time_ratio"] = sum(r["seconds"] for r in rows) / sum(r["baseline_seconds"] for r in rows)
+        summary["cpu_time_ratio"] = (sum(r["cpu_seconds"] for r in rows)
+                                     / sum(r["baseline_cpu_seconds"] for r in rows))
     if not args.no_shared:
         shared_rows = []
         for who in sorted(set(person.values())):

@@ -31,6 +31,7 @@ import drjit as dr
 import mitsuba as mi
 
 from mfface.backend import select_variant
+from mfface.scenes.plugins import register_once
 
 if mi.variant() is None:  # the plugin class derives from the variant's mi.BSDF
     select_variant()
@@ -175,17 +176,6 @@ class FaceBSDF(mi.BSDF):
 
 
 def register() -> None:
-    """Register the plugin as `mfface` with the current Mitsuba variant (idempotent).
-
-    Mitsuba keeps one plugin table per variant, so this is called after `select_variant()`.
-    """
-    variant = mi.variant()
-    if variant is None:
-        raise RuntimeError("No Mitsuba variant is set; call mfface.backend.select_variant() first.")
-    if variant in _registered:
-        return
-    mi.register_bsdf(PLUGIN_NAME, lambda props: FaceBSDF(props))
-    _registered.add(variant)
-
-
-_registered: set[str] = set()
+    """Register the plugin as `mfface` with the current Mitsuba variant (idempotent;
+    `mfface.scenes.plugins`)."""
+    register_once(mi.register_bsdf, PLUGIN_NAME, lambda: FaceBSDF)

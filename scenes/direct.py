@@ -23,8 +23,9 @@ from __future__ import annotations
 import drjit as dr
 import mitsuba as mi
 
+from mfface.scenes.plugins import register_once
+
 PLUGIN_NAME = "direct_prb"
-_registered: set[str] = set()
 
 
 def _integrator_class() -> type:
@@ -165,12 +166,5 @@ def _integrator_class() -> type:
 
 
 def register() -> None:
-    """Register `direct_prb` with the current Mitsuba variant (idempotent; one table per variant)."""
-    variant = mi.variant()
-    if variant is None:
-        raise RuntimeError("No Mitsuba variant is set; call mfface.backend.select_variant() first.")
-    if variant in _registered:
-        return
-    cls = _integrator_class()
-    mi.register_integrator(PLUGIN_NAME, lambda props: cls(props))
-    _registered.add(variant)
+    """Register `direct_prb` with the current Mitsuba variant (idempotent; `mfface.scenes.plugins`)."""
+    register_once(mi.register_integrator, PLUGIN_NAME, _integrator_class)

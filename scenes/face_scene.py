@@ -45,6 +45,7 @@ import torch
 
 from mfface.scenes import bsdf as _bsdf
 from mfface.scenes import direct as _direct
+from mfface.scenes import projective as _projective
 from mfface.scenes.parts import PartMesh, check_parts, material_atlas, part_uvs
 
 INTEGRATORS = ("prb", "prb_projective", "direct_projective", "path")
@@ -188,10 +189,11 @@ def parts_mesh(parts: tuple[PartMesh, ...], fresnel: str) -> mi.Mesh:
 def integrator_plugin(spec: SceneSpec) -> str:
     """The Mitsuba integrator that renders `spec.integrator`: `prb` at max_depth 2 (direct light)
     is `direct_prb`, its loop-free equal (same images and gradients, fewer traces;
-    `mfface.scenes.direct`)."""
+    `mfface.scenes.direct`); the projective ones are Mitsuba's with the silhouette pass's own
+    sample count (`mfface.scenes.projective`)."""
     if spec.integrator == "prb" and spec.max_depth == 2:
         return _direct.PLUGIN_NAME
-    return spec.integrator
+    return _projective.PLUGIN_NAMES.get(spec.integrator, spec.integrator)
 
 
 def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
@@ -206,6 +208,7 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
     check_parts(tuple(parts))
     _bsdf.register()
     _direct.register()
+    _projective.register()
     bsdf = mi.load_dict({
         "type": _bsdf.PLUGIN_NAME,
         "diffuse": _texture(spec.texture_size, 3, 0.5),
@@ -216,10 +219,12 @@ def scene_dict(triangles: np.ndarray, uvs: np.ndarray, spec: SceneSpec,
     he, we = spec.envmap_size
     integrator = {"type": integrator_plugin(spec), "max_depth": spec.max_depth,
                   "hide_emitters": spec.hide_emitters}
-    if spec.integrator.endswith("_projective") and spec.max_depth <= 2:
-        # Direct light only: no indirect visibility discontinuities to sample (Mitsuba warns
-        # that sppi is wasted otherwise); the primary (sppp) and shadow (sppc) ones stay.
-        integrator["sppi"] = 0
+    if spec.integrator.endswith("_projective"):
+        integrator["sppp"] = _projective.SILHOUETTE_SPP
+        if spec.max_depth <= 2:
+            # Direct light only: no indirect visibility discontinuities to sample (Mitsuba warns
+            # that sppi is wasted otherwise).
+            integrator["sppi"] = 0
     scene = {
         "type": "scene",
         "integrator": integrator,

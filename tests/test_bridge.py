@@ -156,6 +156,28 @@ def test_silhouette_gradient_only_with_a_projective_integrator(variant: str, int
         assert dz == pytest.approx(expected, rel=0.15)
 
 
+def test_projective_silhouette_pass_takes_its_own_sample_count(variant: str) -> None:
+    """The projective integrators draw SILHOUETTE_SPP silhouette samples per pixel whatever the
+    render call's count, exactly (ldsampler would round 1 up to 4: an independent sampler draws
+    them), while the continuous part keeps the call's count and the sensor's sampler."""
+    from mfface.scenes import face_scene as fs
+    from mfface.scenes.projective import SILHOUETTE_SPP
+
+    v, f, uv = _sphere()
+    scene = fs.build_scene(f, uv, fs.SceneSpec(SIZE, SIZE, (4, 4), (8, 8), integrator="direct_projective"))
+    integrator, sensor = scene.integrator(), scene.sensors()[0]
+    assert integrator.override_spp(integrator.sppp, 16, 4) == SILHOUETTE_SPP == 1
+    assert integrator.override_spp(integrator.sppc, 16, 4) == 16
+    assert integrator.override_spp(integrator.sppi, 16, 4) == 0    # direct light: no indirect pass
+    silhouette, count = integrator.prepare(sensor, 7, SILHOUETTE_SPP)
+    pixels = (SIZE + 2 * sensor.film().rfilter().border_size()) ** 2   # the film samples its border
+    assert count == 1 and silhouette.wavefront_size() == pixels
+    assert silhouette.class_name() == "IndependentSampler"
+    continuous, count = integrator.prepare(sensor, 7, 16)
+    assert count == 16 and continuous.wavefront_size() == 16 * pixels
+    assert continuous.class_name() == sensor.sampler().class_name() == "LowDiscrepancySampler"
+
+
 def _parts(radius: float = 6.0) -> tuple[list, torch.Tensor]:
     """Two small spheres as parts ('eyeball' with its material coordinate growing from the front,
     'teeth'), and their vertices (P, 3) in front of the big sphere's centre, camera space."""

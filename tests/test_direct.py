@@ -75,7 +75,8 @@ def test_direct_prb_renders_and_differentiates_like_prb(lite, monkeypatch, hide_
 def test_prb_of_direct_light_is_rendered_by_direct_prb() -> None:
     assert fs.integrator_plugin(fs.SceneSpec(64, 64, (8, 8), (8, 8))) == PLUGIN_NAME
     assert fs.integrator_plugin(fs.SceneSpec(64, 64, (8, 8), (8, 8), max_depth=3)) == "prb"
-    assert fs.integrator_plugin(fs.SceneSpec(64, 64, (8, 8), (8, 8), integrator="prb_projective")) == "prb_projective"
+    assert fs.integrator_plugin(fs.SceneSpec(64, 64, (8, 8), (8, 8), integrator="prb_projective")) == \
+        "mfface_prb_projective"
 
 
 def test_direct_prb_refuses_indirect_light(variant) -> None:

@@ -139,9 +139,11 @@ def test_coarse_to_fine_stage2(fit, monkeypatch) -> None:
     assert runs[SIZE // 2][0] > start + 3.0 and runs[SIZE // 2][0] > runs[0][0] - 1.0
 
 
-def test_stage2_silhouette_iterations_render_with_silhouette_gradients(fit, monkeypatch) -> None:
-    """`stage2.silhouette_iterations = N`: the last N stage-2 iterations render with
-    `direct_projective` (silhouette gradients), the others with `render.integrator`."""
+@pytest.mark.parametrize("fraction, projective", [(0.375, 3), (0.25, 2), (0.0, 0)])
+def test_stage2_silhouette_fraction_renders_the_last_iterations_with_silhouette_gradients(
+        fit, monkeypatch, fraction: float, projective: int) -> None:
+    """`stage2.silhouette_fraction = f`: the last round(f * iterations) stage-2 iterations render
+    with `direct_projective` (silhouette gradients), the others with `render.integrator`."""
     from mfface.fitting.photometric_stage import fit_photometric
 
     _, _, result = fit
@@ -149,8 +151,8 @@ def test_stage2_silhouette_iterations_render_with_silhouette_gradients(fit, monk
     renderer = result.forward.renderer
     monkeypatch.setattr(result.forward, "renderer",
                         lambda settings: seen.append(settings.integrator) or renderer(settings))
-    config = apply_overrides(result.config, {"stage2.silhouette_iterations": 3, "stage2.iterations": 8,
+    config = apply_overrides(result.config, {"stage2.silhouette_fraction": fraction, "stage2.iterations": 8,
                                              "stage2.geometry_start": 2})
     state, report = fit_photometric(result.forward, result.targets, result.start, config)
-    assert seen == ["prb"] * 5 + ["direct_projective"] * 3
+    assert seen == ["prb"] * (8 - projective) + ["direct_projective"] * projective
     assert len(report.losses["photo"]) == 8 and bool(torch.isfinite(state.identity).all())

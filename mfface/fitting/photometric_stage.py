@@ -129,6 +129,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
     geometry_schedule = warmup(geometry_opt, cfg.geometry_warmup,
                                cfg.iterations - cfg.geometry_start if cfg.lr_decay else None)
     report = StageReport()
+    silhouette_start = cfg.iterations - round(cfg.silhouette_fraction * cfg.iterations)
     for it in range(cfg.iterations):
         geometry_on = it >= cfg.geometry_start
         state.sh = sh_param * band_scale
@@ -139,7 +140,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         scale = seen.size / targets.size
         view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
         settings = RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it)
-        if it >= cfg.iterations - cfg.silhouette_iterations:
+        if it >= silhouette_start:
             settings = dataclasses.replace(settings, integrator="direct_projective")
         vertices = forward.vertices(view)
         landmarks = forward.landmarks(view, vertices, lm_index, seen.size)
