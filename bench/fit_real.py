@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_synthetic import image_metrics  # noqa: E402
+from fit_synthetic import image_metrics, silhouette_iterations  # noqa: E402
 
 from mfface.backend import select_variant  # noqa: E402
 from mfface.config import FitConfig, apply_overrides, load_config  # noqa: E402
@@ -126,6 +126,7 @@ def main() -> None:
                    "seconds": seconds, "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
                    "psnr_db_start": image_metrics(result, result.stages[1], image, args.eval_spp)["psnr_db"],
                    "psnr_db": image_metrics(result, result.state, image, args.eval_spp)["psnr_db"],
+                   "silhouette_iterations": silhouette_iterations(result),
                    **light_figures(result.state.sh), **timed}
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

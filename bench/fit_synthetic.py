@@ -78,6 +78,13 @@ BENCH_SEED = 14  # the synth seed of the benchmark faces (sample i = face i)
 QUICK = {"stage1.iterations": 100, "stage2.iterations": 60, "stage3.iterations": 20}
 
 
+def silhouette_iterations(result) -> int:
+    """How many stage-2 iterations rendered with silhouette gradients (`stage2.silhouette_fraction`:
+    0 when the outline covered the skin mask, or stage 2 did not run)."""
+    report = result.reports.get("stage2")
+    return int(report.figures.get("silhouette_iterations", 0)) if report is not None else 0
+
+
 def image_metrics(result: FitResult, state: FaceState, image: PreparedImage, spp: int) -> dict[str, float]:
     """PSNR, SSIM (display-referred, inside the skin mask) and the fitted coverage of the mask."""
     size = (result.config.render.texture_size,) * 2
@@ -205,7 +212,8 @@ def run_synthetic(model, fit_model, config: FitConfig, faces: int, size: int, ph
             row = {"index": index, "crop_px": image.target.shape[0], "seconds": seconds,
                    "yaw_deg": round(float(np.degrees(face.state.euler[0, 0])), 1),
                    "out_of_span_mm": round(out_of_span, 3),
-                   "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
+                   "stage_seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+                   "silhouette_iterations": silhouette_iterations(result)}
             if detected is not None:
                 row["mediapipe_px"] = float(np.median(np.linalg.norm(
                     np.asarray(image.to_crop.apply(detected)) - clean, axis=1)[:468]))

@@ -130,12 +130,15 @@ class Stage2Config:
     iterations: int = _f(80, "Photometric iterations (NextFace: 400; measured trade-off in "
                          "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
-    silhouette_fraction: float = _f(0.0, "Fraction of the iterations, the last ones, that render with "
-                                    "`direct_projective` (silhouette gradients), so that the face's outline "
-                                    "can move to cover the skin mask's edge; a fraction, so that short runs "
+    silhouette_fraction: float = _f(0.25, "Fraction of the iterations, the last ones, that render with "
+                                    "`direct_projective` (silhouette gradients) when a render at that point "
+                                    "leaves a skin-mask pixel less than fully covered, so that the face's "
+                                    "outline can move over the mask's edge; a fraction, so that short runs "
                                     "(`--refine N`, tests) keep the same share; 0 = `render.integrator` "
-                                    "throughout. 0.25: synthetic face 3 +4.0 dB, obama_b +0.4 dB, no face "
-                                    "lower, for 1.08x the fit's time (bench/RESULTS.md).", 0.0, 1.0)
+                                    "throughout. Measured: they ran on 1 of 6 people photos and 2 of 6 "
+                                    "synthetic faces (synthetic face 3 +4.3 dB, obama_b +0.46 dB, none "
+                                    "lower beyond run-to-run noise), 1.25x the time of a fit that runs them "
+                                    "(bench/RESULTS.md).", 0.0, 1.0)
     coarse_size: int = _f(0, "Coarse to fine: side in px of the renders of the first `coarse_iterations` "
                           "iterations (photo, skin mask and landmarks area-averaged to it); 0 = the "
                           "crop's size throughout.", 0, 8192)

@@ -139,20 +139,26 @@ def test_coarse_to_fine_stage2(fit, monkeypatch) -> None:
     assert runs[SIZE // 2][0] > start + 3.0 and runs[SIZE // 2][0] > runs[0][0] - 1.0
 
 
-@pytest.mark.parametrize("fraction, projective", [(0.375, 3), (0.25, 2), (0.0, 0)])
+@pytest.mark.parametrize("fraction, skin, projective", [(0.375, 1.0, 3), (0.25, 1.0, 2), (0.375, 0.0, 0),
+                                                       (0.0, 1.0, 0)])
 def test_stage2_silhouette_fraction_renders_the_last_iterations_with_silhouette_gradients(
-        fit, monkeypatch, fraction: float, projective: int) -> None:
+        fit, monkeypatch, fraction: float, skin: float, projective: int) -> None:
     """`stage2.silhouette_fraction = f`: the last round(f * iterations) stage-2 iterations render
-    with `direct_projective` (silhouette gradients), the others with `render.integrator`."""
+    with `direct_projective` (silhouette gradients) when a render at that point leaves a skin pixel
+    less than fully covered, else with `render.integrator` like the others. A skin mask of ones
+    (the background counted as skin) is left uncovered, one of zeros never."""
     from mfface.fitting.photometric_stage import fit_photometric
 
     _, _, result = fit
+    targets = dataclasses.replace(result.targets, skin=torch.full_like(result.targets.skin, skin))
     seen: list[str] = []
     renderer = result.forward.renderer
     monkeypatch.setattr(result.forward, "renderer",
                         lambda settings: seen.append(settings.integrator) or renderer(settings))
     config = apply_overrides(result.config, {"stage2.silhouette_fraction": fraction, "stage2.iterations": 8,
                                              "stage2.geometry_start": 2})
-    state, report = fit_photometric(result.forward, result.targets, result.start, config)
-    assert seen == ["prb"] * (8 - projective) + ["direct_projective"] * projective
+    state, report = fit_photometric(result.forward, targets, result.start, config)
+    decision = 1 if fraction > 0 else 0   # the render that checks the coverage
+    assert seen == ["prb"] * (8 - projective + decision) + ["direct_projective"] * projective
+    assert report.figures.get("silhouette_iterations", 0) == projective
     assert len(report.losses["photo"]) == 8 and bool(torch.isfinite(state.identity).all())

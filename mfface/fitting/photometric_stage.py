@@ -95,6 +95,16 @@ WEIGHTS = {"photo": "photo_weight", "landmarks": "landmark_weight", "identity": 
            "albedo_smoothness": "albedo_smoothness", "albedo_symmetry": "albedo_symmetry"}
 
 
+def outline_short_of_skin(forward: ForwardModel, state: FaceState, settings: RenderSettings,
+                          vertices: torch.Tensor, skin: torch.Tensor) -> bool:
+    """Whether the render leaves a skin-mask pixel (skin > 0.5) of any photo less than fully
+    covered (coverage < 0.999): the outline stops short of the skin there, and only silhouette
+    gradients move it (`stage2.silhouette_fraction`). One render without gradients."""
+    with torch.no_grad():
+        _, coverage = forward.render(state, settings, vertices.detach())
+    return bool(((skin > 0.5) & (coverage < 0.999)).any())
+
+
 def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState, config: FitConfig,
                     on_step: StepCallback | None = None) -> tuple[FaceState, StageReport]:
     """Run stage 2 from `state`; returns the fitted state (diffuse at texture size) and the losses."""
@@ -130,6 +140,7 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
                                cfg.iterations - cfg.geometry_start if cfg.lr_decay else None)
     report = StageReport()
     silhouette_start = cfg.iterations - round(cfg.silhouette_fraction * cfg.iterations)
+    projective = False
     for it in range(cfg.iterations):
         geometry_on = it >= cfg.geometry_start
         state.sh = sh_param * band_scale
@@ -140,9 +151,12 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         scale = seen.size / targets.size
         view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
         settings = RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it)
-        if it >= silhouette_start:
-            settings = dataclasses.replace(settings, integrator="direct_projective")
         vertices = forward.vertices(view)
+        if it == silhouette_start:
+            projective = outline_short_of_skin(forward, view, settings, vertices, seen.skin)
+            report.figures["silhouette_iterations"] = cfg.iterations - it if projective else 0
+        if projective:
+            settings = dataclasses.replace(settings, integrator="direct_projective")
         landmarks = forward.landmarks(view, vertices, lm_index, seen.size)
         terms = weighted_terms(cfg, WEIGHTS, {
             # photo by photo through one scene (a batch of them: shared identity; mfface.itemwise)
