@@ -8,9 +8,9 @@ call passes none), so a face at 256 px and 4 spp gets 262,144 silhouette samples
 few hundred pixels long, and that pass costs more than the continuous one: 0.27 of a direct_projective
 iteration's 0.47 s (bench/RESULTS.md, "The silhouette pass's samples").
 
-Here an `sppp` set on the integrator wins over the render call's count, and a pass whose count the
-sensor's sampler would round up (ldsampler takes powers of 4 of at least 4, so 1 becomes 4) draws
-from an `independent` sampler instead, seeded alike. The continuous part keeps the call's count and
+Here an `sppp` set on the integrator wins over the render call's count, and that pass draws from an
+`independent` sampler, seeded alike (the sensor's ldsampler takes powers of 4 of at least 4 and
+would round 1 up to 4). The continuous part keeps the call's count and
 the sensor's sampler. The scene dict sets `sppp` to SILHOUETTE_SPP below
 (`mfface.scenes.face_scene.scene_dict`).
 """
@@ -40,15 +40,15 @@ def _budgeted(base: type) -> type:
             return super().override_spp(integrator_spp, runtime_spp, sampler_spp)
 
         def prepare(self, sensor: mi.Sensor, seed: mi.UInt32 = 0, spp: int = 0, aovs: list = []):
-            """`ADIntegrator.prepare`, except that a count the sensor's sampler would round up is
-            drawn from an `independent` sampler with exactly `spp` samples per pixel."""
-            sampler, count = super().prepare(sensor, seed, spp, aovs)
-            if spp == 0 or count == spp:
-                return sampler, count
-            pixels = sampler.wavefront_size() // count
+            """`ADIntegrator.prepare`, except that the silhouette pass (`sppp` samples per pixel)
+            draws from an `independent` sampler with exactly that count: the sensor's ldsampler
+            would round 1 up to 4, with a warning."""
+            if spp == 0 or spp != self.sppp:
+                return super().prepare(sensor, seed, spp, aovs)
+            sampler, count = super().prepare(sensor, seed, 0, aovs)   # the sensor's own count
             exact = mi.load_dict({"type": "independent", "sample_count": spp})
             exact.set_samples_per_wavefront(spp)
-            exact.seed(seed, pixels * spp)
+            exact.seed(seed, sampler.wavefront_size() // count * spp)
             return exact, spp
 
     Budgeted.__name__ = Budgeted.__qualname__ = f"Budgeted{base.__name__}"

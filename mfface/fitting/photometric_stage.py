@@ -13,6 +13,9 @@ SH light and albedo are optimised from the first iteration; identity (unless `fi
 off), expression and pose join at `geometry_start` (NextFace's schedule: light and albedo first explain the colours, so that the
 geometry is not bent to explain shading). Pose is parametrised as a rotation delta (rad) and a
 translation delta in units of the stage-1 depth, so one small learning rate suits both.
+Silhouette gradients at the end: the last `silhouette_fraction` of the iterations render with
+`direct_projective` when a render at that point leaves skin-mask pixels uncovered
+(`outline_short_of_skin`); `prb` has no gradient that moves the outline over them.
 """
 from __future__ import annotations
 
