@@ -201,8 +201,10 @@ class Stage3Config:
                         1, 16384)
     solve_damping: float = _f(0.1, "Damping of the solve: texels that few pixels see keep their start "
                               "(fraction of the mean curvature).", 0.0)
-    lr_decay: bool = _f(True, "Decay the maps' learning rates along a cosine to 0 by the last "
-                        "iteration, so that per-texel steps on noisy gradients settle.")
+    lr_decay: bool = _f(False, "Decay the maps' learning rates along a cosine to 0 by the last "
+                        "iteration. Measured before the diffuse solve existed it helped (obama_b +0.27 dB); "
+                        "with 30 iterations and the solve after them it costs every benchmark face and "
+                        "photo 0.1-2.0 dB (bench/RESULTS.md, \"Stage 3's decay after the solve came\").")
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
     diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0, 10.0)
     specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "

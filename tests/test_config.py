@@ -21,7 +21,7 @@ def test_defaults_follow_nextface():
     assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 30, 4)
     assert cfg.render.sampler == "ldsampler"   # mfface before 2026-12-03: independent
     assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
-        0, 0, False, True)
+        0, 0, False, False)
     assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.002, 0.005)
     assert (cfg.light.sh_bands, cfg.input.max_resolution, cfg.render.texture_size) == (9, 256, 512)
     assert (cfg.input.gamma, cfg.render.roughness_init, cfg.render.max_depth) == (2.2, 0.4, 2)
@@ -112,7 +112,7 @@ def test_click_options_set_values():
 # The keys of the real-photo geometry work: sliding outline correspondences, coarse-to-fine stage 2,
 # the cosine learning-rate decay of stages 2 and 3 and the renders' sampler (non-default values).
 GEOMETRY_KEYS = {"landmarks.sliding_contour": True, "stage2.coarse_size": 96, "stage2.coarse_iterations": 30,
-                 "stage2.lr_decay": True, "stage3.lr_decay": False, "render.sampler": "independent",
+                 "stage2.lr_decay": True, "stage3.lr_decay": True, "render.sampler": "independent",
                  "input.mirror_average": False, "stage2.geometry_warmup": 3}
 
 
@@ -140,7 +140,7 @@ def test_geometry_keys_through_toml_and_flags(tmp_path):
         click.echo(repr({k: _dotted(cfg, k) for k in GEOMETRY_KEYS}))
 
     flags = ["--landmarks-sliding-contour", "--stage2-coarse-size", "96", "--stage2-coarse-iterations", "30",
-             "--stage2-lr-decay", "--no-stage3-lr-decay", "--render-sampler", "independent",
+             "--stage2-lr-decay", "--stage3-lr-decay", "--render-sampler", "independent",
              "--no-input-mirror-average", "--stage2-geometry-warmup", "3"]
     out = CliRunner().invoke(show, flags)
     assert out.exit_code == 0, out.output
