@@ -162,3 +162,21 @@ def test_stage2_silhouette_fraction_renders_the_last_iterations_with_silhouette_
     assert seen == ["prb"] * (8 - projective + decision) + ["direct_projective"] * projective
     assert report.figures.get("silhouette_iterations", 0) == projective
     assert len(report.losses["photo"]) == 8 and bool(torch.isfinite(state.identity).all())
+
+
+def test_stage2_renders_fixed_geometry_before_geometry_start(fit, monkeypatch) -> None:
+    """Before `stage2.geometry_start` the geometry is not optimised, so its renders take vertices
+    without gradients: the scene keeps the mesh it holds (no acceleration-structure rebuild) and
+    the backward pass computes no vertex adjoint. From geometry_start on, they carry gradients."""
+    from mfface.fitting.photometric_stage import fit_photometric
+
+    _, _, result = fit
+    differentiable: list[bool] = []
+    render = result.forward.render
+    monkeypatch.setattr(result.forward, "render", lambda state, settings, vertices, **kw: (
+        differentiable.append(vertices.requires_grad) or render(state, settings, vertices, **kw)))
+    config = apply_overrides(result.config, {"stage2.silhouette_fraction": 0.0, "stage2.iterations": 6,
+                                             "stage2.geometry_start": 4})
+    state, _ = fit_photometric(result.forward, result.targets, result.start, config)
+    assert differentiable == [False] * 4 + [True] * 2
+    assert not torch.equal(state.expression, result.start.expression)

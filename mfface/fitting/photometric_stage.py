@@ -11,7 +11,9 @@ area-averaged photo (`FitTargets.at_size`; focal and principal point scaled alik
 crop's size; the landmark loss stays in the crop's pixels, so its weight means the same throughout.
 SH light and albedo are optimised from the first iteration; identity (unless `fit_identity` is
 off), expression and pose join at `geometry_start` (NextFace's schedule: light and albedo first explain the colours, so that the
-geometry is not bent to explain shading). Pose is parametrised as a rotation delta (rad) and a
+geometry is not bent to explain shading). Until then the vertices are computed without gradients:
+the scene keeps its mesh (no acceleration-structure rebuild) and the backward pass has no vertex
+adjoint, 0.14 instead of 0.22 s an iteration at 256 px. Pose is parametrised as a rotation delta (rad) and a
 translation delta in units of the stage-1 depth, so one small learning rate suits both.
 Silhouette gradients at the end: the last `silhouette_fraction` of the iterations render with
 `direct_projective` when a render at that point leaves skin-mask pixels uncovered
@@ -154,7 +156,8 @@ def fit_photometric(forward: ForwardModel, targets: FitTargets, state: FaceState
         scale = seen.size / targets.size
         view = dataclasses.replace(state, focal=state.focal * scale, principal=seen.principal)
         settings = RenderSettings.from_config(config, seen.size, cfg.spp, SEED_OFFSET + it)
-        vertices = forward.vertices(view)
+        with torch.set_grad_enabled(geometry_on):   # before it: no BVH rebuild, no geometry adjoint
+            vertices = forward.vertices(view)
         if it == silhouette_start:
             projective = outline_short_of_skin(forward, view, settings, vertices, seen.skin)
             report.figures["silhouette_iterations"] = cfg.iterations - it if projective else 0
