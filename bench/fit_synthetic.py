@@ -158,7 +158,8 @@ def synthetic_photo(model, seed: int, index: int, size: int, spp: int, displacem
     with yaw up to 30 deg; (face, photo (S, S, 3) display-referred float, MediaPipe's landmarks
     or None when it finds no face, the true model-space vertices (V, 3), out-of-span mm)."""
     from mfface.landmarks import NoFaceError
-    from mfface.synthetic import PoseVariation, SynthConfig, displaced_model, synth_face
+    from mfface.synthetic import displaced_model, synth_face
+    from mfface.synthetic_config import PoseVariation, SynthConfig
 
     displaced = displaced_model(model, seed * 1000 + index, displacement_mm) if displacement_mm > 0 else None
     render_model = displaced.model if displaced else model

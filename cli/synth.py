@@ -13,7 +13,7 @@ from mfface.cli.dataset_run import (CONSOLE, dataset_command, kind_rows, print_m
                                     result_rows, rows_table, run_progress, share_rows)
 from mfface.cli.errors import UserError
 from mfface.config import config_options
-from mfface.synthetic import SynthConfig
+from mfface.synthetic_config import SynthConfig
 
 _SHOWN_REJECTED = 10  # rows of the rejected table; the file's report has them all
 

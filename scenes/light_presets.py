@@ -10,16 +10,18 @@ camera, i.e. irradiance / pi averaged over the normals facing the camera (n_z > 
 frame) weighted by n_z (their projected area), and over RGB. `preset_sh` scales every preset to
 exposure 1, so presets are equally bright on average; callers can match a preset to another light
 by multiplying with that light's exposure.
-Torch only (no Mitsuba), although the presets exist for the Mitsuba face scene's envmap.
+Torch only (no Mitsuba), although the presets exist for the Mitsuba face scene's envmap. The
+table itself needs neither: torch is imported by the functions that compute with it, so that the
+CLI lists the presets (its help, shell completion) without loading torch (1.6 s).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from mfface.sh import envmap_directions, envmap_solid_angles, envmap_to_sh, sh_to_envmap
+if TYPE_CHECKING:
+    import torch
 
 ENVMAP_SIZE = (64, 128)
 
@@ -79,6 +81,10 @@ def _preset(name: str) -> Preset:
 
 def preset_envmap(name: str, height: int = ENVMAP_SIZE[0], width: int = ENVMAP_SIZE[1]) -> torch.Tensor:
     """Radiance (H, W, 3) float64 of preset `name` on a Mitsuba lat-long envmap (light frame)."""
+    import torch
+
+    from mfface.sh import envmap_directions
+
     preset = _preset(name)
     directions = envmap_directions(height, width, torch.float64)
     env = torch.tensor(preset.ambient, dtype=torch.float64).expand(height, width, 3).clone()
@@ -94,6 +100,10 @@ def irradiance(sh: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     """Irradiance (..., N, 3) on surfaces with unit `normals` (N, 3) (light frame) under SH light
     (..., n, 3): the clamped (non-negative) envmap the renderer sees times max(0, n . w), integrated
     over the sphere. A white Lambertian surface has radiance irradiance / pi."""
+    import torch
+
+    from mfface.sh import envmap_directions, envmap_solid_angles, sh_to_envmap
+
     env = sh_to_envmap(sh.double(), *ENVMAP_SIZE)
     cosine = (normals.double() @ envmap_directions(*ENVMAP_SIZE, torch.float64).reshape(-1, 3).T)
     weight = cosine.clamp_min(0.0) * envmap_solid_angles(*ENVMAP_SIZE, torch.float64).reshape(1, -1)
@@ -103,6 +113,10 @@ def irradiance(sh: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
 def exposure(sh: torch.Tensor) -> torch.Tensor:
     """Mean Lambertian radiance (...,) of a white convex surface seen by the camera under SH light
     (..., n, 3); see the module docstring."""
+    import torch
+
+    from mfface.sh import envmap_directions, envmap_solid_angles
+
     normals = envmap_directions(17, 32, torch.float64).reshape(-1, 3)
     weight = normals[:, 2].clamp_min(0.0) * envmap_solid_angles(17, 32, torch.float64).reshape(-1)
     radiance = irradiance(sh, normals).double() / math.pi
@@ -111,5 +125,7 @@ def exposure(sh: torch.Tensor) -> torch.Tensor:
 
 def preset_sh(name: str, bands: int = 9) -> torch.Tensor:
     """SH coefficients (bands**2, 3) float32 of preset `name`, scaled to exposure 1."""
+    from mfface.sh import envmap_to_sh
+
     sh = envmap_to_sh(preset_envmap(name), bands)
     return (sh / exposure(sh)).float()

@@ -445,7 +445,8 @@ def test_sample_generator_streams_are_independent_of_each_other():
 
 
 def test_colour_temperatures_and_skin_tones():
-    from mfface.synthetic import AlbedoVariation, kelvin_rgb, lab_to_linear_rgb, sample_generator, skin_tone
+    from mfface.synthetic import kelvin_rgb, lab_to_linear_rgb, sample_generator, skin_tone
+    from mfface.synthetic_config import AlbedoVariation
 
     torch.testing.assert_close(kelvin_rgb(6504.0), torch.ones(3, dtype=torch.float64))
     warm, cool = kelvin_rgb(2700.0), kelvin_rgb(12000.0)
@@ -462,7 +463,8 @@ def test_colour_temperatures_and_skin_tones():
 
 
 def test_expressions_are_sparse_blend_weights(model):
-    from mfface.synthetic import ExpressionVariation, draw_expression, sample_generator
+    from mfface.synthetic import draw_expression, sample_generator
+    from mfface.synthetic_config import ExpressionVariation
 
     draws = torch.cat([draw_expression(sample_generator(0, i), model, ExpressionVariation())
                        for i in range(200)])
@@ -481,7 +483,8 @@ def test_light_environments(kind):
     """Each environment gives SH light of the drawn exposure, nearly free of negative lobes."""
     from mfface.scenes.light_presets import exposure
     from mfface.sh import sh_to_envmap
-    from mfface.synthetic import LightVariation, draw_light, sample_generator
+    from mfface.synthetic import draw_light, sample_generator
+    from mfface.synthetic_config import LightVariation
 
     config = LightVariation()
     for i in range(5):
@@ -509,7 +512,8 @@ def test_models_with_a_statistical_albedo(model, variant):
     """A model with an albedo model: its coefficients are drawn and stored as truth."""
     from mfface.learning.synth import SynthSettings, synth_truth_columns
     from mfface.morphable.model import AlbedoModel
-    from mfface.synthetic import AlbedoVariation, draw_albedo, sample_generator, synth_face
+    from mfface.synthetic import draw_albedo, sample_generator, synth_face
+    from mfface.synthetic_config import AlbedoVariation
 
     v = model.n_vertices
     rng = np.random.default_rng(0)

@@ -46,7 +46,8 @@ from mfface.learning.dataset_format import (_SMALL_BLOCK, Column, DatasetSpec, D
                                             ReportEntry, truth_columns)
 from mfface.learning.dataset_run import (DEFAULT_SIZE, LANDMARK_DETECTOR, RunSummary, capped_workers,
                                          pool_results, write_results_as_they_come)
-from mfface.synthetic import BACKGROUND_KINDS, ENVIRONMENTS, BackgroundPhoto, BackgroundPhotos, SynthConfig
+from mfface.synthetic import BackgroundPhoto, BackgroundPhotos
+from mfface.synthetic_config import BACKGROUND_KINDS, ENVIRONMENTS, SynthConfig
 
 if TYPE_CHECKING:
     from mfface.state import FaceState

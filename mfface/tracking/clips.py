@@ -24,8 +24,9 @@ from mfface.config import FitConfig
 from mfface.forward import ForwardModel, RenderSettings
 from mfface.morphable.model import MorphableModel
 from mfface.state import FaceState
-from mfface.synthetic import (GAMMA, AlbedoVariation, FaceDetailVariation, LightVariation, background,
-                              draw_albedo, draw_light, draw_openings, iris_landmarks, paint_openings)
+from mfface.synthetic import (GAMMA, background, draw_albedo, draw_light, draw_openings, iris_landmarks,
+                              paint_openings)
+from mfface.synthetic_config import AlbedoVariation, FaceDetailVariation, LightVariation
 
 # ARKit blendshapes (ICT names) a phone-recorded actor uses most and landmarks can see.
 DEFAULT_ACTIVE = ("jawOpen", "mouthSmile_L", "mouthSmile_R", "eyeBlink_L", "eyeBlink_R", "browInnerUp_L",
