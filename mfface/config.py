@@ -132,7 +132,7 @@ class Stage2Config:
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     silhouette_fraction: float = _f(0.25, "Fraction of the iterations, the last ones, that render with "
                                     "`direct_projective` (silhouette gradients) when a render at that point "
-                                    "leaves a skin-mask pixel less than fully covered, so that the face's "
+                                    "leaves at least 1 px of the skin mask uncovered, so that the face's "
                                     "outline can move over the mask's edge; a fraction, so that short runs "
                                     "(`--refine N`, tests) keep the same share; 0 = `render.integrator` "
                                     "throughout. Measured: they ran on 1 of 6 people photos and 2 of 6 "

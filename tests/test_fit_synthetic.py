@@ -180,3 +180,25 @@ def test_stage2_renders_fixed_geometry_before_geometry_start(fit, monkeypatch) -
     state, _ = fit_photometric(result.forward, result.targets, result.start, config)
     assert differentiable == [False] * 4 + [True] * 2
     assert not torch.equal(state.expression, result.start.expression)
+
+
+@pytest.mark.parametrize("partial, expected", [([], False), ([0.75], False), ([0.5, 0.5], True),
+                                               ([0.75] * 3 + [0.9] * 3, True), ([0.999] * 10, False)])
+def test_outline_check_counts_uncovered_skin_area(partial: list[float], expected: bool) -> None:
+    """The silhouette iterations run when the check's render leaves at least 1 px of skin uncovered,
+    summed as 1 - coverage: a quarter-covered sliver, or a mask edge that the outline just meets
+    (what flipped a per-pixel test between runs), does not start them; a pixel left half open
+    twice over does. Pixels outside the skin mask never count."""
+    from mfface.fitting.photometric_stage import outline_short_of_skin
+
+    coverage = torch.ones(1, 8, 8)
+    coverage.view(-1)[:len(partial)] = torch.tensor(partial)
+    coverage[0, 7, :] = 0.0   # uncovered, but not skin
+    skin = torch.ones(1, 8, 8)
+    skin[0, 7, :] = 0.0
+
+    class Stub:
+        def render(self, state, settings, vertices):
+            return None, coverage
+
+    assert outline_short_of_skin(Stub(), None, None, torch.zeros(1, 3, 3), skin) is expected
