@@ -188,15 +188,13 @@ class Stage2Config:
 @dataclass
 class Stage3Config:
     """Stage 3: free per-texel diffuse, specular and roughness maps."""
-    iterations: int = _f(20, "Per-texel Adam iterations before the solve (NextFace: 100). With the specular and "
-                         "roughness rates doubled, 20 fit the photo 0-0.3 dB less well than 30 (0.8 on one "
-                         "synthetic face) in 94% of the fit's time (bench/RESULTS.md, \"Stage 3 in 20 iterations\"); "
-                         "at the old rates 20 lost 0.8-1.0 dB.", 0, 1_000_000)
+    iterations: int = _f(30, "Per-texel Adam iterations before the solve (NextFace: 100; measured trade-off in "
+                         "bench/RESULTS.md).", 0, 1_000_000)
     spp: int = _f(4, "Samples per pixel while optimising (NextFace: 8).", 1, 16384)
     photo_weight: float = _f(1000.0, "Weight of the L1 photometric loss inside the rendered mask.", 0.0)
     solve_passes: int = _f(8, "After the iterations, passes of the diffuse map's per-texel Gauss-Newton solve "
                            "from the photo (`mfface.fitting.texel_solve`; 0 = none): 30 iterations and the "
-                           "solve fitted the photo better than 50 iterations did, in about their time "
+                           "solve fit the photo better than 50 iterations did, in about their time "
                            "(bench/RESULTS.md).",
                            0, 10_000)
     solve_spp: int = _f(16, "Samples per pixel of the solve's renders (its steps are averaged over the passes).",
@@ -209,11 +207,10 @@ class Stage3Config:
                         "photo 0.1-2.0 dB (bench/RESULTS.md, \"Stage 3's decay after the solve came\").")
     texture_reg_scale: float = _f(0.2, "Common factor on all texture regularisers below (NextFace: 0.2).", 0.0)
     diffuse_lr: float = _f(0.005, "Learning rate of the diffuse map.", 0.0, 10.0)
-    specular_lr: float = _f(0.004, "Learning rate of the specular map (NextFace: 0.02, but our maps are "
-                            "Schlick F0 ~0.04: measured, 0.02 made stage 3 worse than stage 2; 0.002 needed "
-                            "30 iterations).", 0.0, 10.0)
-    roughness_lr: float = _f(0.01, "Learning rate of the roughness map (NextFace: 0.02; 0.005 needed 30 "
-                             "iterations; measured, see bench/RESULTS.md).", 0.0, 10.0)
+    specular_lr: float = _f(0.002, "Learning rate of the specular map (NextFace: 0.02, but our maps are "
+                            "Schlick F0 ~0.04: measured, 0.02 made stage 3 worse than stage 2).", 0.0, 10.0)
+    roughness_lr: float = _f(0.005, "Learning rate of the roughness map (NextFace: 0.02; measured, see "
+                             "bench/RESULTS.md).", 0.0, 10.0)
     diffuse_symmetry: float = _f(50.0, "Diffuse map: L1 to its horizontal flip.", 0.0)
     diffuse_consistency: float = _f(100.0, "Diffuse map: closeness to the stage-2 map's chromaticity.", 0.0)
     diffuse_smoothness: float = _f(0.001, "Diffuse map: smoothness.", 0.0)

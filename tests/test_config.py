@@ -18,11 +18,11 @@ def test_defaults_follow_nextface():
     assert (cfg.stage2.albedo_lr, cfg.stage2.geometry_start) == (0.007, 20)
     # Measured departures from NextFace (bench/RESULTS.md): per-band SH steps, identity in stage 1.
     assert (cfg.stage2.sh_lr, cfg.stage2.sh_band_decay, cfg.stage1.fit_identity) == (0.01, 2.0, True)
-    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 20, 4)
+    assert (cfg.stage2.iterations, cfg.stage2.spp, cfg.stage3.iterations, cfg.stage3.spp) == (80, 4, 30, 4)
     assert cfg.render.sampler == "ldsampler"   # mfface before 2026-12-03: independent
     assert (cfg.stage2.coarse_size, cfg.stage2.coarse_iterations, cfg.stage2.lr_decay, cfg.stage3.lr_decay) == (
         0, 0, False, False)
-    assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.004, 0.01)
+    assert (cfg.stage2.landmark_weight, cfg.stage3.specular_lr, cfg.stage3.roughness_lr) == (1.0, 0.002, 0.005)
     assert (cfg.light.sh_bands, cfg.input.max_resolution, cfg.render.texture_size) == (9, 256, 512)
     assert (cfg.input.gamma, cfg.render.roughness_init, cfg.render.max_depth) == (2.2, 0.4, 2)
     assert (cfg.stage1.lr, cfg.stage1.expression_prior) == (0.02, 0.1)
